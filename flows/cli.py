@@ -1,0 +1,182 @@
+"""`seq2seq`: one command per stage plus the whole pipeline and translation.
+
+DVC's stage commands, the Makefile and users all come through here; each subcommand
+parses arguments and calls the one stage function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from seq2seq_core.config import ConfigError, PipelineConfig, load_config
+
+QUIET_ENV = {
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    # The ephemeral Prefect API took 10-27 s to start on 2-core machines.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
+
+def _set_quiet_env() -> None:
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def _config(args: argparse.Namespace) -> PipelineConfig:
+    return load_config(args.params, args.set)
+
+
+def _print_json(payload: Any) -> None:
+    print(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from seq2seq_core import stages
+
+    _print_json(asdict(stages.ingest(_config(args))))
+
+
+def cmd_vocab(args: argparse.Namespace) -> None:
+    from seq2seq_core import stages
+
+    _print_json(asdict(stages.build_vocab(_config(args))))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from seq2seq_core import stages
+
+    result = asdict(stages.train(_config(args)))
+    result.pop("history", None)
+    _print_json(result)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from seq2seq_core import stages
+
+    result = stages.evaluate(_config(args))
+    _print_json(result.metrics)
+
+
+def cmd_register(args: argparse.Namespace) -> None:
+    from flows.registration import register_stage
+
+    _print_json(register_stage(_config(args), trigger="cli", root=Path.cwd()))
+
+
+def cmd_pipeline(args: argparse.Namespace) -> None:
+    cfg = _config(args)  # fail on a bad parameter before paying for the Prefect start-up
+    from flows.pipeline import training_pipeline
+
+    summary = training_pipeline(
+        params_path=args.params, overrides=args.set, dvc_commit=not args.no_dvc_commit
+    )
+    test, reg = summary["test"], summary["registration"]
+    print()
+    print(f"Test BLEU {test['bleu']:.2f}  chrF {test['chrf']:.2f}  TER {test['ter']:.2f}")
+    print(f"  BLEU signature: {test['signatures']['bleu']}")
+    print(
+        f"Registered {reg['model_name']} version {reg['version']} "
+        f"with alias(es): {', '.join(reg['aliases'])} ({reg['reason']})"
+    )
+    print(f"Stage seconds: {json.dumps(summary['seconds'])}")
+    print()
+    print("Open the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri "
+          "sqlite:///mlflow.db --host 127.0.0.1 --port 5000")
+    print("Open the Prefect UI: .venv/bin/prefect server start --host 127.0.0.1 --port 4200")
+    print(f'Translate:          .venv/bin/seq2seq translate "Im Anfang schuf Gott die Himmel'
+          f' und die Erde." --params {args.params}')
+    del cfg
+
+
+def cmd_translate(args: argparse.Namespace) -> None:
+    cfg = _config(args)
+    sentences = list(args.text)
+    if args.file:
+        sentences += Path(args.file).read_text(encoding="utf-8").splitlines()
+    if not sentences and not sys.stdin.isatty():
+        sentences += sys.stdin.read().splitlines()
+    if not sentences:
+        raise SystemExit("seq2seq translate: give sentences as arguments, --file or stdin")
+    translations = _load_translator(cfg, args.model)(sentences)
+    for line in translations:
+        print(line)
+
+
+def _load_translator(cfg: PipelineConfig, model: str | None):
+    """A callable list[str] -> list[str] from a local checkpoint or a registry URI."""
+    if model and not model.startswith(("models:/", "runs:/")) and Path(model).suffix == ".pt":
+        from seq2seq_core.translator import Translator
+
+        return Translator.load(model, cfg.vocab.out_dir, cfg.decode).translate
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from flows import tracking
+
+    tracking.configure_tracking(Path.cwd())
+    uri = model or f"models:/{cfg.register.model_name}@champion"
+    pyfunc = mlflow.pyfunc.load_model(uri)
+
+    def translate(sentences: list[str]) -> list[str]:
+        out = pyfunc.predict(pd.DataFrame({"src": sentences}))
+        if hasattr(out, "columns"):
+            out = out.iloc[:, 0]
+        return [str(x) for x in list(out)]
+
+    return translate
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seq2seq", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Any, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--params", default="params.yaml", help="parameter file")
+        p.add_argument(
+            "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+            help="override one parameter (repeatable), e.g. --set train.max_epochs=2",
+        )
+        p.set_defaults(fn=fn)
+        return p
+
+    add("ingest", cmd_ingest, "read, clean and split the corpus")
+    add("vocab", cmd_vocab, "train the SentencePiece vocabulary on the train split")
+    add("train", cmd_train, "train the encoder-decoder (resumes from last.pt)")
+    add("evaluate", cmd_evaluate, "decode the test split and score it with sacrebleu")
+    add("register", cmd_register, "log to MLflow, register, and run the promotion gate")
+    p = add("pipeline", cmd_pipeline, "run all stages as one Prefect flow")
+    p.add_argument("--no-dvc-commit", action="store_true", help="don't record outputs in dvc.lock")
+    p = add("translate", cmd_translate, "translate sentences with a registered model")
+    p.add_argument("text", nargs="*", help="sentences to translate")
+    p.add_argument("--file", help="a file with one sentence per line")
+    p.add_argument("--model", help="models:/NAME@ALIAS, runs:/..., or a local .pt checkpoint")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _set_quiet_env()
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except ConfigError as exc:
+        print(f"seq2seq: parameter error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        # DataError, missing stage outputs and bad input are ValueError/FileNotFoundError
+        # subclasses whose messages name the file and line; a traceback adds nothing.
+        print(f"seq2seq {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

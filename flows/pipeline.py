@@ -1,0 +1,112 @@
+"""The training pipeline as one Prefect flow: ingest -> vocab -> train -> evaluate -> register.
+
+One MLflow run spans the whole flow run; the stage functions themselves know nothing of
+either tool.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from flows import tracking
+from flows.registration import log_stage_reports
+from flows.tasks import evaluate_task, ingest_task, register_task, train_task, vocab_task
+from seq2seq_core.config import load_config
+
+
+@flow(name="seq2seq-training-pipeline")
+def training_pipeline(
+    params_path: str = "params.yaml",
+    overrides: list[str] | None = None,
+    dvc_commit: bool = True,
+) -> dict[str, Any]:
+    logger = get_run_logger()
+    cfg = load_config(params_path, overrides or [])
+    tracking.configure_tracking(Path.cwd())
+    flow_run_id = str(flow_run.id) if flow_run.id else ""
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn: Any, *args: Any) -> Any:
+        start = time.perf_counter()
+        result = fn(*args)
+        timings[name] = round(time.perf_counter() - start, 2)
+        return result
+
+    tags = {"prefect.flow_run_id": flow_run_id, "trigger": "prefect"}
+    with tracking.pipeline_run(cfg, run_name=flow_run.name or None, tags=tags) as run:
+        run_id = run.info.run_id
+        data = timed("ingest", ingest_task, cfg)
+        logger.info("ingest: %s", data["counts"])
+        vocab = timed("vocab", vocab_task, cfg)
+        trained = timed("train", train_task, cfg, run_id)
+        logger.info(
+            "train: %d epochs, stop=%s, best valid BLEU %.2f, %.0f target tokens/s",
+            trained["epochs"], trained["stop_reason"], trained["best_valid_bleu"],
+            trained["train_tokens_per_s"],
+        )
+        evaluated = timed("evaluate", evaluate_task, cfg)
+        test = evaluated["metrics"]["test"]
+        tracking.log_metrics({f"test/{k}": test[k] for k in ("bleu", "chrf", "ter")})
+        log_stage_reports(cfg)
+        registration = timed("register", register_task, cfg, run_id, f"prefect:{flow_run_id}")
+        tracking.log_metrics({f"seconds/{k}": v for k, v in timings.items()})
+
+    create_markdown_artifact(
+        key="pipeline-summary", markdown=_summary_markdown(test, registration, timings)
+    )
+    if dvc_commit:
+        _record_in_dvc(logger)
+    return {
+        "data": data,
+        "vocab": vocab,
+        "train": {k: v for k, v in trained.items() if k != "history"},
+        "test": test,
+        "registration": registration,
+        "seconds": timings,
+        "mlflow_run_id": run_id,
+    }
+
+
+def _summary_markdown(test: dict, registration: dict, timings: dict[str, float]) -> str:
+    sig = test["signatures"]
+    rows = [
+        "| metric | score | sacrebleu signature |",
+        "| --- | --- | --- |",
+        f"| BLEU | {test['bleu']:.2f} | `{sig['bleu']}` |",
+        f"| chrF | {test['chrf']:.2f} | `{sig['chrf']}` |",
+        f"| TER | {test['ter']:.2f} | `{sig['ter']}` |",
+    ]
+    aliases = ", ".join(registration["aliases"]) or "none"
+    lines = [
+        "# seq2seq pipeline run",
+        "",
+        *rows,
+        "",
+        f"Registered `{registration['model_name']}` version {registration['version']} "
+        f"(aliases: {aliases}). Promotion: {registration['reason']}",
+        "",
+        "Stage seconds: " + json.dumps(timings),
+    ]
+    return "\n".join(lines)
+
+
+def _record_in_dvc(logger: Any) -> None:
+    """Record the flow's outputs in dvc.lock so `dvc repro` sees them as up to date."""
+    if not (Path("dvc.yaml").exists() and Path(".dvc").is_dir()):
+        return
+    for cmd in (["commit", "--force", "--quiet"], ["push", "--quiet"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "dvc", *cmd], capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            logger.warning("dvc %s failed: %s", " ".join(cmd), proc.stderr.strip()[-500:])
+            return

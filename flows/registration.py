@@ -1,0 +1,81 @@
+"""The register stage: log the evaluated model to MLflow, register it, run the gate.
+
+It lives in flows/ (not in seq2seq_core.stages) because it is MLflow through and through;
+the Prefect flow, `seq2seq register` and the DVC stage all call `register_stage`.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from flows import tracking
+from seq2seq_core.config import PipelineConfig
+from seq2seq_core.stages import write_json
+
+
+class MissingStageOutputError(FileNotFoundError):
+    """A file the register stage needs was not produced; names the stage to run."""
+
+
+def _require(path: Path, stage: str) -> Path:
+    if not path.exists():
+        raise MissingStageOutputError(f"{path} not found: run `seq2seq {stage}` first")
+    return path
+
+
+def register_stage(
+    cfg: PipelineConfig,
+    *,
+    run_id: str | None = None,
+    trigger: str = "cli",
+    root: Path | None = None,
+) -> dict[str, Any]:
+    """Log the pyfunc model to the run `run_id` (or a new run), register and gate it."""
+    checkpoint = _require(Path(cfg.train.checkpoint_dir) / "best.pt", "train")
+    vocab_dir = _require(Path(cfg.vocab.out_dir), "vocab")
+    metrics_path = _require(Path(cfg.evaluate.reports_dir) / "metrics.json", "evaluate")
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+
+    tracking.configure_tracking(root)
+    # Standalone (`seq2seq register`, the DVC stage): one run of its own that carries the
+    # params, metrics and reports, so the registered version still links to its evidence.
+    own_run = (
+        tracking.pipeline_run(cfg, run_name="register", tags={"trigger": trigger})
+        if run_id is None
+        else nullcontext(None)
+    )
+    with own_run as run:
+        if run is not None:
+            run_id = run.info.run_id
+            log_stage_reports(cfg)
+        model_uri = tracking.log_translator_model(
+            checkpoint=checkpoint, vocab_dir=vocab_dir, cfg=cfg, metrics=metrics
+        )
+        result = tracking.register_and_promote(
+            cfg, model_uri=model_uri, run_id=run_id, metrics=metrics
+        )
+    record = {**asdict(result), "model_uri": model_uri, "run_id": run_id, "trigger": trigger}
+    write_json(Path(cfg.register.record_path), record)
+    return record
+
+
+def log_stage_reports(cfg: PipelineConfig) -> None:
+    """Attach every report the stages wrote (data report, metrics, samples, plots)."""
+    reports = Path(cfg.evaluate.reports_dir)
+    tracking.log_files([Path(cfg.data.prepared_dir) / "report.json"], "data")
+    tracking.log_files(
+        [
+            reports / "metrics.json",
+            reports / "train.json",
+            reports / "samples.csv",
+            reports / "samples.md",
+            reports / "train_history.csv",
+            Path(cfg.train.checkpoint_dir) / "history.json",
+        ],
+        "reports",
+    )
+    tracking.log_files([reports / "plots"], "plots")

@@ -1,0 +1,63 @@
+"""Attention over encoder outputs, batched over any number of decoder steps.
+
+Both classes split the work the same way: ``project_keys`` runs once per batch on the
+encoder outputs, ``forward`` scores T queries at once (T = 1 when decoding step by step,
+T = the whole target in the fused teacher-forced path). Padded source positions get a
+score of -inf, so their weight is exactly 0 and the real positions' weights sum to 1.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def _attend(scores: Tensor, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """scores (B, T, S), values (B, S, K), mask (B, S) True at real tokens."""
+    scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+    probs = torch.softmax(scores, dim=-1)  # (B, T, S)
+    return torch.bmm(probs, values), probs  # (B, T, K), (B, T, S)
+
+
+class BahdanauAttention(nn.Module):
+    """Additive (MLP) score v^T tanh(W_q q + W_k k) (Bahdanau et al., 2015)."""
+
+    def __init__(self, query_size: int, key_size: int, attention_size: int) -> None:
+        super().__init__()
+        self.key_layer = nn.Linear(key_size, attention_size, bias=False)
+        self.query_layer = nn.Linear(query_size, attention_size, bias=False)
+        self.energy_layer = nn.Linear(attention_size, 1, bias=False)
+
+    def project_keys(self, keys: Tensor) -> Tensor:
+        return self.key_layer(keys)  # (B, S, K) -> (B, S, A)
+
+    def forward(
+        self, query: Tensor, proj_keys: Tensor, values: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """query (B, T, Q) -> context (B, T, K), probs (B, T, S)."""
+        q = self.query_layer(query)  # (B, T, A)
+        # (B, T, 1, A) + (B, 1, S, A): every query against every key.
+        energy = torch.tanh(q.unsqueeze(2) + proj_keys.unsqueeze(1))  # (B, T, S, A)
+        scores = self.energy_layer(energy).squeeze(-1)  # (B, T, S)
+        return _attend(scores, values, mask)
+
+
+class LuongAttention(nn.Module):
+    """Multiplicative "general" score q^T W k (Luong et al., 2015, section 3.1)."""
+
+    def __init__(self, query_size: int, key_size: int) -> None:
+        super().__init__()
+        self.key_layer = nn.Linear(key_size, query_size, bias=False)
+
+    def project_keys(self, keys: Tensor) -> Tensor:
+        return self.key_layer(keys)  # (B, S, K) -> (B, S, Q): W k once per batch
+
+    def forward(
+        self, query: Tensor, proj_keys: Tensor, values: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """query (B, T, Q) -> context (B, T, K), probs (B, T, S)."""
+        scores = torch.bmm(query, proj_keys.transpose(1, 2))  # (B, T, S)
+        return _attend(scores, values, mask)
+
+
+Attention = BahdanauAttention | LuongAttention

@@ -1,0 +1,136 @@
+"""Encoded pairs -> padded ``Batch``es of similar length, sized by tokens, not sentences.
+
+Batches are cut from a length-sorted order so that little compute goes to padding, and
+each holds at most ``batch_tokens`` padded tokens (``B * max(S, T)``), so a batch of long
+verses has fewer sentences than a batch of short ones and memory stays flat. The batch
+order (and the order of equal-length pairs) is reshuffled every epoch from a seeded
+generator, so an epoch's batches depend only on (seed, epoch): that is what lets a resumed
+run see exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
+
+
+class PairEncoder(Protocol):
+    def encode_src(self, texts: list[str]) -> list[list[int]]: ...
+    def encode_tgt(self, texts: list[str]) -> list[list[int]]: ...
+
+
+@dataclass
+class EncodedPairs:
+    src: list[list[int]]  # subword ids, no BOS/EOS
+    tgt: list[list[int]]
+    skipped_long: int  # pairs with more than max_len tokens on either side
+    skipped_empty: int  # pairs whose source or target encodes to no tokens
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+@dataclass
+class Batch:
+    src: Tensor  # (B, S) int64, PAD_ID after each sentence's end
+    src_len: Tensor  # (B,) int64, kept on CPU (pack_padded_sequence wants it there)
+    tgt_in: Tensor  # (B, T) int64, BOS + y
+    tgt_out: Tensor  # (B, T) int64, y + EOS
+    ntokens: int  # real (non-pad) tokens in tgt_out
+    indices: list[int]  # position of each row in the EncodedPairs it came from
+
+    def to(self, device: torch.device) -> Batch:
+        nb = device.type == "cuda"
+        return Batch(
+            src=self.src.to(device, non_blocking=nb),
+            src_len=self.src_len,
+            tgt_in=self.tgt_in.to(device, non_blocking=nb),
+            tgt_out=self.tgt_out.to(device, non_blocking=nb),
+            ntokens=self.ntokens,
+            indices=self.indices,
+        )
+
+
+def encode_pairs(
+    tokenizer: PairEncoder, pairs: Sequence[tuple[str, str]], max_len: int
+) -> EncodedPairs:
+    """Encode (src, tgt) text pairs; drop and count pairs too long or empty after encoding."""
+    src_all = tokenizer.encode_src([s for s, _ in pairs])
+    tgt_all = tokenizer.encode_tgt([t for _, t in pairs])
+    src: list[list[int]] = []
+    tgt: list[list[int]] = []
+    long = empty = 0
+    for s, t in zip(src_all, tgt_all, strict=True):
+        if not s or not t:
+            empty += 1
+        elif len(s) > max_len or len(t) > max_len:
+            long += 1
+        else:
+            src.append(s)
+            tgt.append(t)
+    return EncodedPairs(src, tgt, skipped_long=long, skipped_empty=empty)
+
+
+def collate(src: Sequence[list[int]], tgt: Sequence[list[int]], indices: list[int]) -> Batch:
+    batch = len(indices)
+    src_len = torch.tensor([len(src[i]) for i in indices], dtype=torch.long)  # (B,)
+    tgt_len = [len(tgt[i]) + 1 for i in indices]  # +1 for BOS (in) / EOS (out)
+    src_t = torch.full((batch, int(src_len.max())), PAD_ID, dtype=torch.long)  # (B, S)
+    tgt_in = torch.full((batch, max(tgt_len)), PAD_ID, dtype=torch.long)  # (B, T)
+    tgt_out = torch.full_like(tgt_in, PAD_ID)
+    for row, i in enumerate(indices):
+        s, t = src[i], tgt[i]
+        src_t[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+        tgt_in[row, 0] = BOS_ID
+        tgt_in[row, 1 : len(t) + 1] = torch.tensor(t, dtype=torch.long)
+        tgt_out[row, : len(t)] = torch.tensor(t, dtype=torch.long)
+        tgt_out[row, len(t)] = EOS_ID
+    return Batch(src_t, src_len, tgt_in, tgt_out, ntokens=sum(tgt_len), indices=list(indices))
+
+
+def token_batches(
+    data: EncodedPairs, batch_tokens: int, generator: torch.Generator | None = None
+) -> list[list[int]]:
+    """Index lists, each with B * max(S, T) <= batch_tokens (a longer pair goes alone).
+
+    Sorted by target length first (the decoder and the output layer dominate the cost and
+    the encoder packs its input anyway), then source length; with a generator, pairs of
+    equal lengths and the batch order are shuffled, otherwise the order is deterministic.
+    """
+    n = len(data)
+    tie = torch.randperm(n, generator=generator).tolist() if generator is not None else range(n)
+    order = sorted(range(n), key=lambda i: (len(data.tgt[i]), len(data.src[i]), tie[i]))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order:
+        size = max(len(data.src[i]), len(data.tgt[i]) + 1)
+        if current and (len(current) + 1) * max(longest, size) > batch_tokens:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, size)
+    if current:
+        batches.append(current)
+    if generator is not None:
+        batches = [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
+
+
+def epoch_batches(data: EncodedPairs, batch_tokens: int, seed: int, epoch: int) -> list[Batch]:
+    """The shuffled training batches of one epoch, a pure function of (data, seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    return [
+        collate(data.src, data.tgt, idx) for idx in token_batches(data, batch_tokens, generator)
+    ]
+
+
+def fixed_batches(data: EncodedPairs, batch_tokens: int) -> list[Batch]:
+    """Deterministic length-sorted batches (validation loss)."""
+    return [collate(data.src, data.tgt, idx) for idx in token_batches(data, batch_tokens)]

@@ -1,0 +1,77 @@
+"""Checkpoints that rebuild the model on their own and load with ``weights_only=True``.
+
+Only tensors, dicts, lists, str, int, float, bool and None go in (no dataclasses, no
+pickled objects), so ``torch.load(..., weights_only=True)`` accepts them. Every save writes
+a temporary file next to the target and renames it over the target, so a process killed
+mid-save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seq2seq_core.config import ModelConfig
+from seq2seq_core.seq2seq import Seq2Seq, build_model
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing keys or was written by an incompatible version."""
+
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("model_state", "model_config", "src_vocab_size", "tgt_vocab_size")
+
+
+def model_payload(
+    model: Seq2Seq, model_cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int
+) -> dict[str, Any]:
+    """What any checkpoint holds: enough to rebuild the model with ``build_model``."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_config": dataclasses.asdict(model_cfg),
+        "src_vocab_size": int(src_vocab_size),
+        "tgt_vocab_size": int(tgt_vocab_size),
+    }
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    payload = torch.load(path, map_location=device, weights_only=True)
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: not a seq2seq checkpoint (missing {', '.join(missing)})")
+    return payload
+
+
+def model_config_from(payload: dict[str, Any]) -> ModelConfig:
+    # Keys a later ModelConfig dropped are ignored; keys it added take their defaults.
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in payload["model_config"].items() if k in known})
+
+
+def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[Seq2Seq, dict[str, Any]]:
+    """Rebuild the model from a checkpoint; returns (model in eval mode, the other entries)."""
+    payload = load_checkpoint(path, device)
+    model = build_model(
+        model_config_from(payload), payload["src_vocab_size"], payload["tgt_vocab_size"]
+    )
+    model.load_state_dict(payload["model_state"])
+    model.to(device).eval()
+    meta = {k: v for k, v in payload.items() if k not in ("model_state", "optimizer_state")}
+    return model, meta

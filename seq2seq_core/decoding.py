@@ -1,0 +1,92 @@
+"""Greedy decoding, batched over sentences of similar length, original order restored."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from seq2seq_core.seq2seq import BOS_ID, EOS_ID, PAD_ID, Seq2Seq
+
+
+@dataclass
+class GreedyResult:
+    ids: list[list[int]]  # per input sentence, without BOS/EOS
+    # Per input sentence (len(ids), source length) attention weights when asked for and the
+    # model has attention; otherwise None.
+    attention: list[Tensor | None] | None = None
+
+
+def greedy_decode(
+    model: Seq2Seq,
+    src_ids: Sequence[list[int]],
+    *,
+    batch_size: int,
+    max_len_ratio: float,
+    max_len_extra: int,
+    device: str | torch.device = "cpu",
+    return_attention: bool = False,
+) -> GreedyResult:
+    """Decode each source (subword ids, no BOS/EOS) by argmax, at most
+    ``int(max_len_ratio * len(src) + max_len_extra)`` tokens. An empty source gives an
+    empty output. The model is put in eval mode for the call and restored afterwards.
+    """
+    device = torch.device(device)
+    ids: list[list[int]] = [[] for _ in src_ids]
+    attention: list[Tensor | None] = [None for _ in src_ids]
+    # Longest first, so each batch holds sentences of similar length (little padding).
+    order = sorted((i for i, s in enumerate(src_ids) if s), key=lambda i: -len(src_ids[i]))
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            out, probs = _decode_batch(
+                model, [src_ids[i] for i in rows], max_len_ratio, max_len_extra, device
+            )
+            for row, i in enumerate(rows):
+                ids[i] = out[row]
+                if return_attention and probs is not None:
+                    attention[i] = probs[row, : len(out[row]), : len(src_ids[i])].cpu()
+    model.train(was_training)
+    return GreedyResult(ids, attention if return_attention else None)
+
+
+def _decode_batch(
+    model: Seq2Seq,
+    sources: list[list[int]],
+    max_len_ratio: float,
+    max_len_extra: int,
+    device: torch.device,
+) -> tuple[list[list[int]], Tensor | None]:
+    batch = len(sources)
+    src_len = torch.tensor([len(s) for s in sources], dtype=torch.long)  # (B,)
+    src = torch.full((batch, int(src_len.max())), PAD_ID, dtype=torch.long)  # (B, S)
+    for row, s in enumerate(sources):
+        src[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+    limits = [max(1, int(max_len_ratio * len(s) + max_len_extra)) for s in sources]
+    limit_t = torch.tensor(limits, device=device)  # (B,)
+
+    memory, state = model.encode(src.to(device), src_len)
+    tokens = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)  # (B,)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    steps: list[Tensor] = []
+    step_probs: list[Tensor] = []
+    for t in range(max(limits)):
+        logits, state, probs = model.decode_step(tokens, state, memory)  # (B, V), (B, S)
+        tokens = logits.argmax(dim=-1)  # (B,)
+        steps.append(tokens)
+        if probs is not None:
+            step_probs.append(probs)
+        finished |= (tokens == EOS_ID) | (limit_t <= t + 1)
+        if bool(finished.all()):
+            break
+    out = torch.stack(steps, dim=1).tolist()  # (B, T_out)
+    result = []
+    for row, seq in enumerate(out):
+        seq = seq[: limits[row]]
+        result.append(seq[: seq.index(EOS_ID)] if EOS_ID in seq else seq)
+    probs_all = torch.stack(step_probs, dim=1) if step_probs else None  # (B, T_out, S)
+    return result, probs_all

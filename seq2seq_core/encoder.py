@@ -1,0 +1,72 @@
+"""Recurrent encoder: embedding -> (bi)LSTM/GRU over packed sequences.
+
+A bidirectional encoder uses ``hidden_size // 2`` units per direction, so its outputs and
+its final state (forward and backward concatenated per layer) have exactly the decoder's
+``hidden_size`` and can start the decoder with no bridge layer.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+# An RNN state: GRU carries h, LSTM carries (h, c); each (layers, B, H).
+RNNState = Tensor | tuple[Tensor, Tensor]
+
+RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"gru": nn.GRU, "lstm": nn.LSTM}
+
+
+class RecurrentEncoder(nn.Module):
+    def __init__(
+        self,
+        vocab_size: int,
+        emb_size: int,
+        hidden_size: int,
+        cell: str,
+        layers: int,
+        bidirectional: bool,
+        dropout: float,
+        pad_id: int = 0,
+    ) -> None:
+        super().__init__()
+        if cell not in RNN_CLASSES:
+            raise ValueError(f"cell must be one of {', '.join(RNN_CLASSES)}, got {cell!r}")
+        if bidirectional and hidden_size % 2:
+            raise ValueError("a bidirectional encoder needs an even hidden_size")
+        self.hidden_size = hidden_size
+        self.layers = layers
+        self.bidirectional = bidirectional
+        self.embedding = nn.Embedding(vocab_size, emb_size, padding_idx=pad_id)
+        self.dropout = nn.Dropout(dropout)
+        self.rnn = RNN_CLASSES[cell](
+            emb_size,
+            hidden_size // 2 if bidirectional else hidden_size,
+            num_layers=layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if layers > 1 else 0.0,  # torch applies it between layers only
+        )
+
+    def forward(self, src: Tensor, src_len: Tensor) -> tuple[Tensor, RNNState]:
+        """src (B, S) ids, src_len (B,) int64 on CPU (every length >= 1).
+
+        Returns outputs (B, S, H), zero at padded positions, and the final state
+        (layers, B, H) (a (h, c) pair for LSTM), in the batch's original order.
+        """
+        emb = self.dropout(self.embedding(src))  # (B, S, E)
+        packed = pack_padded_sequence(emb, src_len.cpu(), batch_first=True, enforce_sorted=False)
+        packed_out, final = self.rnn(packed)
+        # total_length keeps S even when the longest sentence is shorter than the padding.
+        outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=src.size(1))
+        if self.bidirectional:
+            if isinstance(final, tuple):
+                final = (self._join_directions(final[0]), self._join_directions(final[1]))
+            else:
+                final = self._join_directions(final)
+        return outputs, final  # (B, S, H), (layers, B, H)
+
+    def _join_directions(self, state: Tensor) -> Tensor:
+        # torch orders h_n as (layer0 fwd, layer0 bwd, layer1 fwd, ...): (layers * 2, B, H/2)
+        _, batch, half = state.shape
+        state = state.view(self.layers, 2, batch, half)
+        return state.permute(0, 2, 1, 3).reshape(self.layers, batch, 2 * half)  # (layers, B, H)

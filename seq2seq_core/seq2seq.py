@@ -1,0 +1,148 @@
+"""The encoder-decoder and ``build_model``, the one place a ``ModelConfig`` becomes modules.
+
+``attention: none`` with ``context: last`` is the plain seq2seq of Sutskever et al. (2014):
+the encoder's final state (h, and c for LSTM) is the decoder's initial state, directly.
+``context: mean`` starts every decoder layer from the encoder outputs mean-pooled over the
+real (unpadded) source length instead (LSTM c0 = 0).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seq2seq_core.attention import Attention, BahdanauAttention, LuongAttention
+from seq2seq_core.config import ModelConfig
+from seq2seq_core.decoder import DecoderState, Memory, RecurrentDecoder, linear_cross_entropy
+from seq2seq_core.encoder import RecurrentEncoder, RNNState
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, encoder: RecurrentEncoder, decoder: RecurrentDecoder, context: str) -> None:
+        super().__init__()
+        if context not in ("last", "mean"):
+            raise ValueError(f"context must be 'last' or 'mean', got {context!r}")
+        self.encoder = encoder
+        self.decoder = decoder
+        self.context = context
+
+    def encode(self, src: Tensor, src_len: Tensor) -> tuple[Memory, DecoderState]:
+        """src (B, S), src_len (B,) -> attention memory and the decoder's initial state."""
+        outputs, final = self.encoder(src, src_len)  # (B, S, H), (layers, B, H)
+        lengths = src_len.to(src.device)
+        mask = torch.arange(src.size(1), device=src.device) < lengths.unsqueeze(1)  # (B, S)
+        attention = self.decoder.attention
+        proj_keys = attention.project_keys(outputs) if attention is not None else None
+        memory = Memory(outputs, proj_keys, mask, lengths)
+        hidden = self._initial_hidden(outputs, final, lengths)
+        return memory, DecoderState(hidden, self.decoder.initial_att_vector(src.size(0), outputs))
+
+    def _initial_hidden(self, outputs: Tensor, final: RNNState, lengths: Tensor) -> RNNState:
+        if self.context == "last":
+            return final
+        # Padded outputs are zero, so the sum over S is the sum over the real tokens.
+        mean = outputs.sum(dim=1) / lengths.unsqueeze(1).to(outputs.dtype)  # (B, H)
+        layers = self.decoder.rnn.num_layers
+        h0 = mean.unsqueeze(0).expand(layers, -1, -1).contiguous()  # (layers, B, H)
+        return (h0, torch.zeros_like(h0)) if isinstance(final, tuple) else h0
+
+    def decode_step(
+        self, prev_tokens: Tensor, state: DecoderState, memory: Memory
+    ) -> tuple[Tensor, DecoderState, Tensor | None]:
+        """prev_tokens (B,) -> logits (B, V), next state, attention probs (B, S) or None."""
+        return self.decoder.step(prev_tokens, state, memory)
+
+    def forward(
+        self, src: Tensor, src_len: Tensor, tgt_in: Tensor, teacher_forcing: float = 1.0
+    ) -> Tensor:
+        """src (B, S), src_len (B,) on CPU, tgt_in (B, T) = BOS + y -> logits (B, T, V).
+
+        With teacher_forcing < 1, one coin per step (torch's global RNG, shared by the whole
+        batch, as in the seed) decides whether the next input is the gold token or the
+        model's own argmax.
+        """
+        memory, state = self.encode(src, src_len)
+        if self._fused(teacher_forcing):
+            vectors, _ = self.decoder.fused_states(tgt_in, state.hidden, memory)  # (B, T, H)
+            return self.decoder.logits(vectors)
+        return self.forward_stepwise(tgt_in, state, memory, teacher_forcing)
+
+    def loss(
+        self,
+        src: Tensor,
+        src_len: Tensor,
+        tgt_in: Tensor,
+        tgt_out: Tensor,
+        teacher_forcing: float = 1.0,
+    ) -> Tensor:
+        """Cross-entropy summed over the real (non-pad) tokens of tgt_out (B, T).
+
+        Equal to ``F.cross_entropy(self(src, src_len, tgt_in, teacher_forcing), tgt_out,
+        ignore_index=PAD_ID, reduction="sum")``; on the fused path the output layer runs only
+        on real tokens and never materialises the (B, T, V) logits.
+        """
+        memory, state = self.encode(src, src_len)
+        if not self._fused(teacher_forcing):
+            logits = self.forward_stepwise(tgt_in, state, memory, teacher_forcing)
+            return F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)),
+                tgt_out.reshape(-1),
+                ignore_index=PAD_ID,
+                reduction="sum",
+            )
+        vectors, _ = self.decoder.fused_states(tgt_in, state.hidden, memory)  # (B, T, H)
+        real = tgt_out != PAD_ID  # (B, T)
+        x = self.decoder.dropout(vectors[real])  # (N, H), N real target tokens
+        return linear_cross_entropy(x, self.decoder.output_layer, tgt_out[real])
+
+    def _fused(self, teacher_forcing: float) -> bool:
+        return teacher_forcing >= 1.0 and not self.decoder.input_feeding
+
+    def forward_stepwise(
+        self, tgt_in: Tensor, state: DecoderState, memory: Memory, teacher_forcing: float
+    ) -> Tensor:
+        steps = []
+        tokens = tgt_in[:, 0]  # (B,) BOS
+        for t in range(tgt_in.size(1)):
+            logits, state, _ = self.decoder.step(tokens, state, memory)  # (B, V)
+            steps.append(logits)
+            if t + 1 < tgt_in.size(1):
+                gold = teacher_forcing >= 1.0 or bool(torch.rand(()) < teacher_forcing)
+                tokens = tgt_in[:, t + 1] if gold else logits.argmax(dim=-1)
+        return torch.stack(steps, dim=1)  # (B, T, V)
+
+
+def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
+    encoder = RecurrentEncoder(
+        vocab_size=src_vocab_size,
+        emb_size=cfg.emb_size,
+        hidden_size=cfg.hidden_size,
+        cell=cfg.cell,
+        layers=cfg.layers,
+        bidirectional=cfg.bidirectional,
+        dropout=cfg.dropout,
+        pad_id=PAD_ID,
+    )
+    attention: Attention | None = None
+    if cfg.attention == "bahdanau":
+        attention = BahdanauAttention(cfg.hidden_size, cfg.hidden_size, cfg.hidden_size)
+    elif cfg.attention == "luong":
+        attention = LuongAttention(cfg.hidden_size, cfg.hidden_size)
+    elif cfg.attention != "none":
+        raise ValueError(f"model.attention: {cfg.attention!r} is not one of none, bahdanau, luong")
+    decoder = RecurrentDecoder(
+        vocab_size=tgt_vocab_size,
+        emb_size=cfg.emb_size,
+        hidden_size=cfg.hidden_size,
+        cell=cfg.cell,
+        layers=cfg.layers,
+        dropout=cfg.dropout,
+        attention=attention,
+        encoder_size=cfg.hidden_size,
+        input_feeding=cfg.input_feeding,
+        pad_id=PAD_ID,
+    )
+    return Seq2Seq(encoder, decoder, context=cfg.context)

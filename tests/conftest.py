@@ -1,0 +1,51 @@
+"""Shared test set-up: quiet tools, one torch thread, tiny corpora and configs."""
+
+from __future__ import annotations
+
+import os
+
+# Before any import of prefect/mlflow: no telemetry, and a patient ephemeral API start.
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+import torch
+
+# Two OpenMP threads on a 2-core machine running other work are several times slower.
+torch.set_num_threads(1)
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+GENESIS_TSV = FIXTURES / "genesis_de_en.tsv"
+
+
+def tiny_params(source: Path = GENESIS_TSV) -> dict:
+    """Parameters that run every stage in seconds: 208 verse pairs, a 16-unit GRU."""
+    return {
+        "data": {"source": str(source), "valid_fraction": 0.1, "test_fraction": 0.1},
+        "vocab": {"size": 200},
+        "model": {"cell": "gru", "attention": "bahdanau", "emb_size": 16, "hidden_size": 32},
+        "train": {
+            "max_epochs": 2,
+            "time_budget_min": 2.0,
+            "batch_tokens": 1200,
+            "valid_bleu_sentences": 20,
+        },
+        "decode": {"max_len_extra": 5, "max_len_ratio": 1.0},
+        "evaluate": {"samples": 5},
+    }
+
+
+@pytest.fixture
+def tiny_params_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tiny params.yaml in a fresh working directory (all outputs land under tmp_path)."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny_params()), encoding="utf-8")
+    return path

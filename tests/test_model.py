@@ -1,0 +1,141 @@
+import dataclasses
+import itertools
+
+import pytest
+import torch
+
+from seq2seq_core.config import ModelConfig
+from seq2seq_core.seq2seq import build_model
+
+torch.set_num_threads(1)
+
+SRC_V, TGT_V = 20, 25
+
+VARIANTS = [
+    ModelConfig(
+        cell=cell,
+        attention=att,
+        bidirectional=bi,
+        context=ctx,
+        input_feeding=feed,
+        emb_size=8,
+        hidden_size=12,
+        layers=layers,
+        dropout=0.0,
+    )
+    for cell, att, bi, ctx, feed, layers in itertools.product(
+        ("gru", "lstm"),
+        ("none", "bahdanau", "luong"),
+        (False, True),
+        ("last", "mean"),
+        (False, True),
+        (1, 2),
+    )
+    if not (feed and att == "none")
+]
+
+
+def _id(cfg: ModelConfig) -> str:
+    bi = "bi" if cfg.bidirectional else "uni"
+    feed = "-feed" if cfg.input_feeding else ""
+    return f"{cfg.cell}-{cfg.attention}-{bi}-{cfg.context}{feed}-L{cfg.layers}"
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    src_len = torch.tensor([7, 3, 5])
+    src = torch.randint(4, SRC_V, (3, 7), generator=g)
+    src[torch.arange(7) >= src_len.unsqueeze(1)] = 0
+    tgt_in = torch.randint(4, TGT_V, (3, 6), generator=g)
+    return src, src_len, tgt_in
+
+
+def _model(cfg: ModelConfig) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(cfg, SRC_V, TGT_V).eval()
+
+
+@pytest.mark.parametrize("cfg", VARIANTS, ids=_id)
+def test_shapes_fused_equals_stepwise_and_padding_changes_nothing(cfg: ModelConfig) -> None:
+    model = _model(cfg)
+    src, src_len, tgt_in = _batch()
+    with torch.no_grad():
+        logits = model(src, src_len, tgt_in)
+        assert logits.shape == (3, 6, TGT_V)
+        memory, state = model.encode(src, src_len)
+        stepwise = model.forward_stepwise(tgt_in, state, memory, teacher_forcing=1.0)
+        torch.testing.assert_close(logits, stepwise, atol=1e-5, rtol=1e-5)
+        # Three extra pad columns on the source change no logit.
+        padded = torch.cat([src, torch.zeros(3, 3, dtype=src.dtype)], dim=1)
+        torch.testing.assert_close(model(padded, src_len, tgt_in), logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [c for c in VARIANTS if c.attention != "none"], ids=_id)
+def test_attention_sums_to_one_over_real_tokens_and_skips_padding(cfg: ModelConfig) -> None:
+    model = _model(cfg)
+    src, src_len, tgt_in = _batch()
+    with torch.no_grad():
+        memory, state = model.encode(src, src_len)
+        for t in range(3):
+            _, state, probs = model.decode_step(tgt_in[:, t], state, memory)
+            assert probs.shape == (3, 7)
+            torch.testing.assert_close(probs.sum(-1), torch.ones(3))
+            assert (probs[~memory.mask] == 0).all()
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_plain_seq2seq_has_no_attention_or_bridge_parameters(
+    cell: str, bidirectional: bool
+) -> None:
+    cfg = ModelConfig(cell=cell, attention="none", bidirectional=bidirectional, hidden_size=12)
+    names = [n for n, _ in build_model(cfg, SRC_V, TGT_V).named_parameters()]
+    assert not [n for n in names if "attention" in n or "att_" in n]
+    prefixes = {n.split(".")[0] + "." + n.split(".")[1] for n in names}
+    assert prefixes == {
+        "encoder.embedding",
+        "encoder.rnn",
+        "decoder.embedding",
+        "decoder.rnn",
+        "decoder.output_layer",
+    }
+
+
+def test_context_last_passes_the_encoder_state_unchanged() -> None:
+    cfg = ModelConfig(cell="lstm", attention="none", bidirectional=True, hidden_size=12)
+    model = _model(cfg)
+    src, src_len, _ = _batch()
+    with torch.no_grad():
+        _, final = model.encoder(src, src_len)
+        _, state = model.encode(src, src_len)
+    torch.testing.assert_close(state.hidden, final, atol=0, rtol=0)
+    assert final[0].shape == (1, 3, 12)
+
+
+def test_context_mean_pools_only_real_positions() -> None:
+    cfg = ModelConfig(cell="gru", attention="none", context="mean", hidden_size=12, layers=2)
+    model = _model(cfg)
+    src, src_len, _ = _batch()
+    with torch.no_grad():
+        outputs, _ = model.encoder(src, src_len)
+        _, state = model.encode(src, src_len)
+    expected = torch.stack([outputs[b, : src_len[b]].mean(0) for b in range(3)])
+    torch.testing.assert_close(state.hidden[0], expected)
+    torch.testing.assert_close(state.hidden[1], expected)
+
+
+def test_teacher_forcing_below_one_feeds_predictions_seeded() -> None:
+    cfg = dataclasses.replace(VARIANTS[0], attention="bahdanau")
+    model = _model(cfg)
+    src, src_len, tgt_in = _batch()
+    with torch.no_grad():
+        gold = model(src, src_len, tgt_in, teacher_forcing=1.0)
+        torch.manual_seed(1)
+        a = model(src, src_len, tgt_in, teacher_forcing=0.0)
+        torch.manual_seed(1)
+        b = model(src, src_len, tgt_in, teacher_forcing=0.5)
+        torch.manual_seed(1)
+        c = model(src, src_len, tgt_in, teacher_forcing=0.5)
+    torch.testing.assert_close(a[:, 0], gold[:, 0])  # step 0 always reads BOS
+    assert not torch.allclose(a, gold)
+    torch.testing.assert_close(b, c)  # the coin comes from torch's seeded RNG
