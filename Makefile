@@ -43,3 +43,32 @@ bench: install
 
 clean:
 	rm -rf data/prepared data/vocab models reports mlflow.db mlartifacts .state
+
+# Scheduled runs (prefect.yaml): `make prefect-server`, then `make deploy` and `make worker`
+# in a second terminal; or `make serve-flows` instead of deploy + worker. These four talk to
+# the local server; set PREFECT_API_URL (or PREFECT_PORT) to use another one.
+PREFECT_PORT ?= 4200
+PREFECT_POOL ?= seq2seq-process
+# The directory the deployments' pull step moves flow runs into: this clone. `deploy` writes
+# it into the deployments; `worker` supplies it to deployments made without it.
+SEQ2SEQ_PROJECT_DIR ?= $(CURDIR)
+PREFECT_TARGETS := prefect-server deploy worker serve-flows
+$(PREFECT_TARGETS): export PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
+
+.PHONY: $(PREFECT_TARGETS)
+
+prefect-server: install
+	mkdir -p $(PREFECT_HOME)
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+deploy: install
+	$(BIN)/prefect work-pool inspect $(PREFECT_POOL) >/dev/null 2>&1 \
+		|| $(BIN)/prefect work-pool create $(PREFECT_POOL) --type process
+	SEQ2SEQ_PROJECT_DIR=$(SEQ2SEQ_PROJECT_DIR) $(BIN)/prefect --no-prompt deploy --all
+
+worker: install
+	SEQ2SEQ_PROJECT_DIR=$(SEQ2SEQ_PROJECT_DIR) \
+		$(BIN)/prefect worker start --pool $(PREFECT_POOL) --type process
+
+serve-flows: install
+	$(BIN)/python -m flows.deploy

@@ -1,9 +1,12 @@
 """Training throughput on synthetic Bible-like data: one JSON line per configuration.
 
 Each line: target tokens/s of real training steps (forward, backward, clip, Adam) through
-the same `_train_step` the pipeline uses, peak RSS, parameter count, and model FLOP/s (the
+the same `train_step` the pipeline uses, peak RSS, parameter count, and model FLOP/s (the
 matmuls of one forward+backward, counted on real tokens) as a fraction of an fp32 `torch.mm`
-peak measured in the same run. Only ratios from one run are comparable: the machines vary.
+peak measured in the same process, and the time to greedy-decode 300 sentences (a random
+model rarely emits EOS, so this is the worst case: every sentence runs to its length limit).
+Each configuration runs in its own subprocess so that peak RSS is its own.
+Only ratios from one run are comparable: the machines vary from day to day.
 
     .venv/bin/python bench/train_throughput.py --seconds 30 --threads 1
     .venv/bin/python bench/train_throughput.py --configs default small --threads 2
@@ -15,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import resource
+import subprocess
 import sys
 import time
 
@@ -24,15 +28,20 @@ from seq2seq_core.batching import Batch, EncodedPairs, epoch_batches
 from seq2seq_core.config import ModelConfig, PipelineConfig, TrainConfig
 from seq2seq_core.decoding import greedy_decode
 from seq2seq_core.seq2seq import build_model
-from seq2seq_core.training import _train_step
+from seq2seq_core.training import train_step
 
 VOCAB = 8000
 
 CONFIGS: dict[str, tuple[dict, dict]] = {
-    # name: (model overrides, train overrides)
+    # name: (model overrides, train overrides); "precision" is not a TrainConfig key (yet)
     "default": ({}, {}),
+    "default_bf16": ({}, {"precision": "bf16"}),
     "small": ({"hidden_size": 256, "emb_size": 256}, {}),
     "small_luong": ({"hidden_size": 256, "emb_size": 256, "attention": "luong"}, {}),
+    "small_luong_bf16": (
+        {"hidden_size": 256, "emb_size": 256, "attention": "luong"},
+        {"precision": "bf16"},
+    ),
     "small_lstm_luong": (
         {"cell": "lstm", "hidden_size": 256, "emb_size": 256, "attention": "luong"},
         {},
@@ -98,6 +107,8 @@ def batch_macs(m: ModelConfig, batch: Batch) -> int:
 
 def run_config(name: str, seconds: float, pairs: EncodedPairs, peak: float) -> dict:
     model_over, train_over = CONFIGS[name]
+    train_over = dict(train_over)
+    precision = train_over.pop("precision", "fp32")
     cfg = PipelineConfig(
         model=dataclasses.replace(ModelConfig(), **model_over),
         train=dataclasses.replace(TrainConfig(), **train_over),
@@ -108,12 +119,17 @@ def run_config(name: str, seconds: float, pairs: EncodedPairs, peak: float) -> d
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     batches = epoch_batches(pairs, cfg.train.batch_tokens, seed=0, epoch=1)
     device = torch.device("cpu")
+    kw = {
+        "teacher_forcing": cfg.train.teacher_forcing,
+        "clip_grad": cfg.train.clip_grad,
+        "precision": precision,
+    }
     for batch in batches[:2]:  # warm-up: allocator, oneDNN primitives
-        _train_step(model, optimizer, batch.to(device), cfg)
+        train_step(model, optimizer, batch.to(device), **kw)
     tokens = macs = steps = 0
     t0 = time.perf_counter()
     for batch in batches[2:]:
-        _train_step(model, optimizer, batch, cfg)
+        train_step(model, optimizer, batch, **kw)
         tokens += batch.ntokens
         macs += batch_macs(cfg.model, batch)
         steps += 1
@@ -130,6 +146,7 @@ def run_config(name: str, seconds: float, pairs: EncodedPairs, peak: float) -> d
         "config": name,
         "model": dataclasses.asdict(cfg.model),
         "batch_tokens": cfg.train.batch_tokens,
+        "precision": precision,
         "teacher_forcing": cfg.train.teacher_forcing,
         "threads": torch.get_num_threads(),
         "steps": steps,
@@ -150,13 +167,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="timed training per config")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=4000)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if not args.child:  # one subprocess per configuration: its own peak RSS
+        for name in args.configs:
+            base = ["--seconds", str(args.seconds), "--threads", str(args.threads)]
+            cmd = [sys.executable, __file__, "--child", "--configs", name, *base]
+            subprocess.run([*cmd, "--pairs", str(args.pairs)], check=True)
+        return
     torch.set_num_threads(args.threads)
     pairs = synthetic_pairs(args.pairs)
     peak = matmul_peak_gflops()
     for name in args.configs:
         print(json.dumps(run_config(name, args.seconds, pairs, peak)), flush=True)
-    print(f"# fp32 torch.mm peak {peak:.1f} GFLOP/s", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -53,10 +53,10 @@ def register_stage(
             run_id = run.info.run_id
             log_stage_reports(cfg)
         model_uri = tracking.log_translator_model(
-            checkpoint=checkpoint, vocab_dir=vocab_dir, cfg=cfg, metrics=metrics
+            checkpoint=checkpoint, vocab_dir=vocab_dir, cfg=cfg, metrics=metrics, run_id=run_id
         )
         result = tracking.register_and_promote(
-            cfg, model_uri=model_uri, run_id=run_id, metrics=metrics
+            cfg, model_uri=model_uri, run_id=run_id, metrics=metrics, trigger=trigger
         )
     record = {**asdict(result), "model_uri": model_uri, "run_id": run_id, "trigger": trigger}
     write_json(Path(cfg.register.record_path), record)

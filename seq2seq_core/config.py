@@ -75,12 +75,12 @@ class VocabConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     cell: str = "gru"
-    attention: str = "bahdanau"
+    attention: str = "luong"
     context: str = "last"
     emb_size: int = 256
     # Decoder hidden size; a bidirectional encoder uses hidden_size // 2 per direction so
     # that its states and final state concatenate to exactly the decoder's size.
-    hidden_size: int = 512
+    hidden_size: int = 256
     layers: int = 1
     bidirectional: bool = True
     dropout: float = 0.1
@@ -114,9 +114,11 @@ class TrainConfig:
     # Sentences longer than this many subword tokens (either side) are left out of
     # training batches (counted in the train report), so one long verse cannot blow a batch.
     max_len: int = 128
-    # 0 = choose: 1 thread per physical core minus nothing, capped (see training.pick_threads).
+    # 0 = the number of idle cores, at least 1 (see training.pick_threads).
     threads: int = 0
     device: str = "auto"
+    # bf16 autocast for the forward pass (weights, optimizer and softmax stay fp32).
+    precision: str = "fp32"
     # Validation BLEU is decoded on at most this many validation pairs per epoch.
     valid_bleu_sentences: int = 300
     checkpoint_dir: str = "models/checkpoints"
@@ -129,6 +131,7 @@ class TrainConfig:
         if self.time_budget_min <= 0:
             raise ConfigError("train.time_budget_min must be > 0")
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        _choice("train.precision", self.precision, ("fp32", "bf16"))
 
 
 @dataclass(frozen=True)

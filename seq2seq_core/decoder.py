@@ -6,7 +6,7 @@ Without attention h~_t = s_t and the decoder has no attention parameters at all.
 
 Because the query is the RNN's own output, nothing in the RNN depends on attention unless
 input feeding is on: teacher-forced training then runs the RNN as one fused call over the
-whole target and attends for all T steps in one batched call (``forward_fused``).
+whole target and attends for all T steps in one batched call (``fused_states``).
 """
 
 from __future__ import annotations
@@ -129,11 +129,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, x.size(0), chunk):
             xc, yc = x[start : start + chunk].to(dtype), target[start : start + chunk]
             logits = torch.addmm(b, xc, w.t()).float()  # (C, V)
-            lse = torch.logsumexp(logits, dim=1)  # (C,)
-            total += (lse - logits.gather(1, yc.unsqueeze(1)).squeeze(1)).sum()
+            gold = logits.gather(1, yc.unsqueeze(1)).squeeze(1)  # (C,)
+            peak = logits.amax(dim=1, keepdim=True)  # (C, 1)
+            probs = logits.sub_(peak).exp_()  # unnormalised softmax, in place: one pass each
+            norm = probs.sum(dim=1)  # (C,)
+            total += (peak.squeeze(1) + norm.log() - gold).sum()  # logsumexp - gold logit
             if not need_grad:
                 continue
-            probs = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place
+            probs.div_(norm.unsqueeze(1))
             probs[torch.arange(yc.numel(), device=yc.device), yc] -= 1.0  # d loss / d logits
             grad_b += probs.sum(dim=0)
             probs_c = probs.to(dtype)

@@ -82,15 +82,40 @@ class _Progress:
 
 
 def pick_threads(requested: int) -> int:
-    """Torch intra-op threads: ``requested`` if > 0, else 1.
+    """Torch intra-op threads: ``requested`` if > 0, else the number of idle cores (>= 1).
 
-    Measured on the 2-core Zen 4 VM (default model: bi-GRU, hidden 512, bahdanau, vocab 8k,
-    3000-token batches, synthetic Bible-like lengths) with another job competing for the
-    cores: see the module-level THREAD_MEASUREMENT note below. One thread is the rule
-    because OpenMP threads spin-wait on a busy core: two threads on two shared cores
-    ran several times slower than one, while two threads on an idle machine gained little.
+    Measured on the 2-core Zen 4 VM (bi-GRU 256, Luong attention, vocab 8k, 3000-token
+    batches, synthetic Bible-like lengths), in target tokens/s: idle machine, 1 thread
+    ~3,300, 2 threads ~5,400; with one core kept busy by another process, 1 thread ~3,300,
+    2 threads ~1,700 (OpenMP threads wait on each other when one shares its core). So
+    "one thread per core" is right only for idle cores: the rule samples /proc/stat for
+    0.3 s and uses the cores that were idle, rounded to the nearest whole core.
     """
-    return requested if requested > 0 else 1
+    if requested > 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    idle = _idle_cores(0.3)
+    if idle is None:
+        return 1
+    return max(1, min(cores, int(idle + 0.5)))
+
+
+def _idle_cores(seconds: float) -> float | None:
+    """How many cores' worth of CPU time was idle during ``seconds`` (Linux), else None."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return values[3] + values[4], sum(values[:8])  # idle + iowait, all but guest time
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(seconds)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    ticks = total1 - total0
+    return (idle1 - idle0) / ticks * (os.cpu_count() or 1) if ticks > 0 else None
 
 
 def pick_device(name: str) -> torch.device:
@@ -150,7 +175,14 @@ def train_model(
             if time.monotonic() - clock0 >= budget_s:
                 out_of_time = True
                 break
-            loss, grad_norm = _train_step(model, optimizer, batch.to(device), cfg)
+            loss, grad_norm = train_step(
+                model,
+                optimizer,
+                batch.to(device),
+                teacher_forcing=tc.teacher_forcing,
+                clip_grad=tc.clip_grad,
+                precision=_precision(cfg),
+            )
             progress.step += 1
             loss_sum += loss * batch.ntokens
             tokens += batch.ntokens
@@ -170,7 +202,7 @@ def train_model(
         progress.train_seconds += train_seconds
 
         # 2. validate: loss over all valid pairs, BLEU on greedy decodes of the first N
-        valid_loss = evaluate_loss(model, valid_batches, device)
+        valid_loss = evaluate_loss(model, valid_batches, device, _precision(cfg))
         valid_bleu = validation_bleu(model, tokenizer, bleu_src, bleu_refs, cfg, device)
         metrics = {
             "train_loss": loss_sum / max(tokens, 1),
@@ -214,24 +246,45 @@ def train_model(
     )
 
 
-def _train_step(
-    model: Seq2Seq, optimizer: torch.optim.Optimizer, batch: Batch, cfg: PipelineConfig
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """bf16 autocast for ``precision == "bf16"`` (weights, optimizer and softmax stay fp32)."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"train.precision: {precision!r} is not one of fp32, bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def train_step(
+    model: Seq2Seq,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    *,
+    teacher_forcing: float,
+    clip_grad: float,
+    precision: str = "fp32",
 ) -> tuple[float, float]:
     """One update; returns (loss per target token, gradient norm before clipping)."""
-    tf = cfg.train.teacher_forcing
-    loss = model.loss(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out, tf) / batch.ntokens
+    with autocast(batch.src.device, precision):
+        loss = model.loss(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out, teacher_forcing)
+    loss = loss / batch.ntokens
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
     optimizer.step()
     return loss.item(), grad_norm.item()
 
 
-def evaluate_loss(model: Seq2Seq, batches: Sequence[Batch], device: torch.device) -> float:
+def _precision(cfg: PipelineConfig) -> str:
+    # TODO(config): `train.precision` ("fp32" | "bf16") is proposed for config.py.
+    return cfg.train.precision
+
+
+def evaluate_loss(
+    model: Seq2Seq, batches: Sequence[Batch], device: torch.device, precision: str = "fp32"
+) -> float:
     """Teacher-forced loss per target token (nan when there are no batches)."""
     model.eval()
     total, tokens = 0.0, 0
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, precision):
         for batch in batches:
             b = batch.to(device)
             total += float(model.loss(b.src, b.src_len, b.tgt_in, b.tgt_out))
@@ -264,7 +317,15 @@ def validation_bleu(
 
 # Train settings that change what the run computes; the others (max_epochs, the time budget,
 # threads, device, paths) may change between a run and its resumption.
-FINGERPRINT_TRAIN_KEYS = ("teacher_forcing", "batch_tokens", "lr", "clip_grad", "seed", "max_len")
+FINGERPRINT_TRAIN_KEYS = (
+    "teacher_forcing",
+    "batch_tokens",
+    "lr",
+    "clip_grad",
+    "seed",
+    "max_len",
+    "precision",
+)
 
 
 def run_fingerprint(
@@ -280,7 +341,7 @@ def run_fingerprint(
     train = dataclasses.asdict(cfg.train)
     settings = {
         "model": dataclasses.asdict(cfg.model),
-        "train": {k: train[k] for k in FINGERPRINT_TRAIN_KEYS},
+        "train": {k: train[k] for k in FINGERPRINT_TRAIN_KEYS if k in train},
         "vocab": [src_vocab_size, tgt_vocab_size],
     }
     digest.update(json.dumps(settings, sort_keys=True).encode())

@@ -26,8 +26,14 @@ GENESIS_TSV = FIXTURES / "genesis_de_en.tsv"
 
 
 def tiny_params(source: Path = GENESIS_TSV) -> dict:
-    """Parameters that run every stage in seconds: 208 verse pairs, a 16-unit GRU."""
-    return {
+    """Parameters that run every stage in seconds: 208 verse pairs, a 32-unit GRU.
+
+    Every section is present (defaults filled in) because DVC tracks whole sections.
+    """
+    from seq2seq_core.config import PipelineConfig
+
+    full = PipelineConfig().to_dict()
+    tiny = {
         "data": {"source": str(source), "valid_fraction": 0.1, "test_fraction": 0.1},
         "vocab": {"size": 200},
         "model": {"cell": "gru", "attention": "bahdanau", "emb_size": 16, "hidden_size": 32},
@@ -40,6 +46,9 @@ def tiny_params(source: Path = GENESIS_TSV) -> dict:
         "decode": {"max_len_extra": 5, "max_len_ratio": 1.0},
         "evaluate": {"samples": 5},
     }
+    for section, values in tiny.items():
+        full[section].update(values)
+    return full
 
 
 @pytest.fixture

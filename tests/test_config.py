@@ -60,4 +60,4 @@ def test_load_config_names_the_file(tmp_path: Path) -> None:
 def test_flat_keys_are_section_dot_key() -> None:
     flat = PipelineConfig().flat()
     assert flat["train.teacher_forcing"] == 1.0
-    assert flat["model.attention"] == "bahdanau"
+    assert flat["model.attention"] == "luong"

@@ -139,3 +139,43 @@ def test_teacher_forcing_below_one_feeds_predictions_seeded() -> None:
     torch.testing.assert_close(a[:, 0], gold[:, 0])  # step 0 always reads BOS
     assert not torch.allclose(a, gold)
     torch.testing.assert_close(b, c)  # the coin comes from torch's seeded RNG
+
+
+@pytest.mark.parametrize("cfg", [VARIANTS[5], VARIANTS[-1]], ids=_id)
+def test_loss_equals_cross_entropy_of_forward_with_gradients(cfg: ModelConfig) -> None:
+    model = _model(cfg)
+    src, src_len, tgt_in = _batch()
+    tgt_out = torch.cat([tgt_in[:, 1:], torch.full((3, 1), 3)], dim=1)
+    tgt_out[2, 4:] = 0  # padding is ignored
+    fused = model.loss(src, src_len, tgt_in, tgt_out)
+    fused.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    logits = model(src, src_len, tgt_in)
+    plain = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, TGT_V), tgt_out.reshape(-1), ignore_index=0, reduction="sum"
+    )
+    plain.backward()
+    torch.testing.assert_close(fused, plain)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_linear_cross_entropy_chunks_and_bf16() -> None:
+    from seq2seq_core.decoder import linear_cross_entropy
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 50)
+    x = torch.randn(37, 16, requires_grad=True)
+    y = torch.randint(0, 50, (37,))
+    ref = torch.nn.functional.cross_entropy(layer(x), y, reduction="sum")
+    (gx_ref,) = torch.autograd.grad(ref, x)
+    for chunk in (1, 8, 64):
+        loss = linear_cross_entropy(x, layer, y, chunk=chunk)
+        (gx,) = torch.autograd.grad(2 * loss, x)
+        torch.testing.assert_close(loss, ref)
+        torch.testing.assert_close(gx, 2 * gx_ref)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(x, layer, y)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, ref, rtol=2e-2, atol=0)

@@ -167,3 +167,12 @@ def test_time_budget_stops_cleanly_and_keeps_best(tmp_path: Path) -> None:
 def test_pick_threads() -> None:
     assert pick_threads(3) == 3
     assert pick_threads(0) >= 1
+
+
+def test_bf16_autocast_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from seq2seq_core import training
+
+    # Until config.py has train.precision, training reads it through _precision.
+    monkeypatch.setattr(training, "_precision", lambda cfg: "bf16")
+    result = _train(_cfg(max_epochs=8), tmp_path)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]

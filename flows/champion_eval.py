@@ -1,0 +1,121 @@
+"""The weekly check on the registry: score the champion on the current prepared test split.
+
+Reads the model by alias (``models:/<register.model_name>@champion``), translates the test
+split that ingest wrote last, scores it with the same sacrebleu metrics as the evaluate
+stage, logs the scores to a new MLflow run and leaves a markdown artifact in Prefect.
+It changes no alias: a drop in the score is for a person (or the nightly gate) to act on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from flows import tracking
+from seq2seq_core.config import load_config
+from seq2seq_core.data import read_prepared_split
+from seq2seq_core.evaluation import eval_set_digest, score_translations
+
+
+class NoChampionError(LookupError):
+    """The registry has no version under the alias; names the model and the alias."""
+
+
+@flow(name="seq2seq-champion-eval")
+def evaluate_champion(
+    params_path: str = "params.yaml",
+    overrides: list[str] | None = None,
+    alias: str = tracking.CHAMPION,
+) -> dict[str, Any]:
+    logger = get_run_logger()
+    cfg = load_config(params_path, overrides or [])
+    tracking.configure_tracking(Path.cwd())
+    name = cfg.register.model_name
+    champion = _version_by_alias(MlflowClient(), name, alias)
+    model_uri = f"models:/{name}@{alias}"
+
+    test = read_prepared_split(Path(cfg.data.prepared_dir), "test")
+    sources, references = test["src"].tolist(), test["tgt"].tolist()
+    translator = mlflow.pyfunc.load_model(model_uri)
+    hypotheses = list(translator.predict(pd.DataFrame({"src": sources})))
+    scores = score_translations(hypotheses, references)
+    test_sha = eval_set_digest(sources, references)
+    logger.info(
+        "%s v%s on %d test sentences: BLEU %.2f, chrF %.2f, TER %.2f",
+        name,
+        champion.version,
+        len(sources),
+        scores["bleu"],
+        scores["chrf"],
+        scores["ter"],
+    )
+
+    tags = {
+        "prefect.flow_run_id": str(flow_run.id or ""),
+        "trigger": "prefect",
+        "evaluation.model_uri": model_uri,
+        "evaluation.model_version": champion.version,
+        "evaluation.test_set_sha256": test_sha,
+    }
+    with tracking.pipeline_run(cfg, run_name=f"eval-{alias}-v{champion.version}", tags=tags) as run:
+        tracking.log_metrics({f"{alias}/{k}": scores[k] for k in ("bleu", "chrf", "ter")})
+
+    summary = {
+        "model_name": name,
+        "alias": alias,
+        "version": int(champion.version),
+        "sentences": len(sources),
+        "test_set_sha256": test_sha,
+        "same_test_set_as_registration": champion.tags.get("test.test_set_sha256") == test_sha,
+        "registered_bleu": _float_or_none(champion.tags.get("test.bleu")),
+        "scores": scores,
+        "mlflow_run_id": run.info.run_id,
+    }
+    create_markdown_artifact(key="champion-eval", markdown=_markdown(summary))
+    return summary
+
+
+def _version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion:
+    try:
+        number = client.get_registered_model(name).aliases.get(alias)
+    except MlflowException as exc:
+        raise NoChampionError(f"registered model {name!r} not found: {exc.message}") from None
+    if number is None:
+        raise NoChampionError(f"registered model {name!r} has no version with alias {alias!r}")
+    return client.get_model_version(name, number)
+
+
+def _float_or_none(value: str | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _markdown(summary: dict[str, Any]) -> str:
+    scores, sig = summary["scores"], summary["scores"]["signatures"]
+    registered = summary["registered_bleu"]
+    then = "unknown" if registered is None else f"{registered:.2f}"
+    same = (
+        "the same test set" if summary["same_test_set_as_registration"] else "a different test set"
+    )
+    return "\n".join(
+        [
+            f"# {summary['model_name']}@{summary['alias']} (version {summary['version']})",
+            "",
+            "| metric | score | sacrebleu signature |",
+            "| --- | --- | --- |",
+            f"| BLEU | {scores['bleu']:.2f} | `{sig['bleu']}` |",
+            f"| chrF | {scores['chrf']:.2f} | `{sig['chrf']}` |",
+            f"| TER | {scores['ter']:.2f} | `{sig['ter']}` |",
+            "",
+            f"{summary['sentences']} test sentences (sha256 {summary['test_set_sha256'][:12]}), "
+            f"{same} as at registration, where its test BLEU was {then}.",
+        ]
+    )

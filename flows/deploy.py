@@ -1,0 +1,73 @@
+"""Serve the deployments of prefect.yaml from this process: schedules without a work pool.
+
+    python -m flows.deploy          # or: make serve-flows
+
+Names, entrypoints, parameters and cron schedules are read from prefect.yaml, so the
+served deployments and the ones `prefect deploy` creates for a worker cannot drift apart.
+Flow runs start in this process's working directory (run it from the clone's root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
+from prefect.flows import Flow
+from prefect.schedules import Cron
+
+PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
+
+
+class DeploymentSpecError(ValueError):
+    """prefect.yaml lacks something a served deployment needs; names the deployment."""
+
+
+def build_deployments(prefect_yaml: Path = PREFECT_YAML) -> list[RunnerDeployment]:
+    """One ``RunnerDeployment`` per entry under ``deployments:`` in ``prefect_yaml``."""
+    spec = yaml.safe_load(prefect_yaml.read_text(encoding="utf-8"))
+    return [_to_deployment(entry, prefect_yaml) for entry in spec.get("deployments") or []]
+
+
+def _to_deployment(entry: dict[str, Any], source: Path) -> RunnerDeployment:
+    name = entry.get("name")
+    if not name or not entry.get("entrypoint"):
+        raise DeploymentSpecError(f"{source}: every deployment needs a name and an entrypoint")
+    schedules = [
+        Cron(s["cron"], timezone=s.get("timezone", "UTC"))
+        for s in entry.get("schedules") or []
+        if "cron" in s
+    ]
+    return _load_flow(entry["entrypoint"], name).to_deployment(
+        name=name,
+        parameters=entry.get("parameters") or {},
+        description=entry.get("description"),
+        tags=entry.get("tags"),
+        schedules=schedules,
+    )
+
+
+def _load_flow(entrypoint: str, deployment: str) -> Flow:
+    """``flows/pipeline.py:training_pipeline`` -> the flow object, imported as a module
+    (so that served runs import ``flows.pipeline`` just as the worker's runs do)."""
+    path, _, attr = entrypoint.partition(":")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    found = getattr(module, attr, None)
+    if not isinstance(found, Flow):
+        raise DeploymentSpecError(f"deployment {deployment!r}: {entrypoint} is not a Prefect flow")
+    return found
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__)
+    parser.add_argument("--prefect-file", type=Path, default=PREFECT_YAML)
+    args = parser.parse_args(argv)
+    serve(*build_deployments(args.prefect_file))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,354 @@
+"""flows.tracking against a real MLflow store (SQLite in a temp dir): the run, the training
+callback, artifacts, registration and the promotion gate. No MLflow mocks."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+import logging
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import GENESIS_TSV, REPO
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from flows import tracking
+from seq2seq_core.config import PipelineConfig, config_from_dict
+from seq2seq_core.tokenization import SubwordTokenizer
+from seq2seq_core.training import TrainResult, train_model
+
+SHA_A, SHA_B = "a" * 64, "b" * 64
+SIG = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
+
+
+def tiny_cfg(**register: object) -> PipelineConfig:
+    return config_from_dict(
+        {
+            "vocab": {"size": 100},
+            "model": {"hidden_size": 16, "emb_size": 8, "dropout": 0.0},
+            "train": {"max_epochs": 2, "batch_tokens": 400, "valid_bleu_sentences": 5},
+            "decode": {"max_len_ratio": 1.0, "max_len_extra": 5},
+            "register": {"model_name": "gate-test", **register},
+        }
+    )
+
+
+def scores(bleu: float, sha: str = SHA_A, bleu_sig: str = SIG) -> dict:
+    """A metrics.json as the evaluate stage writes it (the gate reads only these keys)."""
+    return {
+        "test": {
+            "bleu": bleu,
+            "chrf": 40.0,
+            "ter": 70.0,
+            "signatures": {"bleu": bleu_sig, "chrf": "nrefs:1|chrf", "ter": "nrefs:1|ter"},
+            "sentences": 21,
+            "test_set_sha256": sha,
+        }
+    }
+
+
+@dataclass
+class Trained:
+    root: Path
+    cfg: PipelineConfig
+    run_id: str
+    result: TrainResult
+    model_uri: str
+
+
+@pytest.fixture(scope="module")
+def tracking_root(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("mlflow")
+    previous = mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        tracking.configure_tracking(root)
+        yield root
+    mlflow.set_tracking_uri(previous)
+
+
+@pytest.fixture
+def store(tracking_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point MLflow (back) at the module's store; a test may have moved it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking.configure_tracking(tracking_root)
+    return tracking_root
+
+
+@pytest.fixture(scope="module")
+def trained(tracking_root: Path) -> Trained:
+    """A real tiny training run inside `pipeline_run`, metrics through the callback."""
+    lines = GENESIS_TSV.read_text(encoding="utf-8").splitlines()[:60]
+    pairs = [tuple(line.split("\t")) for line in lines]
+    cfg = tiny_cfg()
+    tokenizer = SubwordTokenizer.train(
+        [s for s, _ in pairs], [t for _, t in pairs], cfg.vocab, tracking_root / "vocab"
+    )
+    tags = {"prefect.flow_run_id": "flow-run-123", "empty": ""}
+    with tracking.pipeline_run(cfg, run_name="tiny", tags=tags) as run:
+        result = train_model(
+            cfg,
+            tokenizer=tokenizer,
+            train_pairs=pairs[:50],
+            valid_pairs=pairs[50:],
+            checkpoint_dir=tracking_root / "ckpt",
+            callbacks=[tracking.MlflowTrainCallback(run.info.run_id, flush_every_steps=7)],
+        )
+        model_uri = tracking.log_translator_model(
+            checkpoint=Path(result.best_checkpoint),
+            vocab_dir=tracking_root / "vocab",
+            cfg=cfg,
+            metrics=scores(10.0),
+        )
+    return Trained(tracking_root, cfg, run.info.run_id, result, model_uri)
+
+
+# --------------------------------------------------------------------------- store
+
+
+def test_configure_tracking_defaults_to_sqlite_and_artifacts_under_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY")
+    uri = tracking.configure_tracking(tmp_path)
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert mlflow.get_tracking_uri() == uri and (tmp_path / "mlflow.db").is_file()
+    experiment = MlflowClient().get_experiment_by_name(tracking.DEFAULT_EXPERIMENT)
+    assert experiment.artifact_location == (tmp_path.resolve() / "mlartifacts").as_uri()
+    assert tracking.configure_tracking(tmp_path) == uri  # idempotent: the experiment exists
+
+    other = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    assert tracking.configure_tracking(tmp_path) == other
+    assert mlflow.get_tracking_uri() == other
+
+
+def test_import_has_no_side_effects(tmp_path: Path) -> None:
+    code = (
+        "import os, mlflow, flows.tracking, flows.pyfunc\n"
+        "assert not mlflow.is_tracking_uri_set()\n"
+        "assert 'MLFLOW_TRACKING_URI' not in os.environ\n"
+        "assert 'prefect' not in __import__('sys').modules\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, timeout=120)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_retry_waits_out_a_locked_database_and_nothing_else() -> None:
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise MlflowException("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert tracking._retry(flaky) == "ok" and len(calls) == 3
+
+    def broken() -> None:
+        calls.append(1)
+        raise MlflowException("no such table: runs")
+
+    calls.clear()
+    with pytest.raises(MlflowException, match="no such table"):
+        tracking._retry(broken)
+    assert len(calls) == 1
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def test_pipeline_run_logs_every_param_and_lineage_tags(trained: Trained, store: Path) -> None:
+    run = MlflowClient().get_run(trained.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "tiny"
+    expected = {k: "None" if v is None else str(v) for k, v in trained.cfg.flat().items()}
+    assert run.data.params == expected
+    assert run.data.params["model.hidden_size"] == "16"
+    assert run.data.params["data.valid_source"] == "None"
+    tags = run.data.tags
+    assert tags["prefect.flow_run_id"] == "flow-run-123"
+    assert "empty" not in tags  # empty values are not worth a tag
+    assert tags["torch.version"].startswith("2.") and tags["python.version"].startswith("3.")
+    assert tags["host.device"] and len(tags["config.sha256"]) == 64
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if head.returncode == 0:
+        assert tags["git.commit"] == head.stdout.strip()
+        assert tags["git.dirty"] in {"true", "false"}
+
+
+def test_callback_logs_step_and_epoch_metrics(trained: Trained, store: Path) -> None:
+    client = MlflowClient()
+    steps = trained.result.steps
+    for name in ("loss", "lr", "grad_norm", "tokens_per_s"):
+        history = client.get_metric_history(trained.run_id, f"train/{name}")
+        assert sorted(m.step for m in history) == list(range(1, steps + 1)), name
+    for name in ("train_loss", "valid_loss", "valid_ppl", "valid_bleu"):
+        history = client.get_metric_history(trained.run_id, f"epoch/{name}")
+        assert sorted(m.step for m in history) == [1, 2], name
+    logged = {
+        m.step: m.value for m in client.get_metric_history(trained.run_id, "epoch/valid_loss")
+    }
+    assert logged == {h["epoch"]: pytest.approx(h["valid_loss"]) for h in trained.result.history}
+
+
+def test_logging_from_another_thread_reaches_the_pipeline_run(store: Path, tmp_path: Path) -> None:
+    """A Prefect task may run in a worker thread, where MLflow has no active run."""
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    seen: dict[str, object] = {}
+
+    def task() -> None:
+        seen["active_run"] = mlflow.active_run()
+        callback = tracking.MlflowTrainCallback()  # no run id: the pipeline run is found
+        callback.on_step(1, {"loss": 2.5})
+        callback.on_epoch(1, {"valid_bleu": 1.5})
+        tracking.log_metrics({"test/bleu": 3.0})
+        tracking.log_files([report], "data")
+
+    with tracking.pipeline_run(PipelineConfig()) as run:
+        worker = threading.Thread(target=task)
+        worker.start()
+        worker.join()
+    client = MlflowClient()
+    assert seen["active_run"] is None
+    metrics = client.get_run(run.info.run_id).data.metrics
+    assert metrics == {"train/loss": 2.5, "epoch/valid_bleu": 1.5, "test/bleu": 3.0}
+    assert [f.path for f in client.list_artifacts(run.info.run_id, "data")] == ["data/report.json"]
+
+
+def test_failed_body_fails_the_run_and_no_run_means_a_clear_error(store: Path) -> None:
+    with pytest.raises(RuntimeError, match="boom"), tracking.pipeline_run(PipelineConfig()) as run:
+        raise RuntimeError("boom")
+    assert MlflowClient().get_run(run.info.run_id).info.status == "FAILED"
+    with pytest.raises(tracking.NoActiveRunError, match="pipeline_run"):
+        tracking.log_metrics({"x": 1.0})
+
+
+def test_log_files_logs_files_and_directory_contents_and_skips_missing(
+    store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "loss.png").write_bytes(b"png")
+    (tmp_path / "metrics.json").write_text("{}")
+    missing = tmp_path / "samples.csv"
+    with tracking.pipeline_run(PipelineConfig()) as run, caplog.at_level(logging.WARNING):
+        logged = tracking.log_files([tmp_path / "metrics.json", missing], "reports")
+        tracking.log_files([tmp_path / "plots"], "plots")
+    assert logged == [tmp_path / "metrics.json"]
+    assert str(missing) in caplog.text
+    client = MlflowClient()
+    assert [f.path for f in client.list_artifacts(run.info.run_id, "reports")] == [
+        "reports/metrics.json"
+    ]
+    assert [f.path for f in client.list_artifacts(run.info.run_id, "plots")] == ["plots/loss.png"]
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+def _tags(bleu: float, sha: str = SHA_A, sig: str = SIG) -> dict[str, str]:
+    return tracking.score_tags(scores(bleu, sha, sig))
+
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "min_gain", "promote", "reason"),
+    [
+        (_tags(5.0), None, 0.0, True, "no champion yet"),
+        (_tags(12.0), _tags(10.0), 0.0, True, "test BLEU 12.00 beats champion v3's 10.00 by 2.00"),
+        (_tags(10.0), _tags(10.0), 0.0, False, "gain 0.00 is not above min_bleu_gain 0"),
+        (_tags(10.5), _tags(10.0), 1.0, False, "gain 0.50 is not above min_bleu_gain 1"),
+        (_tags(11.5), _tags(10.0), 1.0, True, "by 1.50 (> min_bleu_gain 1)"),
+        (_tags(30.0, sha=SHA_B), _tags(10.0), 0.0, False, "not comparable: different test set"),
+        (_tags(30.0, sig="x"), _tags(10.0), 0.0, False, "not comparable: different BLEU signature"),
+        (_tags(30.0), {"other": "1"}, 0.0, False, "not comparable: champion v3 has no recorded"),
+    ],
+)
+def test_decide_promotion(
+    challenger: dict, champion: dict | None, min_gain: float, promote: bool, reason: str
+) -> None:
+    decision = tracking.decide_promotion(
+        challenger, champion, champion_version=3, min_bleu_gain=min_gain
+    )
+    assert decision.promote is promote
+    assert reason in decision.reason
+
+
+def test_registry_gate_sequence(trained: Trained, store: Path) -> None:
+    client = MlflowClient()
+    name = trained.cfg.register.model_name
+
+    def register(metrics: dict, cfg: PipelineConfig = trained.cfg) -> tracking.RegistrationResult:
+        return tracking.register_and_promote(
+            cfg,
+            model_uri=trained.model_uri,
+            run_id=trained.run_id,
+            metrics=metrics,
+            trigger="test",
+        )
+
+    def holder(alias: str) -> str:
+        return str(client.get_model_version_by_alias(name, alias).version)
+
+    first = register(scores(10.0))
+    assert (first.version, first.promoted, first.champion_version) == (1, True, 1)
+    assert first.aliases == ["challenger", "champion"] and first.reason == "no champion yet"
+    tags = client.get_model_version(name, "1").tags
+    assert tags["promotion.decision"] == "promoted"
+    assert tags["promotion.previous_champion"] == "none"
+    assert tags["promotion.trigger"] == "test" and tags["promotion.at"].endswith("+00:00")
+    assert tags["test.bleu"] == "10.0" and tags["test.test_set_sha256"] == SHA_A
+    assert tags["test.signature.bleu"] == SIG and tags["source.run_id"] == trained.run_id
+    assert tags["prefect.flow_run_id"] == "flow-run-123"
+    assert client.get_model_version(name, "1").run_id == trained.run_id
+
+    worse = register(scores(9.0))
+    assert (worse.version, worse.promoted, worse.aliases) == (2, False, ["challenger"])
+    assert worse.champion_version == 1
+    tags = client.get_model_version(name, "2").tags
+    assert tags["promotion.decision"] == "kept_challenger"
+    assert tags["promotion.reason"] == worse.reason and "not above" in worse.reason
+    assert tags["promotion.previous_champion"] == "1"
+    assert tags["promotion.bleu_delta"] == "-1.0000"
+    assert (holder("champion"), holder("challenger")) == ("1", "2")
+
+    better = register(scores(12.0))
+    assert (better.version, better.promoted, better.champion_version) == (3, True, 3)
+    assert (holder("champion"), holder("challenger")) == ("3", "3")
+    assert client.get_model_version(name, "2").aliases == []  # challenger moved on
+    assert client.get_model_version(name, "1").tags["promotion.replaced_by"] == "3"
+    assert client.get_model_version(name, "3").tags["promotion.previous_champion"] == "1"
+
+    other_test_set = register(scores(30.0, sha=SHA_B))
+    assert not other_test_set.promoted and other_test_set.champion_version == 3
+    assert "different test set" in other_test_set.reason
+    assert client.get_model_version(name, "4").tags["promotion.reason"] == other_test_set.reason
+
+    other_signature = register(scores(30.0, bleu_sig=SIG.replace("13a", "intl")))
+    assert not other_signature.promoted and "different BLEU signature" in other_signature.reason
+
+    demanding = register(scores(12.5), cfg=tiny_cfg(min_bleu_gain=1.0))
+    assert not demanding.promoted and "min_bleu_gain 1" in demanding.reason
+    assert (holder("champion"), holder("challenger")) == ("3", "6")
+
+
+def test_register_refuses_metrics_without_a_test_set_hash(trained: Trained, store: Path) -> None:
+    metrics = scores(50.0)
+    del metrics["test"]["test_set_sha256"]
+    cfg = tiny_cfg(model_name="refused")
+    with pytest.raises(tracking.MetricsFormatError, match=r"test\.test_set_sha256"):
+        tracking.register_and_promote(
+            cfg, model_uri=trained.model_uri, run_id=trained.run_id, metrics=metrics
+        )
+    assert MlflowClient().search_model_versions("name='refused'") == []
