@@ -28,6 +28,9 @@ QUIET_ENV = {
 def _set_quiet_env() -> None:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    # Prefect's ephemeral API cannot create its SQLite file in a missing folder.
+    if os.environ.get("PREFECT_HOME"):
+        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
 
 
 def _config(args: argparse.Namespace) -> PipelineConfig:
