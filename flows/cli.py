@@ -75,7 +75,7 @@ def cmd_register(args: argparse.Namespace) -> None:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
-    cfg = _config(args)  # fail on a bad parameter before paying for the Prefect start-up
+    _config(args)  # fail on a bad parameter before paying for the Prefect start-up
     from flows.pipeline import training_pipeline
 
     summary = training_pipeline(
@@ -96,7 +96,6 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     print("Open the Prefect UI: .venv/bin/prefect server start --host 127.0.0.1 --port 4200")
     print(f'Translate:          .venv/bin/seq2seq translate "Im Anfang schuf Gott die Himmel'
           f' und die Erde." --params {args.params}')
-    del cfg
 
 
 def cmd_translate(args: argparse.Namespace) -> None:
