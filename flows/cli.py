@@ -7,6 +7,7 @@ parses arguments and calls the one stage function.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -91,49 +92,66 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     )
     print(f"Stage seconds: {json.dumps(summary['seconds'])}")
     print()
-    print("Open the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri "
-          "sqlite:///mlflow.db --host 127.0.0.1 --port 5000")
+    print(
+        "Open the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri "
+        "sqlite:///mlflow.db --host 127.0.0.1 --port 5000"
+    )
     print("Open the Prefect UI: .venv/bin/prefect server start --host 127.0.0.1 --port 4200")
-    print(f'Translate:          .venv/bin/seq2seq translate "Im Anfang schuf Gott die Himmel'
-          f' und die Erde." --params {args.params}')
+    print(
+        f'Translate:          .venv/bin/seq2seq translate "Im Anfang schuf Gott die Himmel'
+        f' und die Erde." --params {args.params}'
+    )
 
 
 def cmd_translate(args: argparse.Namespace) -> None:
     cfg = _config(args)
     sentences = list(args.text)
-    if args.file:
-        sentences += Path(args.file).read_text(encoding="utf-8").splitlines()
+    if args.input:
+        path = Path(args.input)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: input file not found")
+        sentences += path.read_text(encoding="utf-8").splitlines()
     if not sentences and not sys.stdin.isatty():
         sentences += sys.stdin.read().splitlines()
     if not sentences:
-        raise SystemExit("seq2seq translate: give sentences as arguments, --file or stdin")
-    translations = _load_translator(cfg, args.model)(sentences)
-    for line in translations:
-        print(line)
+        raise SystemExit("seq2seq translate: give sentences as arguments, --input FILE or stdin")
+    translator = _load_translator(cfg, args.model)
+    if args.batch_size:
+        translator.decode = dataclasses.replace(translator.decode, batch_size=args.batch_size)
+    beam = args.beam or translator.decode.beam_size
+    nbest = args.nbest or 1
+    if nbest > beam:
+        raise ValueError(f"--nbest {nbest} needs --beam of at least {nbest} (got {beam})")
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        for i, hyps in enumerate(translator.translate_nbest(sentences, beam, nbest)):
+            if nbest == 1:
+                print(hyps[0][0], file=out)
+            else:  # Moses / fairseq n-best style: sentence index ||| hypothesis ||| score
+                for text, score in hyps:
+                    print(f"{i} ||| {text} ||| {score:.4f}", file=out)
+    finally:
+        if out is not sys.stdout:
+            out.close()
 
 
-def _load_translator(cfg: PipelineConfig, model: str | None):
-    """A callable list[str] -> list[str] from a local checkpoint or a registry URI."""
-    if model and not model.startswith(("models:/", "runs:/")) and Path(model).suffix == ".pt":
+def _load_translator(cfg: PipelineConfig, model: str | None) -> Any:
+    """A `Translator` from a local checkpoint (.pt, with the vocab of the params) or a
+    registry/run URI (the pyfunc model's own checkpoint, vocab and decode settings)."""
+    if model and not model.startswith(("models:/", "runs:/")):
         from seq2seq_core.translator import Translator
 
-        return Translator.load(model, cfg.vocab.out_dir, cfg.decode).translate
+        checkpoint = Path(model)
+        if checkpoint.is_dir():
+            checkpoint = checkpoint / "best.pt"
+        return Translator.load(checkpoint, cfg.vocab.out_dir, cfg.decode)
     import mlflow.pyfunc
-    import pandas as pd
 
     from flows import tracking
 
     tracking.configure_tracking(Path.cwd())
     uri = model or f"models:/{cfg.register.model_name}@champion"
-    pyfunc = mlflow.pyfunc.load_model(uri)
-
-    def translate(sentences: list[str]) -> list[str]:
-        out = pyfunc.predict(pd.DataFrame({"src": sentences}))
-        if hasattr(out, "columns"):
-            out = out.iloc[:, 0]
-        return [str(x) for x in list(out)]
-
-    return translate
+    return mlflow.pyfunc.load_model(uri).unwrap_python_model().translator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--params", default="params.yaml", help="parameter file")
         p.add_argument(
-            "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+            "--set",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
             help="override one parameter (repeatable), e.g. --set train.max_epochs=2",
         )
         p.set_defaults(fn=fn)
@@ -157,10 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("register", cmd_register, "log to MLflow, register, and run the promotion gate")
     p = add("pipeline", cmd_pipeline, "run all stages as one Prefect flow")
     p.add_argument("--no-dvc-commit", action="store_true", help="don't record outputs in dvc.lock")
-    p = add("translate", cmd_translate, "translate sentences with a registered model")
+    p = add("translate", cmd_translate, "translate sentences (arguments, --input or stdin)")
     p.add_argument("text", nargs="*", help="sentences to translate")
-    p.add_argument("--file", help="a file with one sentence per line")
-    p.add_argument("--model", help="models:/NAME@ALIAS, runs:/..., or a local .pt checkpoint")
+    p.add_argument("--input", "--file", dest="input", help="a file with one sentence per line")
+    p.add_argument("--output", help="write translations here instead of stdout")
+    p.add_argument(
+        "--model",
+        help="models:/NAME@ALIAS (default: the champion), runs:/..., a .pt checkpoint or its dir",
+    )
+    p.add_argument("--beam", type=int, help="beam size (default decode.beam_size; 1 = greedy)")
+    p.add_argument("--nbest", type=int, help="print the n best hypotheses: i ||| text ||| score")
+    p.add_argument("--batch-size", type=int, help="sentences per batch (decode.batch_size)")
     return parser
 
 

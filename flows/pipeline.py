@@ -21,6 +21,8 @@ from flows import tracking
 from flows.registration import log_stage_reports
 from flows.tasks import evaluate_task, ingest_task, register_task, train_task, vocab_task
 from seq2seq_core.config import load_config
+from seq2seq_core.data_report import report_markdown
+from seq2seq_core.evaluation import metrics_markdown
 
 
 @flow(name="seq2seq-training-pipeline")
@@ -46,15 +48,19 @@ def training_pipeline(
         run_id = run.info.run_id
         data = timed("ingest", ingest_task, cfg)
         logger.info("ingest: %s", data["counts"])
+        create_markdown_artifact(key="data-report", markdown=_data_report_markdown(data))
         vocab = timed("vocab", vocab_task, cfg)
         trained = timed("train", train_task, cfg, run_id)
         logger.info(
             "train: %d epochs, stop=%s, best valid BLEU %.2f, %.0f target tokens/s",
-            trained["epochs"], trained["stop_reason"], trained["best_valid_bleu"],
+            trained["epochs"],
+            trained["stop_reason"],
+            trained["best_valid_bleu"],
             trained["train_tokens_per_s"],
         )
         evaluated = timed("evaluate", evaluate_task, cfg)
         test = evaluated["metrics"]["test"]
+        create_markdown_artifact(key="evaluation", markdown=metrics_markdown(evaluated["metrics"]))
         tracking.log_metrics({f"test/{k}": test[k] for k in ("bleu", "chrf", "ter")})
         log_stage_reports(cfg)
         registration = timed("register", register_task, cfg, run_id, f"prefect:{flow_run_id}")
@@ -74,6 +80,11 @@ def training_pipeline(
         "seconds": timings,
         "mlflow_run_id": run_id,
     }
+
+
+def _data_report_markdown(data: dict[str, Any]) -> str:
+    report = json.loads(Path(data["report_path"]).read_text(encoding="utf-8"))
+    return report_markdown(report)
 
 
 def _summary_markdown(test: dict, registration: dict, timings: dict[str, float]) -> str:

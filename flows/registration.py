@@ -66,13 +66,23 @@ def register_stage(
 def log_stage_reports(cfg: PipelineConfig) -> None:
     """Attach every report the stages wrote (data report, metrics, samples, plots)."""
     reports = Path(cfg.evaluate.reports_dir)
-    tracking.log_files([Path(cfg.data.prepared_dir) / "report.json"], "data")
+    prepared = Path(cfg.data.prepared_dir)
+    tracking.log_files(
+        [
+            prepared / "report.json",
+            prepared / "lengths.png",
+            Path(cfg.vocab.out_dir) / "coverage.json",
+        ],
+        "data",
+    )
     tracking.log_files(
         [
             reports / "metrics.json",
             reports / "train.json",
             reports / "samples.csv",
             reports / "samples.md",
+            reports / "test_hypotheses.txt",
+            reports / "length_bleu.csv",
             reports / "train_history.csv",
             Path(cfg.train.checkpoint_dir) / "history.json",
         ],

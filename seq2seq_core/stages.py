@@ -29,6 +29,7 @@ class VocabResult:
     vocab_dir: str
     src_vocab_size: int
     tgt_vocab_size: int
+    coverage: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,16 @@ def build_vocab(cfg: PipelineConfig) -> VocabResult:
     tokenizer = SubwordTokenizer.train(
         train["src"].tolist(), train["tgt"].tolist(), cfg.vocab, Path(cfg.vocab.out_dir)
     )
+    # Coverage on held-out text: a high <unk> rate means vocab.size or
+    # vocab.character_coverage is too small for this corpus (e.g. Chinese).
+    valid = read_prepared_split(Path(cfg.data.prepared_dir), "valid")
+    coverage = tokenizer.coverage(valid["src"].tolist(), valid["tgt"].tolist())
+    write_json(Path(cfg.vocab.out_dir) / "coverage.json", {"split": "valid", **coverage})
     return VocabResult(
         vocab_dir=cfg.vocab.out_dir,
         src_vocab_size=tokenizer.src_vocab_size,
         tgt_vocab_size=tokenizer.tgt_vocab_size,
+        coverage=coverage,
     )
 
 

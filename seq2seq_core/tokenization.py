@@ -137,7 +137,8 @@ class _CountedSide:
             (t for t, n in counts.items() if n >= min_freq and t not in SPECIALS),
             key=lambda t: (-counts[t], t),
         )
-        pieces = [*SPECIALS, *ranked[: max(cfg.size - len(SPECIALS), 0)]]
+        limit = cfg.max_size or cfg.size
+        pieces = [*SPECIALS, *ranked[: max(limit - len(SPECIALS), 0)]]
         return json.dumps({"kind": kind, "pieces": pieces}, ensure_ascii=False).encode("utf-8")
 
     def encode(self, texts: list[str]) -> list[list[int]]:
@@ -229,7 +230,7 @@ class SubwordTokenizer:
                 "sentencepiece_version": spm.__version__,
             }
         else:
-            settings["min_freq"] = min_freq
+            settings |= {"min_freq": min_freq, "max_size": cfg.max_size or cfg.size}
         tokenizer = cls(blobs, settings, out_dir)
         settings["src_vocab_size"] = tokenizer.src_vocab_size
         settings["tgt_vocab_size"] = tokenizer.tgt_vocab_size

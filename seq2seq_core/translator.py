@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from seq2seq_core.beam_search import beam_search
 from seq2seq_core.checkpoint import load_model
 from seq2seq_core.config import DecodeConfig
 from seq2seq_core.decoding import greedy_decode
@@ -58,7 +59,7 @@ class Translator:
         tokenizer = SubwordTokenizer.load(Path(vocab_dir))
         return cls(model, tokenizer, decode or DecodeConfig(), device, max_input_chars)
 
-    def _check(self, sentences: list[str]) -> None:
+    def _check(self, sentences: list[str]) -> list[list[int]]:
         for i, text in enumerate(sentences):
             if not isinstance(text, str):
                 raise TypeError(f"input {i}: expected a string, got {type(text).__name__}")
@@ -66,22 +67,61 @@ class Translator:
                 raise InputTooLongError(
                     f"input {i} has {len(text)} characters; the limit is {self.max_input_chars}"
                 )
+        src_ids = self.tokenizer.encode_src(sentences)
+        limit = self.decode.max_input_tokens
+        for i, ids in enumerate(src_ids):
+            if len(ids) > limit:
+                raise InputTooLongError(
+                    f"input {i} has {len(ids)} source tokens; the limit is {limit} "
+                    "(decode.max_input_tokens)"
+                )
+        return src_ids
 
-    def translate(self, sentences: list[str]) -> list[str]:
-        self._check(sentences)
+    def translate(self, sentences: list[str], beam_size: int | None = None) -> list[str]:
+        """One translation per sentence: greedy when the beam size is 1, else the best
+        beam hypothesis (beam size from the argument or `decode.beam_size`)."""
+        return [hyps[0][0] for hyps in self.translate_nbest(sentences, beam_size, nbest=1)]
+
+    def translate_nbest(
+        self, sentences: list[str], beam_size: int | None = None, nbest: int | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """Per sentence, up to `nbest` (text, score) pairs, best first. Greedy output has
+        the score of its summed log-probability left out (0.0): it is not ranked."""
+        src_ids = self._check(sentences)
         if not sentences:
             return []
-        src_ids = self.tokenizer.encode_src(sentences)
-        out = greedy_decode(
+        beam = beam_size or self.decode.beam_size
+        nbest = min(nbest or self.decode.nbest, beam)
+        if beam == 1:
+            out = greedy_decode(
+                self.model,
+                src_ids,
+                batch_size=self.decode.batch_size,
+                max_len_ratio=self.decode.max_len_ratio,
+                max_len_extra=self.decode.max_len_extra,
+                device=self.device,
+            )
+            return [[(text, 0.0)] for text in self.tokenizer.decode_tgt(out.ids)]
+        found = beam_search(
             self.model,
             src_ids,
-            batch_size=self.decode.batch_size,
+            beam_size=beam,
+            # batch_size counts decoder rows: keep the work per step like greedy's.
+            batch_size=max(1, self.decode.batch_size // beam * 2),
             max_len_ratio=self.decode.max_len_ratio,
             max_len_extra=self.decode.max_len_extra,
+            length_penalty_alpha=self.decode.length_penalty,
+            nbest=nbest,
+            no_repeat_ngram=self.decode.no_repeat_ngram,
             device=self.device,
         )
-        return self.tokenizer.decode_tgt(_ids(out))
-
-
-def _ids(out: Any) -> list[list[int]]:
-    return out.ids if hasattr(out, "ids") else out
+        return [
+            list(
+                zip(
+                    self.tokenizer.decode_tgt([h.ids for h in hyps]),
+                    [h.score for h in hyps],
+                    strict=True,
+                )
+            )
+            for hyps in found
+        ]

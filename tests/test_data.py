@@ -19,12 +19,14 @@ from seq2seq_core.data import (
     DROP_REASONS,
     DataError,
     clean_text,
+    count_tokens,
     filter_pairs,
     prepare_corpus,
     read_pairs,
     read_prepared_split,
     split_of,
 )
+from seq2seq_core.data_report import report_markdown
 
 # Every split in the exact-count tests goes to train, so counts do not depend on hashing.
 NO_EVAL = {"valid_fraction": 0.0, "test_fraction": 0.0}
@@ -138,6 +140,74 @@ def test_lowercase_and_max_chars_settings(tmp_path):
     train = read_prepared_split(tmp_path / "out", "train")
     assert train["src"].tolist() == ["hallo welt.", "danke."]
     assert train["tgt"].tolist() == ["hello world.", "thanks."]
+
+
+def test_token_counts_do_not_assume_spaces():
+    assert count_tokens("Im Anfang schuf Gott") == 4
+    assert count_tokens("起初，神创造天地。") == 9  # one per character, punctuation too
+    assert count_tokens("Au commencement, Dieu créa") == 4
+    assert count_tokens("日本語 text とかな") == 7
+    assert count_tokens("") == 0
+
+
+def test_token_length_limits_are_counted(tmp_path):
+    path = write(
+        tmp_path / "c.tsv",
+        "eins\tone\n"  # too_short with min_tokens=2
+        "zwei Wörter\ttwo words\n"
+        + "wort "
+        * 10_000
+        + "\tten thousand words\n"  # too_long (tokens and chars)
+        "起初神创造天地\tIn the beginning God created\n",  # 7 tokens: kept
+    )
+    report = prepare(tmp_path, path, min_tokens=2, max_tokens=8, max_chars=100_000)
+    assert report["drops"]["too_short"] == 1 and report["drops"]["too_long"] == 1
+    assert report["pairs_kept"] == 2
+    assert report["splits"]["train"]["src_tokens"]["max"] == 7
+
+
+def test_cleaning_steps_can_be_switched_off(tmp_path):
+    path = write(tmp_path / "c.tsv", "a\u00a0 b\tx\na\u00a0 b\tx\nﬁ\tfi\n")
+    kept = prepare(tmp_path, path, max_length_ratio=0.0)
+    assert kept["drops"]["duplicate"] == 1
+    assert read_prepared_split(tmp_path / "out", "train")["src"].tolist() == ["a b", "ﬁ"]
+    raw = prepare(
+        tmp_path, path, drop_duplicates=False, collapse_whitespace=False,
+        unicode_normalization="NFKC", max_length_ratio=0.0,
+    )  # fmt: skip
+    assert raw["drops"]["duplicate"] == 0
+    # NFKC folds the no-break space and the ligature; no collapsing keeps the two spaces.
+    assert read_prepared_split(tmp_path / "out", "train")["src"].tolist() == [
+        "a  b", "a  b", "fi",
+    ]  # fmt: skip
+
+
+def test_eval_overlap_removal_can_be_switched_off(tmp_path):
+    train = write(tmp_path / "train.tsv", "a b\tx y\nc d\tz w\n")
+    test = write(tmp_path / "test.tsv", "a b\tx y\n")
+    on = prepare(tmp_path, train, test_source=str(test), max_length_ratio=0.0)
+    off = prepare(
+        tmp_path, train, test_source=str(test), max_length_ratio=0.0, remove_eval_overlap=False
+    )
+    assert on["drops"]["overlaps_eval"] == 1 and on["splits"]["train"]["pairs"] == 1
+    assert off["drops"]["overlaps_eval"] == 0 and off["splits"]["train"]["pairs"] == 2
+
+
+def test_report_markdown_lists_splits_and_drops(tmp_path):
+    report = prepare(tmp_path, messy_tsv(tmp_path))
+    text = report_markdown(report)
+    assert "13 pairs read, 5 kept." in text
+    assert "| train | 5 |" in text and "| duplicate | 2 |" in text
+    assert "| too_short |" not in text  # zero counts are left out
+
+
+def test_translation_records_need_languages(tmp_path):
+    path = write(tmp_path / "t.jsonl", '{"translation": {"de": "Hallo", "en": "Hello"}}\n')
+    message = error(path, src_lang=None, tgt_lang=None)
+    assert message == (
+        f'{path}: line 1: records use the {{"translation": {{...}}}} shape with languages '
+        "de, en; set data.src_lang and data.tgt_lang to pick two"
+    )
 
 
 def test_length_ratio_filter_is_relative_to_the_median():
@@ -440,8 +510,15 @@ def test_bible_corpus(bible):
     sizes = {s: v["pairs"] for s, v in report["splits"].items()}
     assert sizes["valid"] == pytest.approx(0.02 * report["pairs_kept"], rel=0.15)
     assert sizes["test"] == pytest.approx(0.02 * report["pairs_kept"], rel=0.15)
-    # Matthew 23:14 is "(*)" (omitted) in the Elberfelder edition.
-    assert report["drops"]["no_text"] == 1
+    # Matthew 23:14 is "(*)" (omitted) in the Elberfelder edition; 23:13 beside it is a
+    # normal verse and is kept, not counted as merged.
+    assert report["drops"]["omitted_verse"] == 1
+    assert report["drops"]["merged_verse"] == 0 and report["drops"]["no_text"] == 0
+    kept = pd.concat(read_prepared_split(out, s) for s in ("train", "valid", "test"))
+    assert "40:23:13" in set(kept["id"]) and "40:23:14" not in set(kept["id"])
+    assert report["languages"] == {"src": "de", "tgt": "en"}
+    assert report["pairs_read"] == 31_102 == report["pairs_kept"] + sum(report["drops"].values())
+    assert (out / "lengths.png").stat().st_size > 5_000
     assert report["timing"]["total_s"] < 10
 
 
@@ -457,9 +534,37 @@ def test_bible_split_is_deterministic(bible, tmp_path):
 
 def test_bible_merged_verses_are_dropped(tmp_path):
     # The Bengali edition ("b") merges verses: the run's later verses read "-".
+    # The run's first verse holds the merged text; the whole run is counted as merged.
     report = prepare_corpus(DataConfig(source="bible:b-4"), tmp_path)
-    assert report["drops"]["no_text"] == 800
-    assert report["drops"]["merged_verse"] == 373
+    assert report["drops"]["merged_verse"] == 800 + 373
+    assert report["drops"]["no_text"] == 0 and report["drops"]["omitted_verse"] == 0
+    assert report["languages"] == {"src": "bn", "tgt": "en"}
+
+
+def test_bible_omitted_verses_keep_their_neighbours(tmp_path):
+    # Basic English ("3") marks omitted verses with "[]" (16) and "..." / "***" (19).
+    report = prepare_corpus(DataConfig(source="bible:3-4", src_lang="xx"), tmp_path)
+    assert report["drops"]["omitted_verse"] == 35 and report["drops"]["merged_verse"] == 0
+    assert report["languages"] == {"src": "en", "tgt": "en"}
+
+
+@pytest.mark.parametrize(
+    ("source", "languages", "sample"),
+    [("bible:l-4", ("fr", "en"), "Au commencement"), ("bible:c-4", ("zh", "en"), "起初")],
+)
+def test_bible_languages_come_from_the_editions(tmp_path, source, languages, sample):
+    report = prepare_corpus(DataConfig(source=source), tmp_path)
+    assert (report["languages"]["src"], report["languages"]["tgt"]) == languages
+    assert report["pairs_kept"] > 30_000
+    first = read_prepared_split(tmp_path, "train")["src"].iloc[0]
+    assert first.startswith(sample)
+    if languages[0] == "zh":  # characters count as tokens: no 1-token Chinese verses
+        assert report["splits"]["train"]["src_tokens"]["p50"] > 20
+
+
+def test_bible_source_syntax_error():
+    with pytest.raises(DataError, match=r"bible:e: write the Bible corpus as bible:SRC-TGT"):
+        next(read_pairs("bible:e", DataConfig()))
 
 
 def test_bible_unknown_edition():

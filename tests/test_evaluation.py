@@ -1,6 +1,12 @@
 import pytest
 
-from seq2seq_core.evaluation import eval_set_digest, score_translations
+from seq2seq_core.evaluation import (
+    bleu_by_length,
+    bleu_tokenizer,
+    eval_set_digest,
+    metrics_markdown,
+    score_translations,
+)
 
 REFS = ["the cat sat on the mat .", "god created the heavens and the earth ."]
 
@@ -33,3 +39,30 @@ def test_eval_set_digest_depends_on_content_and_order() -> None:
     assert a == eval_set_digest(["a", "b"], ["x", "y"])
     assert a != eval_set_digest(["b", "a"], ["y", "x"])
     assert a != eval_set_digest(["a", "b"], ["x", "z"])
+
+
+def test_chinese_targets_use_the_zh_tokenizer() -> None:
+    assert bleu_tokenizer("zh") == "zh" and bleu_tokenizer("en") == "13a"
+    assert bleu_tokenizer(None) == "13a" and bleu_tokenizer("ja") == "char"
+    refs, hyps = ["起初神创造天地。"], ["起初神创造了天地。"]
+    zh = score_translations(hyps, refs, tokenize="zh")
+    assert "tok:zh" in zh["signatures"]["bleu"]
+    # Without spaces 13a sees one token per sentence: the near-miss would score 0.
+    assert zh["bleu"] > 40 and score_translations(hyps, refs)["bleu"] == 0.0
+
+
+def test_bleu_by_length_buckets() -> None:
+    sources = ["a b", "a b c", " ".join("w" * 1 for _ in range(12)), " ".join(["x"] * 70)]
+    refs = ["one two three four", "five six seven eight", "nine ten eleven twelve", "a b c d"]
+    hyps = [refs[0], "nothing in common here", refs[2], refs[3]]
+    rows = bleu_by_length(sources, hyps, refs, width=10)
+    assert [(r["bucket"], r["sentences"]) for r in rows] == [("1-10", 2), ("11-20", 1), ("51+", 1)]
+    assert rows[1]["bleu"] == pytest.approx(100.0) and rows[2]["bleu"] == pytest.approx(100.0)
+    assert 0.0 < rows[0]["bleu"] < 100.0
+
+
+def test_metrics_markdown_lists_systems_with_signatures() -> None:
+    entry = {**score_translations(list(REFS), REFS), "test_set_sha256": "ab" * 32}
+    text = metrics_markdown({"test": entry, "test_greedy": entry, "note": "x"})
+    assert text.count("| 100.00 | 100.00 | 0.00 |") == 2
+    assert "`nrefs:1|case:mixed|eff:no|tok:13a" in text and "ab" * 32 in text

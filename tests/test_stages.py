@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from seq2seq_core import stages
-from seq2seq_core.config import load_config
+from seq2seq_core.config import config_from_dict, load_config
 from seq2seq_core.translator import Translator
+from tests.conftest import tiny_params
 
 
 def test_stages_chain_on_tiny_data(tiny_params_file: Path) -> None:
@@ -38,15 +40,31 @@ def test_stages_chain_on_tiny_data(tiny_params_file: Path) -> None:
     assert test["sentences"] == ingested.counts["test"]
     assert 0.0 <= test["bleu"] <= 100.0
     assert len(test["test_set_sha256"]) == 64
+    # Greedy and beam are both scored; the primary ("test") is beam (decode.beam_size 5).
+    metrics = evaluated.metrics
+    assert metrics["test"] == metrics["test_beam"]
+    assert metrics["test_greedy"]["decode"]["beam_size"] == 1
+    assert metrics["test_beam"]["decode"] == {
+        "method": "beam", "beam_size": 5, "seconds": metrics["test_beam"]["decode"]["seconds"],
+        "length_penalty": 1.0,
+    }  # fmt: skip
     samples = pd.read_csv(evaluated.samples_path)
-    assert list(samples.columns) == ["id", "src", "ref", "hyp"]
+    assert list(samples.columns) == ["id", "src", "ref", "greedy", "beam"]
     assert len(samples) == 5
-    assert all(Path(p).exists() for p in evaluated.plot_paths)
+    plots = sorted(Path(p).name for p in evaluated.plot_paths)
+    assert plots == ["attention_1.png", "attention_2.png", "attention_3.png", "length_bleu.png",
+                     "loss.png"]  # fmt: skip
+    assert all(Path(p).stat().st_size > 3000 for p in evaluated.plot_paths)
+    hypotheses = Path("reports/test_hypotheses.txt").read_text(encoding="utf-8").splitlines()
+    assert len(hypotheses) == test["sentences"]
+    by_length = pd.read_csv("reports/length_bleu.csv")
+    assert list(by_length.columns) == ["bucket", "sentences", "bleu"]
+    assert by_length["sentences"].sum() == test["sentences"]
 
     translator = Translator.load(trained.best_checkpoint, vocab.vocab_dir, cfg.decode)
-    assert samples["hyp"].fillna("").tolist()[:2] == translator.translate(
-        samples["src"].tolist()[:2]
-    )
+    sources = samples["src"].tolist()[:2]
+    assert samples["beam"].fillna("").tolist()[:2] == translator.translate(sources)
+    assert samples["greedy"].fillna("").tolist()[:2] == translator.translate(sources, beam_size=1)
 
 
 def test_cli_reports_bad_input_without_traceback(tmp_path: Path) -> None:
@@ -80,3 +98,26 @@ def test_cli_rejects_unknown_parameter(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "train: unknown key(s) epochs" in proc.stderr
+
+
+@pytest.mark.parametrize(("source", "src_lang"), [("bible:l-4", "fr"), ("bible:c-4", "zh")])
+def test_stages_run_on_other_bible_pairs(tmp_path, monkeypatch, source, src_lang) -> None:
+    """Only data.source changes (plus a few seconds of training to keep the test short)."""
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params()
+    params["data"].update(source=source, valid_fraction=0.01, test_fraction=0.01)
+    params["train"].update(max_epochs=1, time_budget_min=0.1, valid_bleu_sentences=10)
+    # Chinese needs ~2,400 characters at the default coverage: tiny_params' 200 is too few.
+    params["vocab"].update(size=4000)
+    cfg = config_from_dict(params)
+
+    ingested = stages.ingest(cfg)
+    report = json.loads(Path(ingested.report_path).read_text(encoding="utf-8"))
+    assert report["languages"] == {"src": src_lang, "tgt": "en"}
+    assert sum(ingested.counts.values()) > 30_000
+    vocab = stages.build_vocab(cfg)
+    assert vocab.coverage["src_unk_rate"] < 0.05
+    stages.train(cfg)
+    test = stages.evaluate(cfg).metrics["test"]
+    assert test["sentences"] == ingested.counts["test"] > 200
+    assert 0.0 <= test["bleu"] <= 100.0

@@ -203,3 +203,42 @@ def test_coverage_counts_unknown_tokens(tmp_path):
         "tgt_unk_rate": 0.0,
         "tgt_tokens_per_sentence": 1.0,
     }
+
+
+@pytest.mark.parametrize(
+    ("kind", "model_type", "joint"),
+    [
+        ("sentencepiece", "unigram", True),
+        ("sentencepiece", "bpe", False),
+        ("word", "unigram", True),
+        ("char", "unigram", False),
+    ],
+)
+def test_every_kind_round_trips_german_french_chinese(corpora, tmp_path, kind, model_type, joint):
+    src = [s for lang in ("de", "fr", "zh") for s in corpora[lang][0][:150]]
+    tgt = [t for lang in ("de", "fr", "zh") for t in corpora[lang][1][:150]]
+    # Coverage 1.0: every character of the training text is in the vocabulary.
+    cfg = VocabConfig(
+        kind=kind, model_type=model_type, joint=joint, size=20_000, character_coverage=1.0
+    )
+    tok = SubwordTokenizer.train(src, tgt, cfg, tmp_path)
+    assert tok.id_to_piece([PAD_ID, UNK_ID, BOS_ID, EOS_ID], side="src")[0] == "<pad>"
+    for lang in ("de", "fr", "zh"):
+        texts = corpora[lang][0][:150]
+        ids = tok.encode_src(texts)
+        assert UNK_ID not in {i for seq in ids for i in seq}, lang  # all seen in training
+        assert tok.decode_src(ids) == texts, lang
+    loaded = SubwordTokenizer.load(tmp_path)
+    assert loaded.settings["kind"] == kind and loaded.settings["joint"] == joint
+    assert loaded.encode_src(src[:5]) == tok.encode_src(src[:5])
+
+
+def test_counted_vocabulary_max_size_and_min_freq(tmp_path):
+    texts = ["a a a b b c", "a b d"]
+    cfg = VocabConfig(kind="word", size=100, max_size=6, min_freq=1)
+    tok = SubwordTokenizer.train(texts, texts, cfg, tmp_path)
+    assert tok.id_to_piece(list(range(tok.src_vocab_size)), side="src")[4:] == ["a", "b"]
+    assert tok.settings["max_size"] == 6
+    cfg = VocabConfig(kind="char", size=100, min_freq=2, joint=False)
+    tok = SubwordTokenizer.train(["起初起初天"], ["ab a"], cfg, tmp_path / "c")
+    assert tok.id_to_piece(list(range(tok.src_vocab_size)), side="src")[4:] == ["初", "起"]

@@ -1,0 +1,203 @@
+"""Decoding speed: greedy and beam 5, batch 1 and 64, ours next to Joey NMT 2.3.
+
+Both systems decode the same test-split sources (SentencePiece ids) with randomly
+initialised models of the same architecture (issue 5's Joey configuration: BiLSTM 256 per
+direction, LSTM decoder 512, Bahdanau attention with input feeding, emb 256) and `</s>`
+suppressed, so every hypothesis runs to its length limit (1.5 x source length) and the
+two do the same work per token. Prints one JSON line per (system, setting), then the
+single-sentence latency of the default model, then the fp32 matmul peak used for the
+FLOP/s fractions. Run `python bench/decode_speed.py [--quick]` from the repo root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from seq2seq_core.beam_search import beam_search  # noqa: E402
+from seq2seq_core.config import DataConfig, ModelConfig, VocabConfig  # noqa: E402
+from seq2seq_core.data import prepare_corpus, read_prepared_split  # noqa: E402
+from seq2seq_core.decoding import greedy_decode  # noqa: E402
+from seq2seq_core.seq2seq import EOS_ID, build_model  # noqa: E402
+from seq2seq_core.tokenization import SubwordTokenizer  # noqa: E402
+
+CACHE = REPO / "bench" / ".cache"
+JOEY_PYTHON = CACHE / "joey-venv" / "bin" / "python"
+JOEY_ARCH = ModelConfig(
+    cell="lstm", attention="bahdanau", input_feeding=True, hidden_size=512,
+    bidirectional=True, emb_size=256, dropout=0.0,
+)  # fmt: skip
+JOEY_MODEL_CFG = {
+    "encoder": {
+        "type": "recurrent", "rnn_type": "lstm", "hidden_size": 256, "bidirectional": True,
+        "embeddings": {"embedding_dim": 256}, "dropout": 0.0, "num_layers": 1,
+    },
+    "decoder": {
+        "type": "recurrent", "rnn_type": "lstm", "hidden_size": 512, "attention": "bahdanau",
+        "input_feeding": True, "init_hidden": "bridge", "embeddings": {"embedding_dim": 256},
+        "dropout": 0.0, "hidden_dropout": 0.0, "num_layers": 1,
+    },
+}  # fmt: skip
+MAX_LEN_RATIO = 1.5
+
+
+def matmul_peak_gflops(threads: int, seconds: float = 1.5) -> float:
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        n += 1
+    return 2 * 2048**3 * n / (time.perf_counter() - start) / 1e9
+
+
+def decoder_flops_per_token(cfg: ModelConfig, vocab: int, src_len: float) -> float:
+    """Matmul FLOPs of one decoder step for one hypothesis (forward only)."""
+    h, e = cfg.hidden_size, cfg.emb_size
+    gates = 4 if cfg.cell == "lstm" else 3
+    rnn_in = e + (h if cfg.input_feeding else 0)
+    macs = gates * h * (rnn_in + h) + h * vocab
+    if cfg.attention != "none":
+        macs += 2 * h * h  # combine [s; c] -> h~
+        macs += src_len * h  # scores (dot/general after key projection) and context
+        macs += src_len * h + (h * h if cfg.attention == "bahdanau" else 0)
+    return 2.0 * macs
+
+
+def corpus(quick: bool) -> tuple[list[str], SubwordTokenizer]:
+    prepared, vocab = REPO / "data" / "prepared", REPO / "data" / "vocab"
+    if not (prepared / "test.parquet").exists() or not (vocab / "tokenizer.json").exists():
+        prepared, vocab = CACHE / "decode" / "prepared", CACHE / "decode" / "vocab"
+        if not (vocab / "tokenizer.json").exists():
+            prepare_corpus(DataConfig(), prepared)
+            train = read_prepared_split(prepared, "train")
+            SubwordTokenizer.train(
+                train["src"].tolist(), train["tgt"].tolist(), VocabConfig(), vocab
+            )
+    sources = read_prepared_split(prepared, "test")["src"].tolist()
+    return sources[:64] if quick else sources, SubwordTokenizer.load(vocab)
+
+
+def ours(
+    cfg: ModelConfig, name: str, src_ids: list[list[int]], vocab: int, settings: list[dict]
+) -> list[dict]:
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab, vocab).eval()
+    with torch.no_grad():
+        model.decoder.output_layer.bias[EOS_ID] = -1e9  # run every hypothesis to its limit
+    mean_src = sum(map(len, src_ids)) / len(src_ids)
+    flops_token = decoder_flops_per_token(cfg, vocab, mean_src)
+    rows = []
+    for setting in settings:
+        kw = {"max_len_ratio": MAX_LEN_RATIO, "max_len_extra": 0}
+        kw["batch_size"] = setting["batch_size"]
+        start = time.perf_counter()
+        if setting["beam"] == 1:
+            out = greedy_decode(model, src_ids, **kw).ids
+            steps = [len(o) for o in out]
+        else:
+            found = beam_search(model, src_ids, beam_size=setting["beam"], **kw)
+            out = [h[0].ids for h in found]
+            steps = [h[0].steps for h in found]
+        seconds = time.perf_counter() - start
+        tokens = sum(map(len, out))
+        hyp_tokens = setting["beam"] * sum(steps)
+        rows.append({
+            "system": f"ours:{name}", **setting, "sentences": len(src_ids),
+            "seconds": round(seconds, 3), "sentences_per_s": round(len(src_ids) / seconds, 2),
+            "tgt_tokens_per_s": round(tokens / seconds, 1), "tgt_tokens": tokens,
+            "hyp_tokens_per_s": round(hyp_tokens / seconds, 1),
+            "decoder_gflop_per_s": round(hyp_tokens * flops_token / seconds / 1e9, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        })  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def joey(src_ids: list[list[int]], vocab: int, settings: list[dict], threads: int) -> list[dict]:
+    if not JOEY_PYTHON.exists():
+        print(json.dumps({"system": "joeynmt-2.3.0", "skipped": f"{JOEY_PYTHON} missing"}))
+        return []
+    job = {
+        "joey_model": JOEY_MODEL_CFG, "vocab_size": vocab, "sources": src_ids,
+        "settings": settings, "threads": threads, "max_len_ratio": MAX_LEN_RATIO,
+    }  # fmt: skip
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(job, f)
+    proc = subprocess.run(
+        [str(JOEY_PYTHON), str(REPO / "bench" / "joey_decode.py"), f.name],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    os.unlink(f.name)
+    if proc.returncode != 0:
+        print(json.dumps({"system": "joeynmt-2.3.0", "error": proc.stderr[-800:]}))
+        return []
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def latency_ms(tok: SubwordTokenizer, sources: list[str], threads: int) -> dict:
+    """Median batch-1 greedy latency of the default model on a ~30-word verse."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(), tok.src_vocab_size, tok.tgt_vocab_size).eval()
+    verse = min(sources, key=lambda s: abs(len(s.split()) - 30))
+    ids = tok.encode_src([verse])
+    times = []
+    for _ in range(21):
+        start = time.perf_counter()
+        out = greedy_decode(model, ids, batch_size=1, max_len_ratio=1.5, max_len_extra=10)
+        tok.decode_tgt(out.ids)
+        times.append((time.perf_counter() - start) * 1000)
+    return {
+        "setting": "latency", "model": "default", "words": len(verse.split()),
+        "src_tokens": len(ids[0]), "out_tokens": len(out.ids[0]),
+        "median_ms": round(statistics.median(times[1:]), 2), "threads": threads,
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="64 sentences: a smoke test")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    peak = matmul_peak_gflops(args.threads)
+    sources, tok = corpus(args.quick)
+    src_ids = [ids for ids in tok.encode_src(sources) if ids]
+    vocab = tok.src_vocab_size
+    settings = [{"beam": b, "batch_size": n} for b in (1, 5) for n in (1, 64)]
+    if args.quick:
+        settings = [s for s in settings if s["batch_size"] == 64]
+    mine = ours(JOEY_ARCH, "joey-arch", src_ids, vocab, settings)
+    theirs = joey(src_ids, vocab, settings, args.threads)
+    ours(ModelConfig(dropout=0.0), "default", src_ids, vocab, settings)
+    print(json.dumps(latency_ms(tok, sources, args.threads)))
+    ratios = {}
+    for a, b in zip(mine, theirs, strict=False):
+        key = f"beam{a['beam']}_batch{a['batch_size']}"
+        ratios[key] = {
+            "tokens_per_s_ratio": round(a["tgt_tokens_per_s"] / b["tgt_tokens_per_s"], 2),
+            "sentences_per_s_ratio": round(a["sentences_per_s"] / b["sentences_per_s"], 2),
+            "ours_fraction_of_peak": round(a["decoder_gflop_per_s"] / peak, 3),
+        }
+    print(json.dumps({"matmul_peak_gflops": round(peak, 1), "threads": args.threads,
+                      "ours_vs_joey": ratios}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Paired bootstrap between two systems, and refusing incomparable scores."""
+
+import pytest
+
+from seq2seq_core.evaluation import score_translations
+from seq2seq_core.significance import (
+    IncomparableScoresError,
+    check_comparable,
+    paired_bootstrap,
+)
+
+REFS = [
+    "in the beginning god created the heavens and the earth .",
+    "the earth was formless and empty .",
+    "god said , let there be light , and there was light .",
+    "god saw the light , and saw that it was good .",
+    "god called the light day , and the darkness he called night .",
+] * 8
+POOR = [
+    "at first god made heaven and earth .",
+    "the world was empty .",
+    "god spoke : light ! and light came .",
+    "god looked at light , it was good .",
+    "light he named day , the dark night .",
+] * 8
+
+
+def test_copying_the_references_is_significant() -> None:
+    result = paired_bootstrap(POOR, REFS, REFS, resamples=200)
+    assert result.candidate_bleu == pytest.approx(100.0)
+    assert result.delta > 50 and result.p_value < 0.01 and result.significant(0.05)
+    assert result.p_value == pytest.approx(1 / 201)  # better on every resampled test set
+    assert "tok:13a" in result.signature and "paired-bs-1sided|n:200|seed:12345" in result.signature
+    bleu = score_translations(REFS, REFS)["bleu"]
+    assert result.candidate_bleu == pytest.approx(bleu)
+
+
+def test_identical_systems_are_not_significant() -> None:
+    result = paired_bootstrap(POOR, list(POOR), REFS, resamples=200)
+    assert result.delta == 0.0 and result.p_value == 1.0 and not result.significant(0.05)
+    again = paired_bootstrap(POOR, list(POOR), REFS, resamples=200)
+    assert again == result  # seeded: the same inputs give the same p-value
+
+
+def test_unequal_lengths_are_refused() -> None:
+    with pytest.raises(IncomparableScoresError, match="baseline 40, candidate 39"):
+        paired_bootstrap(POOR, POOR[:-1], REFS, resamples=10)
+
+
+def test_mismatched_signatures_and_test_sets_are_refused() -> None:
+    base = {**score_translations(POOR, REFS), "test_set_sha256": "a" * 64}
+    check_comparable(base, dict(base))
+    with pytest.raises(IncomparableScoresError, match="different test sets: test_set_sha256"):
+        check_comparable(base, {**base, "test_set_sha256": "b" * 64})
+    zh = {**score_translations(POOR, REFS, tokenize="zh"), "test_set_sha256": "a" * 64}
+    with pytest.raises(IncomparableScoresError, match=r"different bleu signatures: .*tok:13a"):
+        check_comparable(base, zh)
