@@ -52,6 +52,7 @@ JOEY_MODEL_CFG = {
     },
 }  # fmt: skip
 MAX_LEN_RATIO = 1.5
+BATCH1_SENTENCES = 100  # batch size 1 is slow for both systems: a fixed subset
 
 
 def matmul_peak_gflops(threads: int, seconds: float = 1.5) -> float:
@@ -92,17 +93,26 @@ def corpus(quick: bool) -> tuple[list[str], SubwordTokenizer]:
     return sources[:64] if quick else sources, SubwordTokenizer.load(vocab)
 
 
+def sources_for(all_ids: list[list[int]], setting: dict) -> list[list[int]]:
+    """Batch size 1 runs a fixed subset (every k-th sentence): same sentences for both."""
+    if setting["batch_size"] > 1 or len(all_ids) <= BATCH1_SENTENCES:
+        return all_ids
+    step = len(all_ids) // BATCH1_SENTENCES
+    return all_ids[::step][:BATCH1_SENTENCES]
+
+
 def ours(
-    cfg: ModelConfig, name: str, src_ids: list[list[int]], vocab: int, settings: list[dict]
+    cfg: ModelConfig, name: str, all_ids: list[list[int]], vocab: int, settings: list[dict]
 ) -> list[dict]:
     torch.manual_seed(0)
     model = build_model(cfg, vocab, vocab).eval()
     with torch.no_grad():
         model.decoder.output_layer.bias[EOS_ID] = -1e9  # run every hypothesis to its limit
-    mean_src = sum(map(len, src_ids)) / len(src_ids)
+    mean_src = sum(map(len, all_ids)) / len(all_ids)
     flops_token = decoder_flops_per_token(cfg, vocab, mean_src)
     rows = []
     for setting in settings:
+        src_ids = sources_for(all_ids, setting)
         kw = {"max_len_ratio": MAX_LEN_RATIO, "max_len_extra": 0}
         kw["batch_size"] = setting["batch_size"]
         start = time.perf_counter()
@@ -135,6 +145,7 @@ def joey(src_ids: list[list[int]], vocab: int, settings: list[dict], threads: in
     job = {
         "joey_model": JOEY_MODEL_CFG, "vocab_size": vocab, "sources": src_ids,
         "settings": settings, "threads": threads, "max_len_ratio": MAX_LEN_RATIO,
+        "batch1_sentences": BATCH1_SENTENCES,
     }  # fmt: skip
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(job, f)

@@ -36,8 +36,12 @@ def main() -> None:
     model = build_model(job["joey_model"], src_vocab=vocab, trg_vocab=vocab).eval()
     # Our ids use pad 0 / unk 1; Joey pads with 1. Map both onto Joey's ids.
     remap = {0: PAD, 1: UNK}
-    sources = [[remap.get(i, i) for i in s] for s in job["sources"]]
+    all_sources = [[remap.get(i, i) for i in s] for s in job["sources"]]
     for setting in job["settings"]:
+        sources = all_sources
+        if setting["batch_size"] == 1 and len(sources) > job["batch1_sentences"]:
+            step = len(sources) // job["batch1_sentences"]
+            sources = sources[::step][: job["batch1_sentences"]]
         order = sorted(range(len(sources)), key=lambda i: -len(sources[i]))
         tokens = 0
         start = time.perf_counter()

@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows import tracking
+from flows import registry, tracking
 from seq2seq_core.config import load_config
 from seq2seq_core.data import read_prepared_split
 from seq2seq_core.evaluation import eval_set_digest, score_translations
@@ -34,7 +34,7 @@ class NoChampionError(LookupError):
 def evaluate_champion(
     params_path: str = "params.yaml",
     overrides: list[str] | None = None,
-    alias: str = tracking.CHAMPION,
+    alias: str = registry.CHAMPION,
 ) -> dict[str, Any]:
     logger = get_run_logger()
     cfg = load_config(params_path, overrides or [])

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from flows import registry_cli
 from seq2seq_core.config import ConfigError, PipelineConfig, load_config
 
 QUIET_ENV = {
@@ -176,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("train", cmd_train, "train the encoder-decoder (resumes from last.pt)")
     add("evaluate", cmd_evaluate, "decode the test split and score it with sacrebleu")
     add("register", cmd_register, "log to MLflow, register, and run the promotion gate")
+    registry_cli.add_commands(
+        lambda name, fn, text: add(name, lambda args: fn(args, _config(args)), text)
+    )
     p = add("pipeline", cmd_pipeline, "run all stages as one Prefect flow")
     p.add_argument("--no-dvc-commit", action="store_true", help="don't record outputs in dvc.lock")
     p = add("translate", cmd_translate, "translate sentences (arguments, --input or stdin)")

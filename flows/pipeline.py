@@ -19,7 +19,14 @@ from prefect.runtime import flow_run
 
 from flows import tracking
 from flows.registration import log_stage_reports
-from flows.tasks import evaluate_task, ingest_task, register_task, train_task, vocab_task
+from flows.tasks import (
+    cached_call,
+    evaluate_task,
+    ingest_task,
+    register_task,
+    train_task,
+    vocab_task,
+)
 from seq2seq_core.config import load_config
 from seq2seq_core.data_report import report_markdown
 from seq2seq_core.evaluation import metrics_markdown
@@ -36,20 +43,36 @@ def training_pipeline(
     tracking.configure_tracking(Path.cwd())
     flow_run_id = str(flow_run.id) if flow_run.id else ""
     timings: dict[str, float] = {}
+    reused: dict[str, bool] = {}
 
     def timed(name: str, fn: Any, *args: Any) -> Any:
         start = time.perf_counter()
-        result = fn(*args)
+        try:
+            result = fn(*args)
+        except Exception as exc:
+            # The champion alias only moves in `register`, after every stage passed: a
+            # failure before it leaves the previous champion untouched. Say so and why.
+            logger.error("stage %s failed: %s", name, exc)
+            create_markdown_artifact(
+                key="pipeline-failure", markdown=_failure_markdown(name, exc, timings)
+            )
+            raise
         timings[name] = round(time.perf_counter() - start, 2)
+        return result
+
+    def cached(name: str, stage_task: Any) -> dict[str, Any]:
+        result, reused[name] = cached_call(stage_task, name, cfg)
+        if reused[name]:
+            logger.info("%s: inputs unchanged, reusing the cached result and outputs", name)
         return result
 
     tags = {"prefect.flow_run_id": flow_run_id, "trigger": "prefect"}
     with tracking.pipeline_run(cfg, run_name=flow_run.name or None, tags=tags) as run:
         run_id = run.info.run_id
-        data = timed("ingest", ingest_task, cfg)
+        data = timed("ingest", cached, "ingest", ingest_task)
         logger.info("ingest: %s", data["counts"])
         create_markdown_artifact(key="data-report", markdown=_data_report_markdown(data))
-        vocab = timed("vocab", vocab_task, cfg)
+        vocab = timed("vocab", cached, "vocab", vocab_task)
         trained = timed("train", train_task, cfg, run_id)
         logger.info(
             "train: %d epochs, stop=%s, best valid BLEU %.2f, %.0f target tokens/s",
@@ -69,6 +92,7 @@ def training_pipeline(
     create_markdown_artifact(
         key="pipeline-summary", markdown=_summary_markdown(test, registration, timings)
     )
+    create_markdown_artifact(key="promotion-decision", markdown=_promotion_markdown(registration))
     if dvc_commit:
         _record_in_dvc(logger)
     return {
@@ -78,8 +102,30 @@ def training_pipeline(
         "test": test,
         "registration": registration,
         "seconds": timings,
+        "reused": reused,
         "mlflow_run_id": run_id,
     }
+
+
+def _failure_markdown(stage: str, exc: BaseException, timings: dict[str, float]) -> str:
+    done = ", ".join(timings) or "none"
+    return (
+        f"# Pipeline failed in stage `{stage}`\n\n"
+        f"**{type(exc).__name__}**: {exc}\n\n"
+        f"Stages completed before it: {done}. Nothing was registered in this run, so the "
+        "`champion` alias was not touched.\n"
+    )
+
+
+def _promotion_markdown(registration: dict[str, Any]) -> str:
+    tags = registration.get("tags") or {}
+    rows = "\n".join(f"| `{k}` | {v} |" for k, v in sorted(tags.items()))
+    verdict = "promoted to champion" if registration["promoted"] else "kept as challenger"
+    return (
+        f"# `{registration['model_name']}` v{registration['version']}: {verdict}\n\n"
+        f"{registration['reason']}\n\nChampion now: v{registration['champion_version']}\n\n"
+        f"| tag | value |\n| --- | --- |\n{rows}\n"
+    )
 
 
 def _data_report_markdown(data: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from flows import tracking
+from flows import registry, tracking
 from seq2seq_core.config import PipelineConfig
 from seq2seq_core.stages import write_json
 
@@ -52,10 +52,16 @@ def register_stage(
         if run is not None:
             run_id = run.info.run_id
             log_stage_reports(cfg)
+        reports = Path(cfg.evaluate.reports_dir)
         model_uri = tracking.log_translator_model(
-            checkpoint=checkpoint, vocab_dir=vocab_dir, cfg=cfg, metrics=metrics, run_id=run_id
+            checkpoint=checkpoint,
+            vocab_dir=vocab_dir,
+            cfg=cfg,
+            metrics=metrics,
+            run_id=run_id,
+            eval_files=[reports / "test_hypotheses.txt", reports / "test_references.txt"],
         )
-        result = tracking.register_and_promote(
+        result = registry.register_and_promote(
             cfg, model_uri=model_uri, run_id=run_id, metrics=metrics, trigger=trigger
         )
     record = {**asdict(result), "model_uri": model_uri, "run_id": run_id, "trigger": trigger}

@@ -1,5 +1,6 @@
-"""Everything MLflow: the tracking store, one run per pipeline run, training metrics,
-artifacts, the pyfunc model, the registry and its promotion gate.
+"""MLflow tracking: the store, one run per pipeline run, training metrics, artifacts and
+the pyfunc model. The registry and its gate are in flows/registry.py, lineage tags in
+flows/lineage.py.
 
 Nothing happens at import. ``configure_tracking`` picks the store (``MLFLOW_TRACKING_URI``
 or ``sqlite:///<root>/mlflow.db`` with artifacts in ``<root>/mlartifacts``), then:
@@ -8,7 +9,7 @@ or ``sqlite:///<root>/mlflow.db`` with artifacts in ``<root>/mlartifacts``), the
         train(..., callbacks=[MlflowTrainCallback(run.info.run_id)])
         log_files([...], "reports")
         uri = log_translator_model(checkpoint=..., vocab_dir=..., cfg=cfg, metrics=metrics)
-        result = register_and_promote(cfg, model_uri=uri, run_id=run.info.run_id, metrics=metrics)
+        registry.register_and_promote(cfg, model_uri=uri, run_id=run.info.run_id, ...)
 
 MLflow keeps its active run per thread, and a Prefect task may run in another thread than
 its flow; so every call that writes to a run takes an explicit ``run_id`` and falls back to
@@ -18,39 +19,31 @@ this thread's active run, then to the run ``pipeline_run`` opened in this proces
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
-import platform
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, TypeVar
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
-from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.types.schema import ColSpec, Schema
 
+from flows.lineage import dist_version, lineage_tags
 from seq2seq_core.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "seq2seq-pipeline"
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 MODEL_NAME_IN_RUN = "translator"
 EXAMPLE_SRC = "Im Anfang schuf Gott die Himmel und die Erde."
 # Distributions the served model imports (seq2seq_core travels as code with the model).
@@ -165,55 +158,6 @@ def _param_value(value: Any) -> str:
     return "None" if value is None else str(value)
 
 
-def lineage_tags(cfg: PipelineConfig | None = None, cwd: Path | None = None) -> dict[str, str]:
-    """Where a run came from: git commit + dirty flag, versions, device, config digest."""
-    tags = {
-        "python.version": platform.python_version(),
-        "torch.version": _dist_version("torch"),
-        "mlflow.version": mlflow.__version__,
-        "host.device": _device_name(),
-    }
-    if cfg is not None:
-        canonical = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
-        tags["config.sha256"] = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-    return {**tags, **git_tags(cwd)}
-
-
-def git_tags(cwd: Path | None = None) -> dict[str, str]:
-    """``git.commit`` and ``git.dirty`` (any non-ignored change counts); {} outside git."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=15, check=True
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain"))
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return {
-        "git.commit": commit,
-        "git.dirty": str(dirty).lower(),
-        "mlflow.source.git.commit": commit,
-    }
-
-
-def _dist_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def _device_name() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"cuda:{torch.cuda.get_device_name(0)}"
-    return "cpu"
-
-
 def log_metrics(
     metrics: Mapping[str, float], *, step: int | None = None, run_id: str | None = None
 ) -> None:
@@ -321,12 +265,15 @@ def log_translator_model(
     cfg: PipelineConfig,
     metrics: Mapping[str, Any],
     run_id: str | None = None,
+    eval_files: Iterable[Path] = (),
 ) -> str:
     """Log the self-contained pyfunc translator to the run; returns its ``models:/`` URI.
 
     The model directory holds the checkpoint, the tokenizer files, ``translator.json``
     (decode settings, input limit, test scores with their signatures, the model config)
-    and the code of ``seq2seq_core`` and ``flows.pyfunc``."""
+    and the code of ``seq2seq_core`` and ``flows.pyfunc``. ``eval_files`` (the test
+    hypotheses and references) go under ``artifacts/eval/`` for the promotion gate's
+    significance test."""
     from flows.pyfunc import DECODE_KEY, MAX_INPUT_KEY, SRC_COLUMN
 
     checkpoint, vocab_dir = Path(checkpoint), Path(vocab_dir)
@@ -346,6 +293,7 @@ def log_translator_model(
             DECODE_KEY: dataclasses.asdict(cfg.decode),
             # The corpus filter dropped longer sentences, so the model never saw one.
             MAX_INPUT_KEY: cfg.data.max_chars,
+            "max_input_tokens": cfg.decode.max_input_tokens,
             "test": test,
             "model": dataclasses.asdict(cfg.model),
             "languages": {"src": cfg.data.src_lang, "tgt": cfg.data.tgt_lang},
@@ -368,14 +316,26 @@ def log_translator_model(
                 "checkpoint": str(checkpoint),
                 "vocab": str(vocab_dir),
                 "config": str(config_path),
+                **_eval_dir(tmp_dir, eval_files),
             },
             code_paths=_stage_code(tmp_dir / "code"),
             signature=signature,
             input_example=_example_input(SRC_COLUMN),
-            pip_requirements=[f"{n}=={_dist_version(n)}" for n in MODEL_REQUIREMENTS],
+            pip_requirements=[f"{n}=={dist_version(n)}" for n in MODEL_REQUIREMENTS],
             tags={"test.bleu": str(test["bleu"]), "test.test_set_sha256": test["test_set_sha256"]},
         )
     return info.model_uri
+
+
+def _eval_dir(tmp_dir: Path, files: Iterable[Path]) -> dict[str, str]:
+    present = [Path(f) for f in files if Path(f).is_file()]
+    if not present:
+        return {}
+    eval_dir = tmp_dir / "eval"
+    eval_dir.mkdir()
+    for path in present:
+        shutil.copy2(path, eval_dir / path.name)
+    return {"eval": str(eval_dir)}
 
 
 def _example_input(column: str) -> Any:
@@ -411,195 +371,3 @@ def _stage_code(dest: Path) -> list[str]:
     (flows_pkg / "__init__.py").write_text('"""The pyfunc wrapper, as packaged with a model."""\n')
     shutil.copy2(Path(__file__).with_name("pyfunc.py"), flows_pkg / "pyfunc.py")
     return [str(core), str(flows_pkg)]
-
-
-# --------------------------------------------------------------------------- registry
-
-
-@dataclass
-class RegistrationResult:
-    model_name: str
-    version: int
-    aliases: list[str]
-    promoted: bool
-    reason: str
-    champion_version: int | None
-    tags: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    promote: bool
-    reason: str
-    bleu_delta: float | None = None
-
-
-def score_tags(metrics: Mapping[str, Any]) -> dict[str, str]:
-    """Model-version tags the gate reads back from the registry."""
-    test = read_test_scores(metrics)
-    tags = {
-        "test.bleu": str(float(test["bleu"])),
-        "test.chrf": str(float(test["chrf"])),
-        "test.ter": str(float(test["ter"])),
-        "test.test_set_sha256": str(test["test_set_sha256"]),
-    }
-    if "sentences" in test:
-        tags["test.sentences"] = str(test["sentences"])
-    for metric, sig in test["signatures"].items():
-        tags[f"test.signature.{metric}"] = str(sig)
-    return tags
-
-
-def decide_promotion(
-    challenger: Mapping[str, str],
-    champion: Mapping[str, str] | None,
-    *,
-    champion_version: str | int | None,
-    min_bleu_gain: float,
-) -> GateDecision:
-    """The gate on two versions' tags (as ``score_tags`` writes them).
-
-    Promote when there is no champion, or when both were scored on the same test set with
-    the same BLEU signature and the challenger's BLEU is higher by more than the minimum.
-    """
-    if champion is None:
-        return GateDecision(True, "no champion yet")
-    who = f"champion v{champion_version}"
-    if "test.bleu" not in champion or "test.test_set_sha256" not in champion:
-        return GateDecision(False, f"not comparable: {who} has no recorded test BLEU/test set")
-    if champion["test.test_set_sha256"] != challenger["test.test_set_sha256"]:
-        return GateDecision(
-            False,
-            f"not comparable: different test set (sha256 {challenger['test.test_set_sha256'][:12]}"
-            f" vs {who}'s {champion['test.test_set_sha256'][:12]})",
-        )
-    ours, theirs = challenger.get("test.signature.bleu"), champion.get("test.signature.bleu")
-    if ours != theirs:
-        return GateDecision(
-            False, f"not comparable: different BLEU signature ({ours!r} vs {who}'s {theirs!r})"
-        )
-    new, old = float(challenger["test.bleu"]), float(champion["test.bleu"])
-    delta = new - old
-    if delta > min_bleu_gain:
-        return GateDecision(
-            True,
-            f"test BLEU {new:.2f} beats {who}'s {old:.2f} by {delta:.2f} "
-            f"(> min_bleu_gain {min_bleu_gain:g})",
-            delta,
-        )
-    return GateDecision(
-        False,
-        f"test BLEU {new:.2f} vs {who}'s {old:.2f}: gain {delta:.2f} is not above "
-        f"min_bleu_gain {min_bleu_gain:g}",
-        delta,
-    )
-
-
-def register_and_promote(
-    cfg: PipelineConfig,
-    *,
-    model_uri: str,
-    run_id: str | None,
-    metrics: Mapping[str, Any],
-    trigger: str = "",
-) -> RegistrationResult:
-    """Register ``model_uri``, move ``challenger`` to it, and run the promotion gate.
-
-    The decision is recorded on the new version as ``promotion.*`` tags; a promotion also
-    tags the replaced champion with ``promotion.replaced_by`` / ``promotion.replaced_at``.
-    """
-    name = cfg.register.model_name
-    client = MlflowClient()
-    version_tags = score_tags(metrics)
-    if run_id:
-        run_tags = _retry(client.get_run, run_id).data.tags
-        version_tags |= {k: v for k, v in run_tags.items() if k in _LINEAGE_KEYS}
-        version_tags["source.run_id"] = run_id
-    _retry(_ensure_registered_model, client, name)
-    created = _retry(
-        client.create_model_version,
-        name,
-        model_uri,
-        run_id=run_id,
-        tags=version_tags,
-        model_id=_model_id(model_uri),
-    )
-    new_version = str(created.version)
-    _retry(client.set_registered_model_alias, name, CHALLENGER, new_version)
-
-    champion = _alias_version(client, name, CHAMPION)
-    decision = decide_promotion(
-        version_tags,
-        champion.tags if champion else None,
-        champion_version=champion.version if champion else None,
-        min_bleu_gain=cfg.register.min_bleu_gain,
-    )
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    record = {
-        "promotion.decision": "promoted" if decision.promote else "kept_challenger",
-        "promotion.reason": decision.reason,
-        "promotion.at": now,
-        "promotion.previous_champion": str(champion.version) if champion else "none",
-        "promotion.min_bleu_gain": f"{cfg.register.min_bleu_gain:g}",
-    }
-    if decision.bleu_delta is not None:
-        record["promotion.bleu_delta"] = f"{decision.bleu_delta:.4f}"
-    if trigger:
-        record["promotion.trigger"] = trigger
-    if decision.promote:
-        _retry(client.set_registered_model_alias, name, CHAMPION, new_version)
-        if champion is not None:
-            for key, value in (("replaced_by", new_version), ("replaced_at", now)):
-                _retry(
-                    client.set_model_version_tag, name, champion.version, f"promotion.{key}", value
-                )
-    for key, value in record.items():
-        _retry(client.set_model_version_tag, name, new_version, key, value)
-
-    final = _retry(client.get_model_version, name, new_version)
-    holder = _alias_version(client, name, CHAMPION)
-    return RegistrationResult(
-        model_name=name,
-        version=int(new_version),
-        aliases=sorted(final.aliases),
-        promoted=decision.promote,
-        reason=decision.reason,
-        champion_version=int(holder.version) if holder else None,
-        tags=record,
-    )
-
-
-_LINEAGE_KEYS = frozenset(
-    {
-        "git.commit",
-        "git.dirty",
-        "config.sha256",
-        "prefect.flow_run_id",
-        "torch.version",
-        "python.version",
-        "host.device",
-    }
-)
-
-
-def _ensure_registered_model(client: MlflowClient, name: str) -> None:
-    try:
-        client.create_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-            raise
-
-
-def _alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    """The version holding ``alias``, or None (read from the registered model, because
-    a missing alias comes back as a generic INVALID_PARAMETER_VALUE error)."""
-    number = _retry(client.get_registered_model, name).aliases.get(alias)
-    return None if number is None else _retry(client.get_model_version, name, number)
-
-
-def _model_id(model_uri: str) -> str | None:
-    """``models:/m-<id>`` (a logged model) -> ``m-<id>``; other URIs carry none."""
-    prefix = "models:/m-"
-    if model_uri.startswith(prefix) and "/" not in model_uri[len(prefix) :]:
-        return model_uri[len("models:/") :]
-    return None

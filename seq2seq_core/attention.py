@@ -43,13 +43,21 @@ class BahdanauAttention(nn.Module):
 
 
 class LuongAttention(nn.Module):
-    """Multiplicative "general" score q^T W k (Luong et al., 2015, section 3.1)."""
+    """Multiplicative score (Luong et al., 2015, section 3.1): "general" q^T W k, or "dot"
+    q^T k (no parameters; keys and queries must have the same size)."""
 
-    def __init__(self, query_size: int, key_size: int) -> None:
+    def __init__(self, query_size: int, key_size: int, score: str = "general") -> None:
         super().__init__()
-        self.key_layer = nn.Linear(key_size, query_size, bias=False)
+        if score not in ("general", "dot"):
+            raise ValueError(f"Luong score must be 'general' or 'dot', got {score!r}")
+        if score == "dot" and query_size != key_size:
+            raise ValueError(f"dot score needs equal sizes, got query {query_size}, key {key_size}")
+        self.score = score
+        self.key_layer = nn.Linear(key_size, query_size, bias=False) if score == "general" else None
 
     def project_keys(self, keys: Tensor) -> Tensor:
+        if self.key_layer is None:
+            return keys  # dot: the keys as they are
         return self.key_layer(keys)  # (B, S, K) -> (B, S, Q): W k once per batch
 
     def forward(

@@ -120,7 +120,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, target, chunk: int, need_grad: bool, dtype: torch.dtype):
+    def forward(
+        ctx, x, weight, bias, target, chunk: int, need_grad: bool, dtype: torch.dtype, eps: float
+    ):
         grad_x = torch.empty_like(x)  # (N, H)
         grad_w = torch.zeros_like(weight)  # (V, H), fp32 like the parameter
         grad_b = torch.zeros_like(bias)  # (V,)
@@ -130,14 +132,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
             xc, yc = x[start : start + chunk].to(dtype), target[start : start + chunk]
             logits = torch.addmm(b, xc, w.t()).float()  # (C, V)
             gold = logits.gather(1, yc.unsqueeze(1)).squeeze(1)  # (C,)
+            mean_logit = logits.mean(dim=1) if eps else None  # before the in-place softmax
             peak = logits.amax(dim=1, keepdim=True)  # (C, 1)
             probs = logits.sub_(peak).exp_()  # unnormalised softmax, in place: one pass each
             norm = probs.sum(dim=1)  # (C,)
-            total += (peak.squeeze(1) + norm.log() - gold).sum()  # logsumexp - gold logit
+            lse = peak.squeeze(1) + norm.log()  # (C,) logsumexp
+            total += (lse - gold).sum() * (1.0 - eps)
+            if mean_logit is not None:  # the uniform part of the smoothed target
+                total += (lse - mean_logit).sum() * eps
             if not need_grad:
                 continue
             probs.div_(norm.unsqueeze(1))
-            probs[torch.arange(yc.numel(), device=yc.device), yc] -= 1.0  # d loss / d logits
+            probs[torch.arange(yc.numel(), device=yc.device), yc] -= 1.0 - eps  # d loss/d logits
+            if eps:
+                probs -= eps / probs.size(1)
             grad_b += probs.sum(dim=0)
             probs_c = probs.to(dtype)
             grad_x[start : start + chunk] = torch.mm(probs_c, w)
@@ -152,10 +160,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         grad_x, grad_w, grad_b = ctx.saved_tensors
         g = grad_out.float()
-        return (grad_x * g).to(grad_x.dtype), grad_w * g, grad_b * g, None, None, None, None
+        return (grad_x * g).to(grad_x.dtype), grad_w * g, grad_b * g, None, None, None, None, None
 
 
-def linear_cross_entropy(x: Tensor, layer: nn.Linear, target: Tensor, chunk: int = 512) -> Tensor:
+def linear_cross_entropy(
+    x: Tensor, layer: nn.Linear, target: Tensor, chunk: int = 512, label_smoothing: float = 0.0
+) -> Tensor:
     """Summed cross-entropy of ``layer(x)``: x (N, H), target (N,) -> fp32 scalar.
 
     Memory O(chunk * V) instead of O(N * V). Under autocast the matmuls run in its dtype.
@@ -167,5 +177,5 @@ def linear_cross_entropy(x: Tensor, layer: nn.Linear, target: Tensor, chunk: int
         dtype = torch.get_autocast_dtype(x.device.type)
     with torch.autocast(x.device.type, enabled=False):
         return _LinearCrossEntropy.apply(
-            x, layer.weight, layer.bias, target, chunk, need_grad, dtype
+            x, layer.weight, layer.bias, target, chunk, need_grad, dtype, label_smoothing
         )

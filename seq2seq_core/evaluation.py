@@ -23,6 +23,7 @@ from seq2seq_core.data import read_prepared_split
 # sacrebleu's tokenizer per target language: 13a assumes spaces between words.
 _BLEU_TOKENIZERS = {"zh": "zh", "ja": "char", "ko": "char", "th": "char"}
 HYPOTHESES_FILE = "test_hypotheses.txt"
+REFERENCES_FILE = "test_references.txt"
 
 
 def bleu_tokenizer(lang: str | None) -> str:
@@ -153,9 +154,12 @@ def evaluate_split(cfg: PipelineConfig, split: str = "test") -> dict[str, Any]:
     metrics = {split: metrics[f"{split}_{primary}"], **metrics}
     metrics_path = reports_dir / "metrics.json"
     write_json(metrics_path, metrics)
-    (reports_dir / HYPOTHESES_FILE).write_text(
-        "".join(h.replace("\n", " ") + "\n" for h in df[primary]), encoding="utf-8"
-    )
+    # One line per test pair, in test order: what the promotion gate's paired bootstrap
+    # test compares between the champion and a challenger.
+    for name, lines in ((HYPOTHESES_FILE, df[primary]), (REFERENCES_FILE, references)):
+        (reports_dir / name).write_text(
+            "".join(line.replace("\n", " ") + "\n" for line in lines), encoding="utf-8"
+        )
     length_rows = bleu_by_length(
         sources, df[primary].tolist(), references, cfg.evaluate.length_bucket_width, tokenize
     )

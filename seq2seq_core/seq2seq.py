@@ -56,14 +56,24 @@ class Seq2Seq(nn.Module):
         return self.decoder.step(prev_tokens, state, memory)
 
     def forward(
-        self, src: Tensor, src_len: Tensor, tgt_in: Tensor, teacher_forcing: float = 1.0
+        self,
+        src: Tensor,
+        src_len: Tensor,
+        tgt_in: Tensor,
+        teacher_forcing: float = 1.0,
+        tgt_out: Tensor | None = None,
+        label_smoothing: float = 0.0,
     ) -> Tensor:
-        """src (B, S), src_len (B,) on CPU, tgt_in (B, T) = BOS + y -> logits (B, T, V).
+        """src (B, S), src_len (B,) on CPU, tgt_in (B, T) = BOS + y -> logits (B, T, V);
+        with `tgt_out` the summed loss instead (`loss`), so DistributedDataParallel, which
+        hooks `forward`, sees the training computation.
 
         With teacher_forcing < 1, one coin per step (torch's global RNG, shared by the whole
         batch, as in the seed) decides whether the next input is the gold token or the
         model's own argmax.
         """
+        if tgt_out is not None:
+            return self.loss(src, src_len, tgt_in, tgt_out, teacher_forcing, label_smoothing)
         memory, state = self.encode(src, src_len)
         if self._fused(teacher_forcing):
             vectors, _ = self.decoder.fused_states(tgt_in, state.hidden, memory)  # (B, T, H)
@@ -77,8 +87,10 @@ class Seq2Seq(nn.Module):
         tgt_in: Tensor,
         tgt_out: Tensor,
         teacher_forcing: float = 1.0,
+        label_smoothing: float = 0.0,
     ) -> Tensor:
-        """Cross-entropy summed over the real (non-pad) tokens of tgt_out (B, T).
+        """Cross-entropy summed over the real (non-pad) tokens of tgt_out (B, T), against
+        targets smoothed towards uniform by `label_smoothing` (Szegedy et al. 2016).
 
         Equal to ``F.cross_entropy(self(src, src_len, tgt_in, teacher_forcing), tgt_out,
         ignore_index=PAD_ID, reduction="sum")``; on the fused path the output layer runs only
@@ -92,11 +104,14 @@ class Seq2Seq(nn.Module):
                 tgt_out.reshape(-1),
                 ignore_index=PAD_ID,
                 reduction="sum",
+                label_smoothing=label_smoothing,
             )
         vectors, _ = self.decoder.fused_states(tgt_in, state.hidden, memory)  # (B, T, H)
         real = tgt_out != PAD_ID  # (B, T)
         x = self.decoder.dropout(vectors[real])  # (N, H), N real target tokens
-        return linear_cross_entropy(x, self.decoder.output_layer, tgt_out[real])
+        return linear_cross_entropy(
+            x, self.decoder.output_layer, tgt_out[real], label_smoothing=label_smoothing
+        )
 
     def _fused(self, teacher_forcing: float) -> bool:
         return teacher_forcing >= 1.0 and not self.decoder.input_feeding
@@ -130,7 +145,7 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> S
     if cfg.attention == "bahdanau":
         attention = BahdanauAttention(cfg.hidden_size, cfg.hidden_size, cfg.hidden_size)
     elif cfg.attention == "luong":
-        attention = LuongAttention(cfg.hidden_size, cfg.hidden_size)
+        attention = LuongAttention(cfg.hidden_size, cfg.hidden_size, cfg.luong_score)
     elif cfg.attention != "none":
         raise ValueError(f"model.attention: {cfg.attention!r} is not one of none, bahdanau, luong")
     decoder = RecurrentDecoder(
@@ -145,4 +160,32 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> S
         input_feeding=cfg.input_feeding,
         pad_id=PAD_ID,
     )
+    _tie_embeddings(cfg, encoder, decoder, src_vocab_size, tgt_vocab_size)
     return Seq2Seq(encoder, decoder, context=cfg.context)
+
+
+def _tie_embeddings(
+    cfg: ModelConfig,
+    encoder: RecurrentEncoder,
+    decoder: RecurrentDecoder,
+    src_vocab_size: int,
+    tgt_vocab_size: int,
+) -> None:
+    """Share weights (Press & Wolf 2017): the decoder's input embedding is its output
+    projection; with `all`, also the encoder's embedding (one joint vocabulary)."""
+    if cfg.tie_embeddings == "none":
+        return
+    if cfg.emb_size != cfg.hidden_size:
+        raise ValueError(
+            f"model.tie_embeddings: {cfg.tie_embeddings} needs model.emb_size == "
+            f"model.hidden_size (the output layer's input), got {cfg.emb_size} and "
+            f"{cfg.hidden_size}"
+        )
+    decoder.output_layer.weight = decoder.embedding.weight
+    if cfg.tie_embeddings == "all":
+        if src_vocab_size != tgt_vocab_size:
+            raise ValueError(
+                "model.tie_embeddings: all needs a joint vocabulary (vocab.joint: true), got "
+                f"source {src_vocab_size} and target {tgt_vocab_size} types"
+            )
+        encoder.embedding.weight = decoder.embedding.weight

@@ -30,6 +30,8 @@ from seq2seq_core.batching import Batch, EncodedPairs, encode_pairs, epoch_batch
 from seq2seq_core.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from seq2seq_core.config import PipelineConfig
 from seq2seq_core.decoding import greedy_decode
+from seq2seq_core.distributed import any_rank, broadcast, init_distributed, shard, wrap
+from seq2seq_core.optim import LearningRate, build_optimizer, teacher_forcing_ratio
 from seq2seq_core.seq2seq import Seq2Seq, build_model
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ class TrainResult:
     steps: int
     best_valid_bleu: float
     best_valid_loss: float
-    stop_reason: str  # "max_epochs" | "time_budget"
+    stop_reason: str  # "max_epochs" | "time_budget" | "early_stopping"
     train_tokens_per_s: float
     seconds: float
     skipped_long: int
@@ -78,6 +80,12 @@ class _Progress:
     train_seconds: float = 0.0
     best_valid_bleu: float = -1.0
     best_valid_loss: float = math.inf
+    bad_epochs: int = 0  # validations since the best one (early stopping)
+    # Position inside the epoch being trained, for a mid-epoch resume.
+    batch_in_epoch: int = 0
+    epoch_loss_sum: float = 0.0
+    epoch_tokens: int = 0
+    epoch_seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -135,9 +143,10 @@ def train_model(
 ) -> TrainResult:
     tc = cfg.train
     checkpoint_dir = Path(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
     best_path, last_path = checkpoint_dir / "best.pt", checkpoint_dir / "last.pt"
-    device = pick_device(tc.device)
+    topo, device = init_distributed(pick_device(tc.device))
+    if topo.is_main:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if device.type == "cpu":
         torch.set_num_threads(pick_threads(tc.threads))
     torch.manual_seed(tc.seed)
@@ -153,84 +162,124 @@ def train_model(
 
     src_vocab, tgt_vocab = tokenizer.src_vocab_size, tokenizer.tgt_vocab_size
     model = build_model(cfg.model, src_vocab, tgt_vocab).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    optimizer = build_optimizer(list(model.parameters()), tc)
+    schedule = LearningRate.from_config(tc)
     fingerprint = run_fingerprint(cfg, src_vocab, tgt_vocab, train_data, valid_pairs)
-    progress = _resume(last_path, fingerprint, model, optimizer, device) or _Progress()
+    progress = _resume(last_path, fingerprint, model, optimizer, schedule, device) or _Progress()
+    trainer = wrap(model, topo, device)  # DDP when torchrun started several processes
+
+    def save_last() -> None:
+        if topo.is_main:
+            progress.elapsed = time.monotonic() - clock0
+            payload = model_payload(model, cfg.model, src_vocab, tgt_vocab)
+            save_checkpoint(
+                last_path, _resume_payload(payload, optimizer, schedule, progress, fingerprint)
+            )
 
     budget_s = tc.time_budget_min * 60.0
     clock0 = time.monotonic() - progress.elapsed
     stop_reason = "max_epochs"
-    while progress.epoch < tc.max_epochs:
-        if time.monotonic() - clock0 >= budget_s:
-            stop_reason = "time_budget"
-            break
+    while progress.epoch < tc.max_epochs and stop_reason == "max_epochs":
         epoch = progress.epoch + 1
-        # 1. train one epoch (or until the time budget runs out between two steps)
+        # 1. train one epoch, from where a resumed run left off inside it
         model.train()
-        t0 = time.monotonic()
-        batches = epoch_batches(train_data, tc.batch_tokens, tc.seed, epoch)
-        loss_sum, tokens, out_of_time = 0.0, 0, False
-        bar = tqdm(batches, desc=f"epoch {epoch}", disable=not sys.stderr.isatty(), leave=False)
-        for batch in bar:
-            if time.monotonic() - clock0 >= budget_s:
+        batches = shard(epoch_batches(train_data, tc.batch_tokens, tc.seed, epoch), topo)
+        t0 = time.monotonic() - progress.epoch_seconds
+        bar = tqdm(
+            total=len(batches), initial=progress.batch_in_epoch, desc=f"epoch {epoch}",
+            disable=not (sys.stderr.isatty() and topo.is_main), leave=False,
+        )  # fmt: skip
+        out_of_time = False
+        for index in range(progress.batch_in_epoch, len(batches)):
+            if any_rank(time.monotonic() - clock0 >= budget_s, topo, device):
                 out_of_time = True
                 break
-            loss, grad_norm = train_step(
-                model,
-                optimizer,
-                batch.to(device),
-                teacher_forcing=tc.teacher_forcing,
-                clip_grad=tc.clip_grad,
-                precision=_precision(cfg),
-            )
+            batch = batches[index].to(device)
+            ratio = teacher_forcing_ratio(tc, progress.step)
+            loss = forward_backward(trainer, batch, ratio, tc, _precision(cfg))
+            progress.batch_in_epoch = index + 1
+            progress.epoch_loss_sum += loss * batch.ntokens
+            progress.epoch_tokens += batch.ntokens
+            bar.update(1)
+            if progress.batch_in_epoch % tc.accumulate_steps and index + 1 < len(batches):
+                continue
             progress.step += 1
-            loss_sum += loss * batch.ntokens
-            tokens += batch.ntokens
-            tok_s = tokens / max(time.monotonic() - t0, 1e-9)
+            lr = schedule.apply(optimizer, progress.step)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad).item()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.epoch_seconds = time.monotonic() - t0
+            tok_s = progress.epoch_tokens / max(progress.epoch_seconds, 1e-9) * topo.world
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:.0f}")
+            if progress.step % tc.checkpoint_every_steps == 0:
+                save_last()  # mid-epoch: a kill loses at most checkpoint_every_steps steps
             step_metrics = {
-                "loss": loss,
-                "lr": tc.lr,
-                "grad_norm": grad_norm,
-                "tokens_per_s": tok_s,
-            }
+                "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_s,
+                "teacher_forcing": ratio,
+            }  # fmt: skip
             for cb in callbacks:
                 cb.on_step(progress.step, step_metrics)
         bar.close()
+        if out_of_time and progress.batch_in_epoch == 0:
+            stop_reason = "time_budget"
+            break
         train_seconds = time.monotonic() - t0
-        progress.train_tokens += tokens
+        tokens = progress.epoch_tokens
+        progress.train_tokens += tokens * topo.world
         progress.train_seconds += train_seconds
 
-        # 2. validate: loss over all valid pairs, BLEU on greedy decodes of the first N
-        valid_loss = evaluate_loss(model, valid_batches, device, _precision(cfg))
-        valid_bleu = validation_bleu(model, tokenizer, bleu_src, bleu_refs, cfg, device)
-        metrics = {
-            "train_loss": loss_sum / max(tokens, 1),
-            "valid_loss": valid_loss,
-            "valid_ppl": math.exp(min(valid_loss, 100.0)),
-            "valid_bleu": valid_bleu,
-            "epoch_seconds": time.monotonic() - t0,
-            "tokens_per_s": tokens / max(train_seconds, 1e-9),
-        }
+        # 2. validate on rank 0: loss over all valid pairs, BLEU on greedy decodes of N
+        metrics = None
+        if topo.is_main:
+            valid_loss = evaluate_loss(model, valid_batches, device, _precision(cfg))
+            valid_bleu = validation_bleu(model, tokenizer, bleu_src, bleu_refs, cfg, device)
+            metrics = {
+                "train_loss": progress.epoch_loss_sum / max(tokens, 1),
+                "valid_loss": valid_loss,
+                "valid_ppl": math.exp(min(valid_loss, 100.0)),
+                "valid_bleu": valid_bleu,
+                "epoch_seconds": time.monotonic() - t0,
+                "tokens_per_s": tokens * topo.world / max(train_seconds, 1e-9),
+                "lr": schedule.at(max(progress.step, 1)),
+            }
+        metrics = broadcast(metrics, topo)
+        schedule.observe(metrics["valid_bleu"])
         progress.epoch = epoch
+        progress.batch_in_epoch, progress.epoch_loss_sum = 0, 0.0
+        progress.epoch_tokens, progress.epoch_seconds = 0, 0.0
         progress.history.append({"epoch": epoch, **metrics})
 
         # 3. checkpoints: best by valid BLEU (ties -> lower loss), last every epoch
-        payload = model_payload(model, cfg.model, src_vocab, tgt_vocab)
-        if (valid_bleu, -valid_loss) > (progress.best_valid_bleu, -progress.best_valid_loss):
-            progress.best_valid_bleu, progress.best_valid_loss = valid_bleu, valid_loss
-            save_checkpoint(best_path, {**payload, "epoch": epoch, "valid": metrics})
-        progress.elapsed = time.monotonic() - clock0
-        save_checkpoint(last_path, _resume_payload(payload, optimizer, progress, fingerprint))
-        _write_json(checkpoint_dir / "history.json", progress.history)
+        improved = (metrics["valid_bleu"], -metrics["valid_loss"]) > (
+            progress.best_valid_bleu, -progress.best_valid_loss
+        )  # fmt: skip
+        if improved:
+            progress.best_valid_bleu = metrics["valid_bleu"]
+            progress.best_valid_loss = metrics["valid_loss"]
+            progress.bad_epochs = 0
+            if topo.is_main:
+                payload = model_payload(model, cfg.model, src_vocab, tgt_vocab)
+                save_checkpoint(best_path, {**payload, "epoch": epoch, "valid": metrics})
+        else:
+            progress.bad_epochs += 1
+        save_last()
+        if topo.is_main:
+            _write_json(checkpoint_dir / "history.json", progress.history)
         log.info("epoch %d %s", epoch, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
         for cb in callbacks:
             cb.on_epoch(epoch, metrics)
         if out_of_time:
             stop_reason = "time_budget"
-            break
+        elif tc.early_stopping_patience and progress.bad_epochs >= tc.early_stopping_patience:
+            stop_reason = "early_stopping"
+        elif time.monotonic() - clock0 >= budget_s and progress.epoch < tc.max_epochs:
+            stop_reason = "time_budget"
 
-    _write_json(checkpoint_dir / "history.json", progress.history)
+    if topo.is_main:
+        _write_json(checkpoint_dir / "history.json", progress.history)
+    for cb in callbacks:
+        if hasattr(cb, "on_train_end"):
+            cb.on_train_end(model)
     return TrainResult(
         best_checkpoint=str(best_path),
         last_checkpoint=str(last_path),
@@ -253,6 +302,22 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def forward_backward(
+    model: torch.nn.Module, batch: Batch, teacher_forcing: float, tc: Any, precision: str
+) -> float:
+    """Loss and gradients of one batch (accumulated over `train.accumulate_steps`
+    batches); returns the loss per target token. `model` may be DDP-wrapped: the loss
+    goes through `forward` so that its gradient hooks run."""
+    with autocast(batch.src.device, precision):
+        loss = model(
+            batch.src, batch.src_len, batch.tgt_in, teacher_forcing,
+            tgt_out=batch.tgt_out, label_smoothing=tc.label_smoothing,
+        )  # fmt: skip
+    loss = loss / batch.ntokens
+    (loss / tc.accumulate_steps).backward()
+    return loss.item()
+
+
 def train_step(
     model: Seq2Seq,
     optimizer: torch.optim.Optimizer,
@@ -262,7 +327,7 @@ def train_step(
     clip_grad: float,
     precision: str = "fp32",
 ) -> tuple[float, float]:
-    """One update; returns (loss per target token, gradient norm before clipping)."""
+    """One plain update (no accumulation, no smoothing): (loss per token, grad norm)."""
     with autocast(batch.src.device, precision):
         loss = model.loss(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out, teacher_forcing)
     loss = loss / batch.ntokens
@@ -319,6 +384,18 @@ def validation_bleu(
 # threads, device, paths) may change between a run and its resumption.
 FINGERPRINT_TRAIN_KEYS = (
     "teacher_forcing",
+    "teacher_forcing_schedule",
+    "teacher_forcing_min",
+    "teacher_forcing_decay_steps",
+    "optimizer",
+    "weight_decay",
+    "lr_schedule",
+    "warmup_steps",
+    "plateau_factor",
+    "plateau_patience",
+    "min_lr",
+    "label_smoothing",
+    "accumulate_steps",
     "batch_tokens",
     "lr",
     "clip_grad",
@@ -356,6 +433,7 @@ def run_fingerprint(
 def _resume_payload(
     payload: dict[str, Any],
     optimizer: torch.optim.Optimizer,
+    schedule: LearningRate,
     progress: _Progress,
     fingerprint: str,
 ) -> dict[str, Any]:
@@ -365,6 +443,7 @@ def _resume_payload(
     return {
         **payload,
         "optimizer_state": optimizer.state_dict(),
+        "lr_schedule": schedule.state_dict(),
         "progress": dataclasses.asdict(progress),
         "rng": rng,
         "fingerprint": fingerprint,
@@ -376,6 +455,7 @@ def _resume(
     fingerprint: str,
     model: Seq2Seq,
     optimizer: torch.optim.Optimizer,
+    schedule: LearningRate,
     device: torch.device,
 ) -> _Progress | None:
     """Restore model, optimizer, RNG and progress from ``path`` if it belongs to this run."""
@@ -387,11 +467,15 @@ def _resume(
         return None
     model.load_state_dict(state["model_state"])
     optimizer.load_state_dict(state["optimizer_state"])
+    schedule.load_state_dict(state.get("lr_schedule", {}))
     torch.set_rng_state(state["rng"]["torch"].cpu())
     if "cuda" in state["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
     progress = _Progress(**state["progress"])
-    log.info("resuming from %s after epoch %d (step %d)", path, progress.epoch, progress.step)
+    log.info(
+        "resuming from %s: epoch %d, batch %d of the next, step %d",
+        path, progress.epoch, progress.batch_in_epoch, progress.step,
+    )  # fmt: skip
     return progress
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 from conftest import REPO, tiny_params
+from mlflow import MlflowClient
+
+from flows.lineage import dvc_lock_tags, file_md5
 
 pytestmark = pytest.mark.integration
 
@@ -55,3 +60,37 @@ def test_repro_then_nothing_to_do_then_only_train_onwards(tmp_path: Path) -> Non
     assert "Running stage 'vocab'" not in third
     for stage in ("train", "evaluate", "register"):
         assert f"Running stage '{stage}'" in third
+
+    # Lineage: the registered version's dvc.* tags are dvc.lock's hashes, and
+    # `dvc checkout` restores files with exactly those hashes (docs/lineage.md).
+    lock_tags = dvc_lock_tags(repo)
+    assert set(lock_tags) >= {
+        "dvc.data/prepared/train.parquet.md5", "dvc.data/prepared/test.parquet.md5",
+        "dvc.data/vocab.md5",
+    }  # fmt: skip
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    try:
+        latest = MlflowClient().get_model_version_by_alias("seq2seq-translator", "challenger")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert {k: latest.tags[k] for k in lock_tags} == lock_tags
+    assert (
+        latest.tags["params.sha256"]
+        == hashlib.sha256((repo / "params.yaml").read_bytes()).hexdigest()
+    )
+    train_parquet = repo / "data" / "prepared" / "train.parquet"
+    train_parquet.unlink()
+    shutil.rmtree(repo / "data" / "vocab")
+    _run([*dvc, "checkout"], repo)
+    assert file_md5(train_parquet) == lock_tags["dvc.data/prepared/train.parquet.md5"]
+    assert "up to date" in _run([*dvc, "status"], repo).lower()
+
+    # An experiment: only train and what follows re-run; exp show has the test BLEU.
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "lr 0.003"], repo)
+    exp = _run([*dvc, "exp", "run", "-S", "model.hidden_size=48"], repo)
+    assert "Running stage 'ingest'" not in exp and "Running stage 'vocab'" not in exp
+    for stage in ("train", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in exp
+    shown = _run([*dvc, "exp", "show", "--json"], repo)
+    assert '"bleu"' in shown and '"chrf"' in shown and '"hidden_size": 48' in shown

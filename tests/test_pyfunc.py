@@ -24,7 +24,7 @@ import yaml
 from conftest import GENESIS_TSV, REPO
 from mlflow.exceptions import MlflowException
 
-from flows import tracking
+from flows import registry, tracking
 from flows.pyfunc import InputRejectedError, TranslatorModel
 from seq2seq_core.config import PipelineConfig, config_from_dict
 from seq2seq_core.tokenization import SubwordTokenizer
@@ -101,7 +101,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory):
                 cfg=cfg,
                 metrics=METRICS,
             )
-            result = tracking.register_and_promote(
+            result = registry.register_and_promote(
                 cfg, model_uri=model_uri, run_id=run.info.run_id, metrics=METRICS
             )
         assert result.promoted

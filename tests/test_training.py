@@ -115,7 +115,7 @@ def test_same_seed_same_losses_and_callbacks(tmp_path: Path) -> None:
     assert [h["valid_loss"] for h in a.history] == [h["valid_loss"] for h in b.history]
     assert [e for e, _ in rec.epochs] == [1, 2]
     assert [s for s, _ in rec.steps] == list(range(1, a.steps + 1))
-    assert set(rec.steps[0][1]) == {"loss", "lr", "grad_norm", "tokens_per_s"}
+    assert set(rec.steps[0][1]) == {"loss", "lr", "grad_norm", "tokens_per_s", "teacher_forcing"}
     assert set(rec.epochs[0][1]) == {
         "train_loss",
         "valid_loss",
@@ -123,6 +123,7 @@ def test_same_seed_same_losses_and_callbacks(tmp_path: Path) -> None:
         "valid_bleu",
         "epoch_seconds",
         "tokens_per_s",
+        "lr",
     }
     history = json.loads((tmp_path / "a" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]

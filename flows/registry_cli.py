@@ -1,0 +1,87 @@
+"""`seq2seq promote | rollback | registry history | serve`: the registry from a shell.
+
+Kept apart from flows/cli.py so that the stage commands do not import MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from seq2seq_core.config import PipelineConfig
+
+
+def _trigger(kind: str) -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"cli:{kind}:{user}"
+
+
+def _registry(cfg: PipelineConfig):
+    from flows import registry, tracking
+
+    tracking.configure_tracking(Path.cwd())
+    return registry
+
+
+def cmd_promote(args: argparse.Namespace, cfg: PipelineConfig) -> None:
+    registry = _registry(cfg)
+    result = registry.promote(
+        cfg, version=args.version, force=args.force, trigger=_trigger("promote")
+    )
+    print(json.dumps(asdict(result), indent=2))
+
+
+def cmd_rollback(args: argparse.Namespace, cfg: PipelineConfig) -> None:
+    registry = _registry(cfg)
+    print(json.dumps(asdict(registry.rollback(cfg, trigger=_trigger("rollback"))), indent=2))
+
+
+def cmd_history(args: argparse.Namespace, cfg: PipelineConfig) -> None:
+    registry = _registry(cfg)
+    moves = registry.history(cfg.register.model_name)
+    if args.json:
+        print(json.dumps(moves, indent=2))
+    else:
+        print(registry.history_table(moves))
+
+
+def serve_command(cfg: PipelineConfig, alias: str, port: int, host: str) -> list[str]:
+    uri = f"models:/{cfg.register.model_name}@{alias}"
+    return [
+        sys.executable, "-m", "mlflow", "models", "serve", "-m", uri,
+        "--env-manager", "local", "-h", host, "-p", str(port),
+    ]  # fmt: skip
+
+
+def cmd_serve(args: argparse.Namespace, cfg: PipelineConfig) -> None:
+    from flows import tracking
+
+    uri = tracking.configure_tracking(Path.cwd())
+    port = args.port or cfg.register.serve_port
+    command = serve_command(cfg, args.alias, port, args.host)
+    print(f"serving models:/{cfg.register.model_name}@{args.alias} on http://{args.host}:{port}"
+          "/invocations", file=sys.stderr)  # fmt: skip
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    raise SystemExit(subprocess.call(command, env=env))
+
+
+def add_commands(add) -> None:
+    p = add("promote", cmd_promote, "run the promotion gate for the challenger (or --version)")
+    p.add_argument("--version", help="model version to consider (default: the challenger)")
+    p.add_argument("--force", action="store_true", help="promote even if the gate says no")
+    add("rollback", cmd_rollback, "move champion back to the previous champion")
+    p = add("registry", cmd_history, "show the registry's alias history")
+    p.add_argument("what", choices=["history"], help="history: every recorded alias move")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p = add("serve", cmd_serve, "serve a registry alias with `mlflow models serve`")
+    p.add_argument("--alias", default="champion")
+    p.add_argument("--port", type=int, help="default register.serve_port")
+    p.add_argument("--host", default="127.0.0.1")

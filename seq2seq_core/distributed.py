@@ -1,0 +1,80 @@
+"""torchrun / DistributedDataParallel support: one process per device, same code path.
+
+`torchrun --nproc-per-node N -m flows.cli train` sets WORLD_SIZE, RANK and LOCAL_RANK;
+without them (or with WORLD_SIZE=1) everything here is a no-op and training runs in one
+process. NCCL on CUDA, gloo on CPU (which the tests use).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Topology:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def init_distributed(device: torch.device) -> tuple[Topology, torch.device]:
+    """Join the process group torchrun describes (once per process); pick this rank's GPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Topology(), device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Topology(dist.get_rank(), dist.get_world_size()), device
+
+
+def shard(batches: list[T], topo: Topology) -> list[T]:
+    """Rank r takes batches r, r + W, r + 2W, ... of the shared shuffled order, cut to the
+    same count on every rank (all-reduce needs every rank to step together)."""
+    if not topo.distributed:
+        return batches
+    per_rank = len(batches) // topo.world
+    return batches[topo.rank :: topo.world][:per_rank]
+
+
+def any_rank(flag: bool, topo: Topology, device: torch.device) -> bool:
+    """True on every rank when it is true on any (e.g. one rank ran out of time)."""
+    if not topo.distributed:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def broadcast(value: T, topo: Topology) -> T:
+    """Rank 0's `value` on every rank (validation results, the stop decision)."""
+    if not topo.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def wrap(model: torch.nn.Module, topo: Topology, device: torch.device) -> torch.nn.Module:
+    if not topo.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
