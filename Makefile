@@ -40,6 +40,8 @@ format: install
 bench: install
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/decode_speed.py
+	$(BIN)/python bench/pipeline_overhead.py
 
 clean:
 	rm -rf data/prepared data/vocab models reports mlflow.db mlartifacts .state

@@ -21,6 +21,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -31,6 +32,7 @@ from seq2seq_core.seq2seq import build_model
 from seq2seq_core.training import train_step
 
 VOCAB = 8000
+REPO = Path(__file__).resolve().parents[1]
 
 CONFIGS: dict[str, tuple[dict, dict]] = {
     # name: (model overrides, train overrides); "precision" is not a TrainConfig key (yet)
@@ -49,10 +51,13 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
     "mid": ({"hidden_size": 384, "emb_size": 256}, {}),
     # issue 5's comparison with Joey NMT: BiLSTM 2x256, LSTM 512, Bahdanau, input feeding
     "joey_if": (
-        {"cell": "lstm", "hidden_size": 512, "input_feeding": True},
+        {"cell": "lstm", "hidden_size": 512, "attention": "bahdanau", "input_feeding": True},
         {"batch_tokens": 2000},
     ),
-    "joey_noif": ({"cell": "lstm", "hidden_size": 512}, {"batch_tokens": 2000}),
+    "joey_noif": (
+        {"cell": "lstm", "hidden_size": 512, "attention": "bahdanau"},
+        {"batch_tokens": 2000},
+    ),
     "seed": (
         {"cell": "lstm", "attention": "none", "bidirectional": False},
         {"teacher_forcing": 0.5},
@@ -69,6 +74,50 @@ def synthetic_pairs(n: int, seed: int = 0) -> EncodedPairs:
     src = [torch.randint(4, VOCAB, (int(s),), generator=g).tolist() for s in src_len]
     tgt = [torch.randint(4, VOCAB, (int(t),), generator=g).tolist() for t in tgt_len]
     return EncodedPairs(src, tgt, skipped_long=0, skipped_empty=0)
+
+
+def real_pairs(n: int) -> EncodedPairs:
+    """The first n train pairs of data/prepared, encoded with data/vocab (run ingest and
+    vocab first): the data Joey trains on in the side-by-side comparison."""
+    import pandas as pd
+
+    from seq2seq_core.batching import encode_pairs
+    from seq2seq_core.tokenization import SubwordTokenizer
+
+    tok = SubwordTokenizer.load(REPO / "data" / "vocab")
+    df = pd.read_parquet(REPO / "data" / "prepared" / "train.parquet").head(n)
+    return encode_pairs(tok, list(zip(df["src"], df["tgt"], strict=True)), 128)
+
+
+def joey_side_by_side(seconds: float, threads: int) -> list[dict]:
+    """Joey NMT 2.3 on the same data and architecture, `seconds` of wall time per config
+    (its start-up excluded: tokens/s is the mean of its own log windows after the first
+    two)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from joey_common import JOEY_PYTHON, export_data, joey_config, parse_tokens_per_s, write_config
+
+    if not JOEY_PYTHON.exists():
+        return [{"system": "joeynmt-2.3.0", "skipped": f"{JOEY_PYTHON} missing"}]
+    work = REPO / "bench" / ".cache" / "joey-train"
+    data = export_data(REPO / "data" / "prepared", REPO / "data" / "vocab", work / "data")
+    rows = []
+    for name, feeding in (("joey_if", True), ("joey_noif", False)):
+        model_dir = work / f"model-{name}"
+        cfg_path = write_config(
+            joey_config(data, model_dir, input_feeding=feeding), work / f"{name}.yaml"
+        )
+        proc = subprocess.run(
+            [str(JOEY_PYTHON), str(REPO / "bench" / "joey_train.py"), str(cfg_path),
+             str(seconds), str(threads)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        log = proc.stdout + proc.stderr
+        rows.append({
+            "system": "joeynmt-2.3.0", "config": name, "threads": threads,
+            "tgt_tokens_per_s": parse_tokens_per_s(log), "wall_s": seconds,
+        })  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -167,16 +216,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="timed training per config")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=4000)
+    parser.add_argument("--real", action="store_true", help="data/prepared + data/vocab")
+    parser.add_argument(
+        "--joey", type=float, default=0, metavar="SECONDS",
+        help="also train Joey NMT 2.3 this long per config (implies --real)",
+    )  # fmt: skip
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.child:  # one subprocess per configuration: its own peak RSS
+        ours = {}
         for name in args.configs:
             base = ["--seconds", str(args.seconds), "--threads", str(args.threads)]
             cmd = [sys.executable, __file__, "--child", "--configs", name, *base]
-            subprocess.run([*cmd, "--pairs", str(args.pairs)], check=True)
+            if args.real or args.joey:
+                cmd.append("--real")
+            out = subprocess.run(
+                [*cmd, "--pairs", str(args.pairs)], check=True, capture_output=True, text=True
+            ).stdout
+            print(out, end="", flush=True)
+            ours[name] = json.loads(out.strip().splitlines()[-1])
+        if args.joey:
+            for row in joey_side_by_side(args.joey, args.threads):
+                mine = ours.get(row.get("config", ""))
+                if mine and row.get("tgt_tokens_per_s"):
+                    ratio = mine["tgt_tokens_per_s"] / row["tgt_tokens_per_s"]
+                    print(json.dumps({"ours_vs_joey": row["config"], "ratio": round(ratio, 2)}))
         return
     torch.set_num_threads(args.threads)
-    pairs = synthetic_pairs(args.pairs)
+    pairs = real_pairs(args.pairs) if args.real else synthetic_pairs(args.pairs)
     peak = matmul_peak_gflops()
     for name in args.configs:
         print(json.dumps(run_config(name, args.seconds, pairs, peak)), flush=True)

@@ -69,7 +69,14 @@ def cmd_serve(args: argparse.Namespace, cfg: PipelineConfig) -> None:
     command = serve_command(cfg, args.alias, port, args.host)
     print(f"serving models:/{cfg.register.model_name}@{args.alias} on http://{args.host}:{port}"
           "/invocations", file=sys.stderr)  # fmt: skip
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    # MLflow execs `uvicorn` by name: the venv's bin must be on PATH even when the venv
+    # is not activated.
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+    }
     raise SystemExit(subprocess.call(command, env=env))
 
 

@@ -21,7 +21,7 @@ from conftest import GENESIS_TSV, REPO
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from flows import tracking
+from flows import registry, tracking
 from seq2seq_core.config import PipelineConfig, config_from_dict
 from seq2seq_core.tokenization import SubwordTokenizer
 from seq2seq_core.training import TrainResult, train_model
@@ -255,100 +255,15 @@ def test_log_files_logs_files_and_directory_contents_and_skips_missing(
     assert [f.path for f in client.list_artifacts(run.info.run_id, "plots")] == ["plots/loss.png"]
 
 
-# --------------------------------------------------------------------------- the gate
-
-
-def _tags(bleu: float, sha: str = SHA_A, sig: str = SIG) -> dict[str, str]:
-    return tracking.score_tags(scores(bleu, sha, sig))
-
-
-@pytest.mark.parametrize(
-    ("challenger", "champion", "min_gain", "promote", "reason"),
-    [
-        (_tags(5.0), None, 0.0, True, "no champion yet"),
-        (_tags(12.0), _tags(10.0), 0.0, True, "test BLEU 12.00 beats champion v3's 10.00 by 2.00"),
-        (_tags(10.0), _tags(10.0), 0.0, False, "gain 0.00 is not above min_bleu_gain 0"),
-        (_tags(10.5), _tags(10.0), 1.0, False, "gain 0.50 is not above min_bleu_gain 1"),
-        (_tags(11.5), _tags(10.0), 1.0, True, "by 1.50 (> min_bleu_gain 1)"),
-        (_tags(30.0, sha=SHA_B), _tags(10.0), 0.0, False, "not comparable: different test set"),
-        (_tags(30.0, sig="x"), _tags(10.0), 0.0, False, "not comparable: different BLEU signature"),
-        (_tags(30.0), {"other": "1"}, 0.0, False, "not comparable: champion v3 has no recorded"),
-    ],
-)
-def test_decide_promotion(
-    challenger: dict, champion: dict | None, min_gain: float, promote: bool, reason: str
-) -> None:
-    decision = tracking.decide_promotion(
-        challenger, champion, champion_version=3, min_bleu_gain=min_gain
-    )
-    assert decision.promote is promote
-    assert reason in decision.reason
-
-
-def test_registry_gate_sequence(trained: Trained, store: Path) -> None:
-    client = MlflowClient()
-    name = trained.cfg.register.model_name
-
-    def register(metrics: dict, cfg: PipelineConfig = trained.cfg) -> tracking.RegistrationResult:
-        return tracking.register_and_promote(
-            cfg,
-            model_uri=trained.model_uri,
-            run_id=trained.run_id,
-            metrics=metrics,
-            trigger="test",
-        )
-
-    def holder(alias: str) -> str:
-        return str(client.get_model_version_by_alias(name, alias).version)
-
-    first = register(scores(10.0))
-    assert (first.version, first.promoted, first.champion_version) == (1, True, 1)
-    assert first.aliases == ["challenger", "champion"] and first.reason == "no champion yet"
-    tags = client.get_model_version(name, "1").tags
-    assert tags["promotion.decision"] == "promoted"
-    assert tags["promotion.previous_champion"] == "none"
-    assert tags["promotion.trigger"] == "test" and tags["promotion.at"].endswith("+00:00")
-    assert tags["test.bleu"] == "10.0" and tags["test.test_set_sha256"] == SHA_A
-    assert tags["test.signature.bleu"] == SIG and tags["source.run_id"] == trained.run_id
-    assert tags["prefect.flow_run_id"] == "flow-run-123"
-    assert client.get_model_version(name, "1").run_id == trained.run_id
-
-    worse = register(scores(9.0))
-    assert (worse.version, worse.promoted, worse.aliases) == (2, False, ["challenger"])
-    assert worse.champion_version == 1
-    tags = client.get_model_version(name, "2").tags
-    assert tags["promotion.decision"] == "kept_challenger"
-    assert tags["promotion.reason"] == worse.reason and "not above" in worse.reason
-    assert tags["promotion.previous_champion"] == "1"
-    assert tags["promotion.bleu_delta"] == "-1.0000"
-    assert (holder("champion"), holder("challenger")) == ("1", "2")
-
-    better = register(scores(12.0))
-    assert (better.version, better.promoted, better.champion_version) == (3, True, 3)
-    assert (holder("champion"), holder("challenger")) == ("3", "3")
-    assert client.get_model_version(name, "2").aliases == []  # challenger moved on
-    assert client.get_model_version(name, "1").tags["promotion.replaced_by"] == "3"
-    assert client.get_model_version(name, "3").tags["promotion.previous_champion"] == "1"
-
-    other_test_set = register(scores(30.0, sha=SHA_B))
-    assert not other_test_set.promoted and other_test_set.champion_version == 3
-    assert "different test set" in other_test_set.reason
-    assert client.get_model_version(name, "4").tags["promotion.reason"] == other_test_set.reason
-
-    other_signature = register(scores(30.0, bleu_sig=SIG.replace("13a", "intl")))
-    assert not other_signature.promoted and "different BLEU signature" in other_signature.reason
-
-    demanding = register(scores(12.5), cfg=tiny_cfg(min_bleu_gain=1.0))
-    assert not demanding.promoted and "min_bleu_gain 1" in demanding.reason
-    assert (holder("champion"), holder("challenger")) == ("3", "6")
+# --------------------------------------------------------------------------- registry
 
 
 def test_register_refuses_metrics_without_a_test_set_hash(trained: Trained, store: Path) -> None:
     metrics = scores(50.0)
     del metrics["test"]["test_set_sha256"]
     cfg = tiny_cfg(model_name="refused")
-    with pytest.raises(tracking.MetricsFormatError, match=r"test\.test_set_sha256"):
-        tracking.register_and_promote(
+    with pytest.raises(registry.MetricsFormatError, match=r"test\.test_set_sha256"):
+        registry.register_and_promote(
             cfg, model_uri=trained.model_uri, run_id=trained.run_id, metrics=metrics
         )
     assert MlflowClient().search_model_versions("name='refused'") == []
