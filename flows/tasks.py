@@ -73,7 +73,8 @@ def vocab_task(cfg: PipelineConfig) -> dict[str, Any]:
 
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
-    result = stages.train(cfg, callbacks=[tracking.MlflowTrainCallback(run_id)])
+    callback = tracking.MlflowTrainCallback(run_id, flush_every_steps=cfg.train.log_every_steps)
+    result = stages.train(cfg, callbacks=[callback])
     return asdict(result)
 
 

@@ -15,6 +15,7 @@ import mlflow
 import pytest
 from conftest import GENESIS_TSV, REPO
 from mlflow import MlflowClient
+from test_significance import POOR, REFS
 
 from flows import registry, tracking
 from seq2seq_core.config import PipelineConfig, RegisterConfig, config_from_dict
@@ -22,20 +23,6 @@ from seq2seq_core.evaluation import score_translations
 from seq2seq_core.tokenization import SubwordTokenizer
 from seq2seq_core.training import train_model
 
-REFS = [
-    "in the beginning god created the heavens and the earth .",
-    "the earth was formless and empty .",
-    "god said , let there be light , and there was light .",
-    "god saw the light , and saw that it was good .",
-    "god called the light day , and the darkness he called night .",
-] * 8
-POOR = [
-    "at first god made heaven and earth .",
-    "the world was empty .",
-    "god spoke : light ! and light came .",
-    "god looked at light , it was good .",
-    "light he named day , the dark night .",
-] * 8
 WORSE = [" ".join(h.split()[:3]) for h in POOR]
 # One of 40 sentences fixed: a real gain, but absent from a third of the resampled sets.
 SLIGHTLY_BETTER = [REFS[0], *POOR[1:]]
