@@ -7,6 +7,7 @@ batches). Joey itself runs in its own venv (bench/.cache/joey-venv) via bench/jo
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -38,7 +39,10 @@ def export_data(prepared: Path, vocab_dir: Path, out: Path, max_train: int | Non
 
 
 def joey_config(data: Path, model_dir: Path, *, input_feeding: bool, batch_tokens: int = 2000,
-                lr: float = 0.002) -> dict:  # fmt: skip
+                lr: float = 0.002, validation_freq: int = 10**9) -> dict:  # fmt: skip
+    """Joey's YAML as a dict; `validation_freq` (steps) is when Joey writes best.ckpt: the
+    throughput runs never validate, the BLEU-budget run does (Joey wants its logging
+    frequency to divide it)."""
     side = {
         "level": "bpe", "lowercase": False, "max_length": 128,
         "voc_file": str(data / "vocab.txt"), "tokenizer_type": "sentencepiece",
@@ -55,7 +59,8 @@ def joey_config(data: Path, model_dir: Path, *, input_feeding: bool, batch_token
             "random_seed": 42, "optimizer": "adam", "learning_rate": lr,
             "learning_rate_min": 1.0e-6, "scheduling": "plateau", "patience": 5,
             "batch_size": batch_tokens, "batch_type": "token", "epochs": 1000,
-            "validation_freq": 10**9, "logging_freq": 10, "eval_metrics": ["bleu"],
+            "validation_freq": validation_freq, "logging_freq": math.gcd(10, validation_freq),
+            "eval_metrics": ["bleu"], "early_stopping_metric": "bleu",
             "model_dir": str(model_dir), "overwrite": True, "shuffle": True,
             "use_cuda": False, "print_valid_sents": [], "keep_best_ckpts": 1,
             "clip_grad_norm": 1.0,

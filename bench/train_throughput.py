@@ -10,6 +10,11 @@ Only ratios from one run are comparable: the machines vary from day to day.
 
     .venv/bin/python bench/train_throughput.py --seconds 30 --threads 1
     .venv/bin/python bench/train_throughput.py --configs default small --threads 2
+    .venv/bin/python bench/train_throughput.py --real --joey 90 --configs default joey_if joey_noif
+    .venv/bin/python bench/train_throughput.py --bleu-budget-min 15 --threads 2  (bleu_budget.py)
+
+bf16 configurations run only where the CPU has native bf16 (avx512_bf16 or AMX); elsewhere
+autocast emulates it and the line would measure the emulation, so it is reported as skipped.
 """
 
 from __future__ import annotations
@@ -120,6 +125,15 @@ def joey_side_by_side(seconds: float, threads: int) -> list[dict]:
     return rows
 
 
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls on this CPU (Linux flags); CUDA is not benchmarked here."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
 def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
     a, b = torch.randn(size, size), torch.randn(size, size)
     torch.mm(a, b)
@@ -221,11 +235,30 @@ def main(argv: list[str] | None = None) -> None:
         "--joey", type=float, default=0, metavar="SECONDS",
         help="also train Joey NMT 2.3 this long per config (implies --real)",
     )  # fmt: skip
+    parser.add_argument(
+        "--bleu-budget-min", type=float, default=0, metavar="MINUTES",
+        help="instead: test BLEU after this much training from scratch, ours and Joey's",
+    )  # fmt: skip
+    parser.add_argument("--joey-valid-freq", type=int, default=50, help="with --bleu-budget-min")
+    parser.add_argument(
+        "--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="with --bleu-budget-min: params.yaml overrides for our run (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.bleu_budget_min:
+        sys.path.insert(0, str(REPO / "bench"))
+        from bleu_budget import run
+
+        run(args.bleu_budget_min, args.threads, joey_valid_freq=args.joey_valid_freq,
+            overrides=args.override)  # fmt: skip
+        return
     if not args.child:  # one subprocess per configuration: its own peak RSS
         ours = {}
         for name in args.configs:
+            if CONFIGS[name][1].get("precision") == "bf16" and not cpu_has_bf16():
+                print(json.dumps({"config": name, "skipped": "no native bf16 on this CPU"}))
+                continue
             base = ["--seconds", str(args.seconds), "--threads", str(args.threads)]
             cmd = [sys.executable, __file__, "--child", "--configs", name, *base]
             if args.real or args.joey:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from prefect import Task, task
@@ -28,6 +29,10 @@ from seq2seq_core.config import PipelineConfig
 
 BACKOFF = exponential_backoff(backoff_factor=2)  # 2 s, 4 s, 8 s
 CACHE_FOR = timedelta(days=30)
+# Relative, so resolved in the flow run's working directory (the clone, or a deployment's
+# project dir): cached results sit in the project's ignored .state/ next to the stamps of
+# flows/caching.py, never in ~/.prefect, and one clone's cache never serves another's.
+RESULTS = Path(".state") / "prefect-results"
 
 
 def transient_failure(task: Task, task_run: TaskRun, state: State) -> bool:
@@ -53,7 +58,7 @@ def _cfg_key(stage: str):
 @task(
     name="ingest", retries=3, retry_delay_seconds=BACKOFF, retry_jitter_factor=0.5,
     retry_condition_fn=transient_failure, cache_key_fn=_cfg_key("ingest"),
-    cache_expiration=CACHE_FOR, persist_result=True,
+    cache_expiration=CACHE_FOR, persist_result=True, result_storage=RESULTS,
 )  # fmt: skip
 def ingest_task(cfg: PipelineConfig) -> dict[str, Any]:
     result = asdict(stages.ingest(cfg))
@@ -63,7 +68,7 @@ def ingest_task(cfg: PipelineConfig) -> dict[str, Any]:
 
 @task(
     name="vocab", cache_key_fn=_cfg_key("vocab"), cache_expiration=CACHE_FOR,
-    persist_result=True,
+    persist_result=True, result_storage=RESULTS,
 )  # fmt: skip
 def vocab_task(cfg: PipelineConfig) -> dict[str, Any]:
     result = asdict(stages.build_vocab(cfg))

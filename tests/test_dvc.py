@@ -94,3 +94,7 @@ def test_repro_then_nothing_to_do_then_only_train_onwards(tmp_path: Path) -> Non
         assert f"Running stage '{stage}'" in exp
     shown = _run([*dvc, "exp", "show", "--json"], repo)
     assert '"bleu"' in shown and '"chrf"' in shown and '"hidden_size": 48' in shown
+    # The experiment against the last commit: metrics by name, plots rendered to a folder.
+    assert "test.bleu" in _run([*dvc, "metrics", "diff", "--all"], repo)
+    _run([*dvc, "plots", "diff", "-o", "plots-diff"], repo)
+    assert (repo / "plots-diff" / "index.html").stat().st_size > 0

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +49,8 @@ def test_flow_runs_all_stages_and_gates_the_registry(prefect_server, tiny_params
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) > 0
 
     assert first["reused"] == {"ingest": False, "vocab": False}
+    # Cached task results live in the run's project directory, not in ~/.prefect.
+    assert any(p.is_file() for p in Path(".state/prefect-results").iterdir())
     stamps = {p: p.stat().st_mtime_ns for p in (Path("data/prepared/train.parquet"),
                                                 Path("data/vocab/tokenizer.json"))}  # fmt: skip
 
@@ -68,7 +75,16 @@ def test_failed_run_leaves_the_champion_and_says_why(prefect_server, tiny_params
     from flows.pipeline import training_pipeline
     from flows.tracking import configure_tracking
 
-    good = training_pipeline(params_path=str(tiny_params_file), dvc_commit=False)
+    # A DVC project with a local default remote: a finished run leaves `dvc status` clean
+    # and its data pushed (the flow's `dvc commit --force` + `dvc push`).
+    shutil.copy(REPO / "dvc.yaml", "dvc.yaml")
+    remote = tiny_params_file.parent.parent / f"{tiny_params_file.parent.name}-remote"
+    _dvc("init", "--no-scm", "-q")
+    _dvc("remote", "add", "-d", "local", str(remote))
+    good = training_pipeline(params_path=str(tiny_params_file), dvc_commit=True)
+    assert "Data and pipelines are up to date" in _dvc("status")
+    assert "in sync" in _dvc("status", "--cloud")
+    assert any(p.is_file() for p in remote.rglob("*"))
     name = good["registration"]["model_name"]
     configure_tracking(Path.cwd())
     champion = MlflowClient().get_model_version_by_alias(name, "champion").version
@@ -90,3 +106,12 @@ def test_failed_run_leaves_the_champion_and_says_why(prefect_server, tiny_params
 
     note = asyncio.run(failure_note())
     assert "Pipeline failed in stage `train`" in note and "champion` alias was not touched" in note
+
+
+def _dvc(*args: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
