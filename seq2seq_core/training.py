@@ -339,7 +339,6 @@ def train_step(
 
 
 def _precision(cfg: PipelineConfig) -> str:
-    # TODO(config): `train.precision` ("fp32" | "bf16") is proposed for config.py.
     return cfg.train.precision
 
 
