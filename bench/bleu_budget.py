@@ -103,9 +103,12 @@ def _last_step(log: str) -> int | None:
     return steps[-1] if steps else None
 
 
-def run(minutes: float, threads: int, *, joey_valid_freq: int, overrides: list[str]) -> None:
+def run(
+    minutes: float, threads: int, *, joey_valid_freq: int, overrides: list[str], with_joey: bool
+) -> None:
     """One JSON line per system; Joey runs after ours so the two never share the CPU."""
     if not (REPO / "data" / "vocab" / "spm.model").exists():
         raise SystemExit("data/vocab/spm.model missing: run `seq2seq run` (ingest, vocab) first")
     print(json.dumps(ours(minutes, threads, overrides)), flush=True)
-    print(json.dumps(joey(minutes, threads, joey_valid_freq)), flush=True)
+    if with_joey:
+        print(json.dumps(joey(minutes, threads, joey_valid_freq)), flush=True)

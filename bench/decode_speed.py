@@ -26,6 +26,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from machine import cpu_has_bf16, matmul_peak_gflops  # noqa: E402
 
 from seq2seq_core.beam_search import beam_search  # noqa: E402
 from seq2seq_core.config import DataConfig, ModelConfig, VocabConfig  # noqa: E402
@@ -38,7 +41,7 @@ CACHE = REPO / "bench" / ".cache"
 JOEY_PYTHON = CACHE / "joey-venv" / "bin" / "python"
 JOEY_ARCH = ModelConfig(
     cell="lstm", attention="bahdanau", input_feeding=True, hidden_size=512,
-    bidirectional=True, emb_size=256, dropout=0.0,
+    bidirectional=True, emb_size=256, dropout=0.0, tie_embeddings="none",
 )  # fmt: skip
 JOEY_MODEL_CFG = {
     "encoder": {
@@ -53,17 +56,6 @@ JOEY_MODEL_CFG = {
 }  # fmt: skip
 MAX_LEN_RATIO = 1.5
 BATCH1_SENTENCES = 100  # batch size 1 is slow for both systems: a fixed subset
-
-
-def matmul_peak_gflops(threads: int, seconds: float = 1.5) -> float:
-    torch.set_num_threads(threads)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    torch.mm(a, b)
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        torch.mm(a, b)
-        n += 1
-    return 2 * 2048**3 * n / (time.perf_counter() - start) / 1e9
 
 
 def decoder_flops_per_token(cfg: ModelConfig, vocab: int, src_len: float) -> float:
@@ -102,7 +94,12 @@ def sources_for(all_ids: list[list[int]], setting: dict) -> list[list[int]]:
 
 
 def ours(
-    cfg: ModelConfig, name: str, all_ids: list[list[int]], vocab: int, settings: list[dict]
+    cfg: ModelConfig,
+    name: str,
+    all_ids: list[list[int]],
+    vocab: int,
+    settings: list[dict],
+    precision: str = "fp32",
 ) -> list[dict]:
     torch.manual_seed(0)
     model = build_model(cfg, vocab, vocab).eval()
@@ -113,7 +110,7 @@ def ours(
     rows = []
     for setting in settings:
         src_ids = sources_for(all_ids, setting)
-        kw = {"max_len_ratio": MAX_LEN_RATIO, "max_len_extra": 0}
+        kw = {"max_len_ratio": MAX_LEN_RATIO, "max_len_extra": 0, "precision": precision}
         kw["batch_size"] = setting["batch_size"]
         start = time.perf_counter()
         if setting["beam"] == 1:
@@ -127,7 +124,8 @@ def ours(
         tokens = sum(map(len, out))
         hyp_tokens = setting["beam"] * sum(steps)
         rows.append({
-            "system": f"ours:{name}", **setting, "sentences": len(src_ids),
+            "system": f"ours:{name}", **setting, "precision": precision,
+            "sentences": len(src_ids),
             "seconds": round(seconds, 3), "sentences_per_s": round(len(src_ids) / seconds, 2),
             "tgt_tokens_per_s": round(tokens / seconds, 1), "tgt_tokens": tokens,
             "hyp_tokens_per_s": round(hyp_tokens / seconds, 1),
@@ -187,7 +185,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="64 sentences: a smoke test")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
-    peak = matmul_peak_gflops(args.threads)
+    torch.set_num_threads(args.threads)
+    peak = matmul_peak_gflops()
     sources, tok = corpus(args.quick)
     src_ids = [ids for ids in tok.encode_src(sources) if ids]
     vocab = tok.src_vocab_size
@@ -195,12 +194,19 @@ def main() -> None:
     if args.quick:
         settings = [s for s in settings if s["batch_size"] == 64]
     mine = ours(JOEY_ARCH, "joey-arch", src_ids, vocab, settings)
-    theirs = joey(src_ids, vocab, settings, args.threads)
+    if cpu_has_bf16():  # autocast would only emulate bf16 elsewhere
+        mine += ours(JOEY_ARCH, "joey-arch", src_ids, vocab, settings, precision="bf16")
+    else:
+        print(json.dumps({"precision": "bf16", "skipped": "no native bf16 on this CPU"}))
+    theirs = {(r["beam"], r["batch_size"]): r for r in joey(src_ids, vocab, settings, args.threads)}
     ours(ModelConfig(dropout=0.0), "default", src_ids, vocab, settings)
     print(json.dumps(latency_ms(tok, sources, args.threads)))
     ratios = {}
-    for a, b in zip(mine, theirs, strict=False):
-        key = f"beam{a['beam']}_batch{a['batch_size']}"
+    for a in mine:
+        b = theirs.get((a["beam"], a["batch_size"]))
+        if b is None:
+            continue
+        key = f"beam{a['beam']}_batch{a['batch_size']}_{a['precision']}"
         ratios[key] = {
             "tokens_per_s_ratio": round(a["tgt_tokens_per_s"] / b["tgt_tokens_per_s"], 2),
             "sentences_per_s_ratio": round(a["sentences_per_s"] / b["sentences_per_s"], 2),

@@ -30,6 +30,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_has_bf16, matmul_peak_gflops
+
 from seq2seq_core.batching import Batch, EncodedPairs, epoch_batches
 from seq2seq_core.config import ModelConfig, PipelineConfig, TrainConfig
 from seq2seq_core.decoding import greedy_decode
@@ -53,18 +56,24 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
         {"cell": "lstm", "hidden_size": 256, "emb_size": 256, "attention": "luong"},
         {},
     ),
-    "mid": ({"hidden_size": 384, "emb_size": 256}, {}),
+    "mid": ({"hidden_size": 384, "emb_size": 256, "tie_embeddings": "none"}, {}),
     # issue 5's comparison with Joey NMT: BiLSTM 2x256, LSTM 512, Bahdanau, input feeding
     "joey_if": (
-        {"cell": "lstm", "hidden_size": 512, "attention": "bahdanau", "input_feeding": True},
+        {
+            "cell": "lstm",
+            "hidden_size": 512,
+            "attention": "bahdanau",
+            "input_feeding": True,
+            "tie_embeddings": "none",
+        },
         {"batch_tokens": 2000},
     ),
     "joey_noif": (
-        {"cell": "lstm", "hidden_size": 512, "attention": "bahdanau"},
+        {"cell": "lstm", "hidden_size": 512, "attention": "bahdanau", "tie_embeddings": "none"},
         {"batch_tokens": 2000},
     ),
     "seed": (
-        {"cell": "lstm", "attention": "none", "bidirectional": False},
+        {"cell": "lstm", "attention": "none", "bidirectional": False, "tie_embeddings": "none"},
         {"teacher_forcing": 0.5},
     ),
 }
@@ -123,26 +132,6 @@ def joey_side_by_side(seconds: float, threads: int) -> list[dict]:
         })  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     return rows
-
-
-def cpu_has_bf16() -> bool:
-    """Native bf16 matmuls on this CPU (Linux flags); CUDA is not benchmarked here."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
-
-
-def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * size**3 / best / 1e9
 
 
 def batch_macs(m: ModelConfig, batch: Batch) -> int:
@@ -241,6 +230,10 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument("--joey-valid-freq", type=int, default=50, help="with --bleu-budget-min")
     parser.add_argument(
+        "--no-joey-budget", action="store_true",
+        help="with --bleu-budget-min: train only ours (Joey's run takes as long again)",
+    )  # fmt: skip
+    parser.add_argument(
         "--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
         help="with --bleu-budget-min: params.yaml overrides for our run (repeatable)",
     )  # fmt: skip
@@ -251,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         from bleu_budget import run
 
         run(args.bleu_budget_min, args.threads, joey_valid_freq=args.joey_valid_freq,
-            overrides=args.override)  # fmt: skip
+            overrides=args.override, with_joey=not args.no_joey_budget)  # fmt: skip
         return
     if not args.child:  # one subprocess per configuration: its own peak RSS
         ours = {}

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seq2seq_core.decoder import DecoderState, Memory
+from seq2seq_core.precision import autocast
 from seq2seq_core.seq2seq import BOS_ID, EOS_ID, PAD_ID, Seq2Seq
 
 
@@ -48,9 +49,11 @@ def beam_search(
     nbest: int = 1,
     no_repeat_ngram: int = 0,
     device: str | torch.device = "cpu",
+    precision: str = "fp32",
 ) -> list[list[Hypothesis]]:
     """The `nbest` best hypotheses per source (best first); an empty source gives one
-    empty hypothesis. `batch_size` counts sentences (each takes `beam_size` rows)."""
+    empty hypothesis. `batch_size` counts sentences (each takes `beam_size` rows).
+    ``precision="bf16"`` runs the matmuls under bf16 autocast; scores are summed in fp32."""
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"nbest must be in [1, beam_size={beam_size}], got {nbest}")
     device = torch.device(device)
@@ -61,7 +64,7 @@ def beam_search(
     settings = _Settings(
         beam_size, max_len_ratio, max_len_extra, length_penalty_alpha, nbest, no_repeat_ngram
     )
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, precision):
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             found = _search_batch(model, [src_ids[i] for i in rows], settings, device)

@@ -59,10 +59,17 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str,
     return payload
 
 
+# What a checkpoint written before a ModelConfig key existed was built with, where that
+# differs from the key's current default: such a checkpoint must rebuild the same modules.
+MODEL_KEYS_BEFORE_THEY_EXISTED: dict[str, Any] = {"tie_embeddings": "none"}
+
+
 def model_config_from(payload: dict[str, Any]) -> ModelConfig:
-    # Keys a later ModelConfig dropped are ignored; keys it added take their defaults.
+    # Keys a later ModelConfig dropped are ignored; keys it added take the value that the
+    # model was built with before they existed.
     known = {f.name for f in dataclasses.fields(ModelConfig)}
-    return ModelConfig(**{k: v for k, v in payload["model_config"].items() if k in known})
+    saved = {**MODEL_KEYS_BEFORE_THEY_EXISTED, **payload["model_config"]}
+    return ModelConfig(**{k: v for k, v in saved.items() if k in known})
 
 
 def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[Seq2Seq, dict[str, Any]]:

@@ -6,7 +6,7 @@ Without attention h~_t = s_t and the decoder has no attention parameters at all.
 
 Because the query is the RNN's own output, nothing in the RNN depends on attention unless
 input feeding is on: teacher-forced training then runs the RNN as one fused call over the
-whole target and attends for all T steps in one batched call (``fused_states``).
+whole target and attends for all T steps in one batched call (``teacher_forced_states``).
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seq2seq_core.attention import Attention
 from seq2seq_core.encoder import RNN_CLASSES, RNNState
+from seq2seq_core.inference_weights import WeightCache, inference_linear
 
 
 class Memory(NamedTuple):
@@ -32,6 +34,20 @@ class Memory(NamedTuple):
 class DecoderState(NamedTuple):
     hidden: RNNState  # (layers, B, H), an (h, c) pair for LSTM
     att_vector: Tensor | None  # (B, H) previous attentional vector, only with input feeding
+
+
+def _top(hidden: RNNState) -> Tensor:
+    """The last layer's h (B, H) of a (layers, B, H) state or (h, c) pair."""
+    return (hidden[0] if isinstance(hidden, tuple) else hidden)[-1]
+
+
+def _training_cell(
+    x: Tensor, h: Tensor, c: Tensor | None, weights: tuple[Tensor, ...]
+) -> tuple[Tensor, Tensor | None]:
+    """One LSTM (with c) or GRU step through torch's cell kernels, which autograd knows."""
+    if c is not None:
+        return torch.lstm_cell(x, (h, c), *weights)
+    return torch.gru_cell(x, h, *weights), None
 
 
 class RecurrentDecoder(nn.Module):
@@ -68,39 +84,113 @@ class RecurrentDecoder(nn.Module):
             nn.Linear(hidden_size + encoder_size, hidden_size) if attention is not None else None
         )
         self.output_layer = nn.Linear(hidden_size, vocab_size)
+        # Decoding-time weight copies (see inference_weights.py); not in the state dict.
+        self._weights: WeightCache = {}
 
     def _attentional(self, rnn_out: Tensor, memory: Memory) -> tuple[Tensor, Tensor | None]:
         """rnn_out (B, T, H) -> attentional vectors h~ (B, T, H), probs (B, T, S) or None."""
         if self.attention is None or self.att_vector is None:
             return rnn_out, None
         context, probs = self.attention(rnn_out, memory.proj_keys, memory.outputs, memory.mask)
-        vector = torch.tanh(self.att_vector(torch.cat([rnn_out, context], dim=-1)))
+        combined = torch.cat([rnn_out, context], dim=-1)  # (B, T, H + K)
+        vector = torch.tanh(self._linear(self.att_vector, combined))
         return vector, probs  # (B, T, H), (B, T, S)
 
-    def fused_states(
-        self, tgt_in: Tensor, hidden: RNNState, memory: Memory
+    def teacher_forced_states(
+        self, tgt_in: Tensor, state: DecoderState, memory: Memory
     ) -> tuple[Tensor, Tensor | None]:
-        """Teacher-forced, no input feeding: tgt_in (B, T) -> h~ (B, T, H), probs (B, T, S)."""
+        """Gold inputs at every step: tgt_in (B, T) -> h~ (B, T, H), probs (B, T, S) or None.
+
+        Without input feeding the RNN runs as one fused call over the whole target and
+        attention is batched over all T steps. With it, the step loop stays, but the
+        embeddings' share of the first layer's gates is one matmul for all T, and the
+        output layer is left to the caller (one call on real tokens, not T small ones).
+        """
         emb = self.dropout(self.embedding(tgt_in))  # (B, T, E)
-        rnn_out, _ = self.rnn(emb, hidden)  # (B, T, H): one fused call over all steps
-        return self._attentional(rnn_out, memory)
+        if not self.input_feeding:
+            rnn_out, _ = self.rnn(emb, state.hidden)  # (B, T, H)
+            return self._attentional(rnn_out, memory)
+        w_emb, w_feed = self.rnn.weight_ih_l0.split([emb.size(-1), self.hidden_size], dim=1)
+        emb_gates = F.linear(emb, w_emb, self.rnn.bias_ih_l0)  # (B, T, G), G = gates x H
+        w_feed = w_feed.contiguous()  # (G, H): once, not a strided copy in every step's matmul
+        hidden, att_vector = state.hidden, state.att_vector
+        vectors = []
+        for t in range(tgt_in.size(1)):
+            hidden = self._rnn_step(att_vector, hidden, (w_feed, emb_gates[:, t]))
+            vector, _ = self._attentional(_top(hidden).unsqueeze(1), memory)  # (B, 1, H)
+            att_vector = vector.squeeze(1)
+            vectors.append(att_vector)
+        return torch.stack(vectors, dim=1), None  # (B, T, H)
 
     def logits(self, vectors: Tensor) -> Tensor:
         """Attentional vectors (..., H) -> logits (..., V)."""
-        return self.output_layer(self.dropout(vectors))
+        return self._linear(self.output_layer, self.dropout(vectors))
 
     def step(
         self, prev_tokens: Tensor, state: DecoderState, memory: Memory
     ) -> tuple[Tensor, DecoderState, Tensor | None]:
         """One step: prev_tokens (B,) -> logits (B, V), next state, probs (B, S) or None."""
-        emb = self.dropout(self.embedding(prev_tokens)).unsqueeze(1)  # (B, 1, E)
+        rnn_in = self.dropout(self.embedding(prev_tokens))  # (B, E)
         if self.input_feeding:
-            emb = torch.cat([emb, state.att_vector.unsqueeze(1)], dim=-1)  # (B, 1, E + H)
-        rnn_out, hidden = self.rnn(emb, state.hidden)  # (B, 1, H)
-        vector, probs = self._attentional(rnn_out, memory)  # (B, 1, H), (B, 1, S)
-        logits = self.logits(vector).squeeze(1)  # (B, V)
+            rnn_in = torch.cat([rnn_in, state.att_vector], dim=-1)  # (B, E + H)
+        hidden = self._rnn_step(rnn_in, state.hidden)
+        vector, probs = self._attentional(_top(hidden).unsqueeze(1), memory)  # (B, 1, H)
+        logits = self.logits(vector.squeeze(1))  # (B, V)
         att_vector = vector.squeeze(1) if self.input_feeding else None
         return logits, DecoderState(hidden, att_vector), None if probs is None else probs[:, 0]
+
+    def _rnn_step(
+        self, rnn_in: Tensor, hidden: RNNState, first_layer: tuple[Tensor, Tensor] | None = None
+    ) -> RNNState:
+        """One time step through all layers on ``self.rnn``'s own parameters, with torch's
+        cell kernels in training and packed weights in inference: calling the nn.LSTM
+        module for a single step costs a oneDNN weight reorder per call, ~2 ms at batch 1.
+
+        With ``first_layer`` = (w_ih columns for ``rnn_in``, a (B, G) bias holding the
+        embeddings' precomputed gate share plus bias_ih) ``rnn_in`` holds only the rest of
+        the first layer's input.
+        """
+        rnn = self.rnn
+        is_lstm = isinstance(hidden, tuple)
+        cell = self._inference_cell if torch.is_inference_mode_enabled() else _training_cell
+        states_h, states_c = [], []
+        for layer in range(rnn.num_layers):
+            w_ih = getattr(rnn, f"weight_ih_l{layer}")
+            b_ih = getattr(rnn, f"bias_ih_l{layer}")
+            if layer == 0 and first_layer is not None:
+                w_ih, b_ih = first_layer
+            w_hh, b_hh = getattr(rnn, f"weight_hh_l{layer}"), getattr(rnn, f"bias_hh_l{layer}")
+            c = hidden[1][layer] if is_lstm else None
+            h, c = cell(rnn_in, hidden[0][layer] if is_lstm else hidden[layer], c,
+                        (w_ih, w_hh, b_ih, b_hh))  # fmt: skip
+            states_h.append(h)
+            if c is not None:
+                states_c.append(c)
+            # nn.LSTM's inter-layer dropout, on every layer's output but the last.
+            rnn_in = F.dropout(h, rnn.dropout, self.training) if layer + 1 < rnn.num_layers else h
+        if is_lstm:
+            return torch.stack(states_h), torch.stack(states_c)  # (layers, B, H) each
+        return torch.stack(states_h)
+
+    def _inference_cell(
+        self, x: Tensor, h: Tensor, c: Tensor | None, weights: tuple[Tensor, ...]
+    ) -> tuple[Tensor, Tensor | None]:
+        """The LSTM/GRU cell (torch's gate order and equations) over packed weights."""
+        w_ih, w_hh, b_ih, b_hh = weights
+        gi = inference_linear(x, w_ih, b_ih, self._weights)  # (B, G)
+        gh = inference_linear(h, w_hh, b_hh, self._weights)  # (B, G)
+        if c is not None:  # LSTM: gates i, f, g, o
+            i, f, g, o = (gi + gh).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            return torch.sigmoid(o) * torch.tanh(c), c
+        i_r, i_z, i_n = gi.chunk(3, dim=1)  # GRU: gates r, z, n
+        h_r, h_z, h_n = gh.chunk(3, dim=1)
+        r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * h_n)
+        return n + z * (h - n), None
+
+    def _linear(self, layer: nn.Linear, x: Tensor) -> Tensor:
+        return inference_linear(x, layer.weight, layer.bias, self._weights)
 
     def initial_att_vector(self, batch: int, like: Tensor) -> Tensor | None:
         if not self.input_feeding:

@@ -207,6 +207,7 @@ def _attention_heatmaps(translator: Any, sources: list[str], n: int, out_dir: Pa
         max_len_ratio=translator.decode.max_len_ratio,
         max_len_extra=translator.decode.max_len_extra,
         return_attention=True,
+        precision=translator.decode.precision,
     )
     paths = []
     for i, (ids, out_ids, weights) in enumerate(

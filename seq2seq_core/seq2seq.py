@@ -75,8 +75,8 @@ class Seq2Seq(nn.Module):
         if tgt_out is not None:
             return self.loss(src, src_len, tgt_in, tgt_out, teacher_forcing, label_smoothing)
         memory, state = self.encode(src, src_len)
-        if self._fused(teacher_forcing):
-            vectors, _ = self.decoder.fused_states(tgt_in, state.hidden, memory)  # (B, T, H)
+        if teacher_forcing >= 1.0:
+            vectors, _ = self.decoder.teacher_forced_states(tgt_in, state, memory)  # (B, T, H)
             return self.decoder.logits(vectors)
         return self.forward_stepwise(tgt_in, state, memory, teacher_forcing)
 
@@ -93,11 +93,11 @@ class Seq2Seq(nn.Module):
         targets smoothed towards uniform by `label_smoothing` (Szegedy et al. 2016).
 
         Equal to ``F.cross_entropy(self(src, src_len, tgt_in, teacher_forcing), tgt_out,
-        ignore_index=PAD_ID, reduction="sum")``; on the fused path the output layer runs only
-        on real tokens and never materialises the (B, T, V) logits.
+        ignore_index=PAD_ID, reduction="sum")``; with teacher forcing 1.0 the output layer
+        runs once, on real tokens only, and never materialises the (B, T, V) logits.
         """
         memory, state = self.encode(src, src_len)
-        if not self._fused(teacher_forcing):
+        if teacher_forcing < 1.0:
             logits = self.forward_stepwise(tgt_in, state, memory, teacher_forcing)
             return F.cross_entropy(
                 logits.reshape(-1, logits.size(-1)),
@@ -106,15 +106,12 @@ class Seq2Seq(nn.Module):
                 reduction="sum",
                 label_smoothing=label_smoothing,
             )
-        vectors, _ = self.decoder.fused_states(tgt_in, state.hidden, memory)  # (B, T, H)
+        vectors, _ = self.decoder.teacher_forced_states(tgt_in, state, memory)  # (B, T, H)
         real = tgt_out != PAD_ID  # (B, T)
         x = self.decoder.dropout(vectors[real])  # (N, H), N real target tokens
         return linear_cross_entropy(
             x, self.decoder.output_layer, tgt_out[real], label_smoothing=label_smoothing
         )
-
-    def _fused(self, teacher_forcing: float) -> bool:
-        return teacher_forcing >= 1.0 and not self.decoder.input_feeding
 
     def forward_stepwise(
         self, tgt_in: Tensor, state: DecoderState, memory: Memory, teacher_forcing: float

@@ -32,6 +32,7 @@ from seq2seq_core.config import PipelineConfig
 from seq2seq_core.decoding import greedy_decode
 from seq2seq_core.distributed import any_rank, broadcast, init_distributed, shard, wrap
 from seq2seq_core.optim import LearningRate, build_optimizer, teacher_forcing_ratio
+from seq2seq_core.precision import autocast
 from seq2seq_core.seq2seq import Seq2Seq, build_model
 
 log = logging.getLogger(__name__)
@@ -295,13 +296,6 @@ def train_model(
     )
 
 
-def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """bf16 autocast for ``precision == "bf16"`` (weights, optimizer and softmax stay fp32)."""
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"train.precision: {precision!r} is not one of fp32, bf16")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 def forward_backward(
     model: torch.nn.Module, batch: Batch, teacher_forcing: float, tc: Any, precision: str
 ) -> float:
@@ -373,6 +367,7 @@ def validation_bleu(
         max_len_ratio=cfg.decode.max_len_ratio,
         max_len_extra=cfg.decode.max_len_extra,
         device=device,
+        precision=cfg.decode.precision,
     )
     return float(sacrebleu.corpus_bleu(tokenizer.decode_tgt(out.ids), [refs]).score)
 

@@ -100,6 +100,7 @@ class Translator:
                 max_len_ratio=self.decode.max_len_ratio,
                 max_len_extra=self.decode.max_len_extra,
                 device=self.device,
+                precision=self.decode.precision,
             )
             return [[(text, 0.0)] for text in self.tokenizer.decode_tgt(out.ids)]
         found = beam_search(
@@ -114,6 +115,7 @@ class Translator:
             nbest=nbest,
             no_repeat_ngram=self.decode.no_repeat_ngram,
             device=self.device,
+            precision=self.decode.precision,
         )
         return [
             list(

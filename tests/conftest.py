@@ -36,7 +36,13 @@ def tiny_params(source: Path = GENESIS_TSV) -> dict:
     tiny = {
         "data": {"source": str(source), "valid_fraction": 0.1, "test_fraction": 0.1},
         "vocab": {"size": 200},
-        "model": {"cell": "gru", "attention": "bahdanau", "emb_size": 16, "hidden_size": 32},
+        "model": {
+            "cell": "gru",
+            "attention": "bahdanau",
+            "emb_size": 16,
+            "hidden_size": 32,
+            "tie_embeddings": "none",
+        },
         "train": {
             "max_epochs": 2,
             "time_budget_min": 2.0,

@@ -11,7 +11,15 @@ from seq2seq_core.decoding import greedy_decode
 from seq2seq_core.seq2seq import EOS_ID, build_model
 
 VARIANTS = [
-    ModelConfig(cell=c, attention=a, input_feeding=f, emb_size=8, hidden_size=16, dropout=0.0)
+    ModelConfig(
+        cell=c,
+        attention=a,
+        input_feeding=f,
+        emb_size=8,
+        hidden_size=16,
+        dropout=0.0,
+        tie_embeddings="none",
+    )
     for c, a, f in itertools.product(("gru", "lstm"), ("none", "bahdanau", "luong"), (0, 1))
     if not (f and a == "none")
 ]
@@ -97,3 +105,13 @@ def test_empty_source_and_bad_nbest() -> None:
     assert found[0][0].ids == [] and len(found) == 2
     with pytest.raises(ValueError, match="nbest"):
         beam_search(model, [[5]], beam_size=2, nbest=3, batch_size=1, **KW)
+
+
+def test_bf16_decoding_keeps_beam_one_equal_to_greedy_and_rejects_other_precisions() -> None:
+    model, sources = _model(VARIANTS[-1]), _sources()
+    greedy = greedy_decode(model, sources, batch_size=4, precision="bf16", **KW).ids
+    beam = beam_search(model, sources, beam_size=1, batch_size=4, precision="bf16", **KW)
+    assert [h[0].ids for h in beam] == greedy
+    assert all(0 <= t < 30 for ids in greedy for t in ids)
+    with pytest.raises(ValueError, match="fp16"):
+        greedy_decode(model, sources, batch_size=4, precision="fp16", **KW)

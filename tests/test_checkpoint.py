@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ torch.set_num_threads(1)
 
 @pytest.mark.parametrize("attention", ["none", "luong", "bahdanau"])
 def test_round_trip_rebuilds_the_same_model(tmp_path: Path, attention: str) -> None:
-    cfg = ModelConfig(cell="lstm", attention=attention, emb_size=8, hidden_size=12)
+    cfg = ModelConfig(
+        cell="lstm", attention=attention, emb_size=8, hidden_size=12, tie_embeddings="none"
+    )
     torch.manual_seed(0)
     model = build_model(cfg, 20, 25).eval()
     path = tmp_path / "ckpt" / "best.pt"
@@ -35,7 +38,7 @@ def test_round_trip_rebuilds_the_same_model(tmp_path: Path, attention: str) -> N
 
 
 def test_payload_loads_with_weights_only(tmp_path: Path) -> None:
-    cfg = ModelConfig(emb_size=8, hidden_size=12)
+    cfg = ModelConfig(emb_size=8, hidden_size=12, tie_embeddings="none")
     model = build_model(cfg, 20, 25)
     optimizer = torch.optim.Adam(model.parameters())
     model(torch.tensor([[4, 5]]), torch.tensor([2]), torch.tensor([[2, 6]])).sum().backward()
@@ -59,3 +62,16 @@ def test_missing_or_foreign_files_raise(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="missing"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_checkpoint_from_before_tying_existed_rebuilds_untied() -> None:
+    """tie_embeddings now defaults to decoder; a payload saved before the key existed was
+    untied, and must come back untied (tying would silently merge two trained matrices)."""
+    from seq2seq_core.checkpoint import model_config_from
+
+    old = dataclasses.asdict(ModelConfig())
+    del old["tie_embeddings"]
+    assert ModelConfig().tie_embeddings == "decoder"
+    assert model_config_from({"model_config": old}).tie_embeddings == "none"
+    saved = {**old, "tie_embeddings": "decoder"}
+    assert model_config_from({"model_config": saved}).tie_embeddings == "decoder"

@@ -10,7 +10,15 @@ from seq2seq_core.seq2seq import EOS_ID, build_model
 torch.set_num_threads(1)
 
 VARIANTS = [
-    ModelConfig(cell=c, attention=a, input_feeding=f, emb_size=8, hidden_size=16, dropout=0.0)
+    ModelConfig(
+        cell=c,
+        attention=a,
+        input_feeding=f,
+        emb_size=8,
+        hidden_size=16,
+        dropout=0.0,
+        tie_embeddings="none",
+    )
     for c, a, f in itertools.product(("gru", "lstm"), ("none", "bahdanau", "luong"), (0, 1))
     if not (f and a == "none")
 ]

@@ -22,6 +22,7 @@ VARIANTS = [
         hidden_size=12,
         layers=layers,
         dropout=0.0,
+        tie_embeddings="none",
     )
     for cell, att, bi, ctx, feed, layers in itertools.product(
         ("gru", "lstm"),
@@ -88,7 +89,13 @@ def test_attention_sums_to_one_over_real_tokens_and_skips_padding(cfg: ModelConf
 def test_plain_seq2seq_has_no_attention_or_bridge_parameters(
     cell: str, bidirectional: bool
 ) -> None:
-    cfg = ModelConfig(cell=cell, attention="none", bidirectional=bidirectional, hidden_size=12)
+    cfg = ModelConfig(
+        cell=cell,
+        attention="none",
+        bidirectional=bidirectional,
+        hidden_size=12,
+        tie_embeddings="none",
+    )
     names = [n for n, _ in build_model(cfg, SRC_V, TGT_V).named_parameters()]
     assert not [n for n in names if "attention" in n or "att_" in n]
     prefixes = {n.split(".")[0] + "." + n.split(".")[1] for n in names}
@@ -102,7 +109,9 @@ def test_plain_seq2seq_has_no_attention_or_bridge_parameters(
 
 
 def test_context_last_passes_the_encoder_state_unchanged() -> None:
-    cfg = ModelConfig(cell="lstm", attention="none", bidirectional=True, hidden_size=12)
+    cfg = ModelConfig(
+        cell="lstm", attention="none", bidirectional=True, hidden_size=12, tie_embeddings="none"
+    )
     model = _model(cfg)
     src, src_len, _ = _batch()
     with torch.no_grad():
@@ -113,7 +122,14 @@ def test_context_last_passes_the_encoder_state_unchanged() -> None:
 
 
 def test_context_mean_pools_only_real_positions() -> None:
-    cfg = ModelConfig(cell="gru", attention="none", context="mean", hidden_size=12, layers=2)
+    cfg = ModelConfig(
+        cell="gru",
+        attention="none",
+        context="mean",
+        hidden_size=12,
+        layers=2,
+        tie_embeddings="none",
+    )
     model = _model(cfg)
     src, src_len, _ = _batch()
     with torch.no_grad():
@@ -179,3 +195,83 @@ def test_linear_cross_entropy_chunks_and_bf16() -> None:
         loss = linear_cross_entropy(x, layer, y)
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, ref, rtol=2e-2, atol=0)
+
+
+@pytest.mark.parametrize("cfg", [c for c in VARIANTS if c.input_feeding], ids=_id)
+def test_teacher_forced_loss_and_gradients_equal_the_step_loop(cfg: ModelConfig) -> None:
+    """The input-feeding training path (embedding gates precomputed for all steps, output
+    layer once on real tokens) against the plain per-step loop with full logits."""
+    import torch.nn.functional as F
+
+    model = _model(cfg)
+    src, src_len, tgt_in = _batch()
+    tgt_out = torch.roll(tgt_in, -1, dims=1)
+    tgt_out[0, 4:] = 0  # padding in the target is ignored by both
+    params = [p for p in model.parameters()]
+    loss = model.loss(src, src_len, tgt_in, tgt_out)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    memory, state = model.encode(src, src_len)
+    logits = model.forward_stepwise(tgt_in, state, memory, teacher_forcing=1.0)
+    ref = F.cross_entropy(logits.reshape(-1, TGT_V), tgt_out.reshape(-1), ignore_index=0,
+                          reduction="sum")  # fmt: skip
+    ref_grads = torch.autograd.grad(ref, params, allow_unused=True)
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
+    for g, r in zip(grads, ref_grads, strict=True):
+        assert (g is None) == (r is None)
+        if g is not None:
+            torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cfg", VARIANTS[::7], ids=_id)
+def test_inference_weights_match_the_parameters_and_follow_updates(cfg: ModelConfig) -> None:
+    model = _model(cfg)
+    src, src_len, tgt_in = _batch()
+
+    def steps(mode) -> torch.Tensor:
+        with mode():
+            memory, state = model.encode(src, src_len)
+            out = []
+            for t in range(3):
+                logits, state, _ = model.decode_step(tgt_in[:, t], state, memory)
+                out.append(logits.clone())
+            return torch.stack(out)
+
+    fast = steps(torch.inference_mode)
+    assert model.decoder._weights  # the transposed copies were made and used
+    torch.testing.assert_close(fast, steps(torch.no_grad), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)  # an optimizer step's in-place update: the copies must follow
+    updated = steps(torch.inference_mode)
+    torch.testing.assert_close(updated, steps(torch.no_grad), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(updated, fast)
+
+
+@pytest.mark.parametrize("cfg", [c for c in VARIANTS if c.input_feeding][::5], ids=_id)
+def test_validation_loss_under_inference_mode_follows_weight_updates(cfg: ModelConfig) -> None:
+    """evaluate_loss runs the training path under inference mode, where the per-batch
+    weight slice and per-step biases must not be served from the packed-weight cache."""
+    model = _model(cfg)
+    src, src_len, tgt_in = _batch()
+    tgt_out = torch.roll(tgt_in, -1, dims=1)
+    for _ in range(2):
+        with torch.no_grad():
+            ref = model.loss(src, src_len, tgt_in, tgt_out)
+        with torch.inference_mode():
+            got = model.loss(src, src_len, tgt_in, tgt_out)
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-5)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+
+
+def test_additive_scores_match_autograd_of_the_plain_formula() -> None:
+    from seq2seq_core.attention import AdditiveScores
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 4, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    k = torch.randn(3, 5, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    v = torch.randn(6, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(AdditiveScores.apply, (q, k, v))
+    plain = torch.tanh(q.unsqueeze(2) + k.unsqueeze(1)) @ v
+    torch.testing.assert_close(AdditiveScores.apply(q, k, v), plain)

@@ -67,7 +67,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory):
         {
             "data": {"max_chars": MAX_CHARS},
             "vocab": {"size": 100},
-            "model": {"hidden_size": 16, "emb_size": 8, "dropout": 0.0},
+            "model": {"hidden_size": 16, "emb_size": 8, "dropout": 0.0, "tie_embeddings": "none"},
             "train": {"max_epochs": 2, "batch_tokens": 400, "valid_bleu_sentences": 5},
             "decode": {"max_len_ratio": 1.0, "max_len_extra": 5},
             "register": {"model_name": "pyfunc-test"},

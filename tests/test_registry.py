@@ -33,7 +33,7 @@ def cfg_for(name: str, **register: object) -> PipelineConfig:
     return config_from_dict(
         {
             "vocab": {"size": 100},
-            "model": {"hidden_size": 16, "emb_size": 8, "dropout": 0.0},
+            "model": {"hidden_size": 16, "emb_size": 8, "dropout": 0.0, "tie_embeddings": "none"},
             "train": {"max_epochs": 1, "batch_tokens": 400, "valid_bleu_sentences": 5},
             "decode": {"max_len_ratio": 1.0, "max_len_extra": 5},
             "evaluate": {"bootstrap_resamples": 300},

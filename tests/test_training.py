@@ -51,7 +51,8 @@ class Recorder:
 
 
 def _cfg(model: dict | None = None, **train: object) -> PipelineConfig:
-    m = {"emb_size": 16, "hidden_size": 32, "dropout": 0.0, **(model or {})}
+    untied = {"tie_embeddings": "none"}
+    m = {"emb_size": 16, "hidden_size": 32, "dropout": 0.0, **untied, **(model or {})}
     t = {"lr": 0.01, "batch_tokens": 40, "max_epochs": 2, "time_budget_min": 5.0, **train}
     return PipelineConfig(
         model=dataclasses.replace(ModelConfig(), **m), train=dataclasses.replace(TrainConfig(), **t)

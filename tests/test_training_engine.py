@@ -82,7 +82,8 @@ def test_adamw_decouples_weight_decay() -> None:
 @pytest.mark.parametrize("input_feeding", [False, True], ids=["fused", "stepwise"])
 def test_label_smoothing_matches_torch(input_feeding: bool) -> None:
     torch.manual_seed(0)
-    cfg = ModelConfig(emb_size=8, hidden_size=16, dropout=0.0, input_feeding=input_feeding)
+    cfg = ModelConfig(emb_size=8, hidden_size=16, dropout=0.0, input_feeding=input_feeding,
+                      tie_embeddings="none")  # fmt: skip
     model = build_model(cfg, 20, 20)
     src = torch.randint(4, 20, (3, 5))
     tgt = torch.randint(4, 20, (3, 6))
@@ -105,7 +106,7 @@ def test_embedding_tying_and_luong_dot() -> None:
     dec = model.decoder
     assert dec.output_layer.weight is dec.embedding.weight is model.encoder.embedding.weight
     assert dec.attention.key_layer is None  # dot: no attention parameters of its own
-    untied = build_model(ModelConfig(emb_size=16, hidden_size=16), 30, 30)
+    untied = build_model(ModelConfig(emb_size=16, hidden_size=16, tie_embeddings="none"), 30, 30)
     n = sum(p.numel() for p in model.parameters())
     assert sum(p.numel() for p in untied.parameters()) - n == 2 * 30 * 16 + 16 * 16
     with pytest.raises(ValueError, match=r"needs model\.emb_size == model\.hidden_size"):

@@ -1,0 +1,31 @@
+"""What the benches measure about the machine itself: the fp32 matmul peak that FLOP/s
+fractions are taken against, and whether bf16 runs natively."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+
+def matmul_peak_gflops(seconds: float = 1.5, size: int = 2048) -> float:
+    """fp32 ``torch.mm`` of two size x size matrices, repeated for `seconds`, at the
+    current thread count (set it first)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        n += 1
+    return 2 * size**3 * n / (time.perf_counter() - start) / 1e9
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls on this CPU (Linux flags). Elsewhere autocast emulates bf16 and a
+    bf16 line would measure the emulation, so benches report it as skipped."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
