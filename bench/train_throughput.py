@@ -36,6 +36,7 @@ from machine import cpu_has_bf16, matmul_peak_gflops
 from seq2seq_core.batching import Batch, EncodedPairs, epoch_batches
 from seq2seq_core.config import ModelConfig, PipelineConfig, TrainConfig
 from seq2seq_core.decoding import greedy_decode
+from seq2seq_core.optim import build_optimizer
 from seq2seq_core.seq2seq import build_model
 from seq2seq_core.training import train_step
 
@@ -168,7 +169,7 @@ def run_config(name: str, seconds: float, pairs: EncodedPairs, peak: float) -> d
     torch.manual_seed(0)
     model = build_model(cfg.model, VOCAB, VOCAB)
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    optimizer = build_optimizer(list(model.parameters()), cfg.train)  # the pipeline's own
     batches = epoch_batches(pairs, cfg.train.batch_tokens, seed=0, epoch=1)
     device = torch.device("cpu")
     kw = {

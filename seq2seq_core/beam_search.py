@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seq2seq_core.decoder import DecoderState, Memory
+from seq2seq_core.inference_weights import clear_inference_weights
 from seq2seq_core.precision import autocast
 from seq2seq_core.seq2seq import BOS_ID, EOS_ID, PAD_ID, Seq2Seq
 
@@ -61,6 +62,7 @@ def beam_search(
     order = sorted((i for i, s in enumerate(src_ids) if s), key=lambda i: -len(src_ids[i]))
     was_training = model.training
     model.eval()
+    clear_inference_weights(model)
     settings = _Settings(
         beam_size, max_len_ratio, max_len_extra, length_penalty_alpha, nbest, no_repeat_ngram
     )
@@ -97,7 +99,7 @@ def _search_batch(
     )
     memory, state = model.encode(src.to(device), src_len)
     expand = torch.arange(n_sent, device=device).repeat_interleave(k)  # (B*K,)
-    memory, state = _select_memory(memory, expand), _select_state(state, expand)
+    state = _select_state(state, expand)  # memory stays one row per sentence (see Memory)
 
     finished: list[list[Hypothesis]] = [[] for _ in sources]
     active = torch.arange(n_sent, device=device)  # sentence index of each live row group
@@ -141,7 +143,7 @@ def _search_batch(
             active, scores = active[alive], scores[alive]
             tokens, history = tokens[alive_rows], history.index_select(0, alive_rows)
             state = _select_state(state, alive_rows)
-            memory = _select_memory(memory, alive_rows)
+            memory = _select_memory(memory, alive)
     return [sorted(hyps, key=lambda h: -h.score)[: s.nbest] for hyps in finished]
 
 

@@ -23,7 +23,12 @@ from seq2seq_core.inference_weights import WeightCache, inference_linear
 
 
 class Memory(NamedTuple):
-    """What the decoder attends to, computed once per batch."""
+    """What the decoder attends to, computed once per batch.
+
+    In a single decoding step one memory row may serve several consecutive decoder rows
+    (beam search's hypotheses of one sentence): the keys and values are then read once per
+    sentence, not once per hypothesis.
+    """
 
     outputs: Tensor  # (B, S, K) encoder outputs, zero at padding
     proj_keys: Tensor | None  # (B, S, A) attention key projection, None without attention
@@ -91,7 +96,17 @@ class RecurrentDecoder(nn.Module):
         """rnn_out (B, T, H) -> attentional vectors h~ (B, T, H), probs (B, T, S) or None."""
         if self.attention is None or self.att_vector is None:
             return rnn_out, None
-        context, probs = self.attention(rnn_out, memory.proj_keys, memory.outputs, memory.mask)
+        rows, sentences = rnn_out.size(0), memory.outputs.size(0)
+        query = rnn_out
+        if rows != sentences:  # one step for `group` hypotheses per sentence
+            if rnn_out.size(1) != 1 or rows % sentences:
+                raise ValueError(f"{rows} decoder rows do not group over {sentences} sources")
+            query = rnn_out.view(sentences, rows // sentences, -1)  # steps -> hypotheses
+        context, probs = self.attention(query, memory.proj_keys, memory.outputs, memory.mask)
+        context, probs = (
+            context.view(rows, -1, context.size(-1)),
+            probs.view(rows, -1, probs.size(-1)),
+        )
         combined = torch.cat([rnn_out, context], dim=-1)  # (B, T, H + K)
         vector = torch.tanh(self._linear(self.att_vector, combined))
         return vector, probs  # (B, T, H), (B, T, S)

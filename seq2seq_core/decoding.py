@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from seq2seq_core.inference_weights import clear_inference_weights
 from seq2seq_core.precision import autocast
 from seq2seq_core.seq2seq import BOS_ID, EOS_ID, PAD_ID, Seq2Seq
 
@@ -43,6 +44,7 @@ def greedy_decode(
     order = sorted((i for i, s in enumerate(src_ids) if s), key=lambda i: -len(src_ids[i]))
     was_training = model.training
     model.eval()
+    clear_inference_weights(model)
     with torch.inference_mode(), autocast(device, precision):
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]

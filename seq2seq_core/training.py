@@ -31,6 +31,7 @@ from seq2seq_core.checkpoint import load_checkpoint, model_payload, save_checkpo
 from seq2seq_core.config import PipelineConfig
 from seq2seq_core.decoding import greedy_decode
 from seq2seq_core.distributed import any_rank, broadcast, init_distributed, shard, wrap
+from seq2seq_core.inference_weights import clear_inference_weights
 from seq2seq_core.optim import LearningRate, build_optimizer, teacher_forcing_ratio
 from seq2seq_core.precision import autocast
 from seq2seq_core.seq2seq import Seq2Seq, build_model
@@ -341,6 +342,7 @@ def evaluate_loss(
 ) -> float:
     """Teacher-forced loss per target token (nan when there are no batches)."""
     model.eval()
+    clear_inference_weights(model)
     total, tokens = 0.0, 0
     with torch.inference_mode(), autocast(device, precision):
         for batch in batches:

@@ -15,14 +15,54 @@ import torch
 # Two OpenMP threads on a 2-core machine running other work are several times slower.
 torch.set_num_threads(1)
 
+import itertools  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
+from seq2seq_core.config import ModelConfig  # noqa: E402
+from seq2seq_core.seq2seq import EOS_ID, build_model  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 GENESIS_TSV = FIXTURES / "genesis_de_en.tsv"
+
+# Every decoder variant, tiny: cell x attention x input feeding (which needs attention).
+DECODER_VARIANTS = [
+    ModelConfig(
+        cell=c,
+        attention=a,
+        input_feeding=f,
+        emb_size=8,
+        hidden_size=16,
+        dropout=0.0,
+        tie_embeddings="none",
+    )
+    for c, a, f in itertools.product(("gru", "lstm"), ("none", "bahdanau", "luong"), (0, 1))
+    if not (f and a == "none")
+]
+
+
+def variant_id(cfg: ModelConfig) -> str:
+    return f"{cfg.cell}-{cfg.attention}{'-feed' if cfg.input_feeding else ''}"
+
+
+def random_sources(n: int = 11) -> list[list[int]]:
+    """n sources of 1-11 ids from a 30-word vocabulary, the same every call."""
+    g = torch.Generator().manual_seed(0)
+    lens = torch.randint(1, 12, (n,), generator=g).tolist()
+    return [torch.randint(4, 30, (k,), generator=g).tolist() for k in lens]
+
+
+def random_model(cfg: ModelConfig, eos_bias: float = 0.5) -> torch.nn.Module:
+    """An untrained 30-word model in eval mode, biased towards EOS by ``eos_bias`` so that
+    some sentences stop early and others run to the length limit."""
+    torch.manual_seed(0)
+    model = build_model(cfg, 30, 30)
+    with torch.no_grad():
+        model.decoder.output_layer.bias[EOS_ID] += eos_bias
+    return model.eval()
 
 
 def tiny_params(source: Path = GENESIS_TSV) -> dict:

@@ -4,54 +4,26 @@ import itertools
 
 import pytest
 import torch
+from conftest import DECODER_VARIANTS, random_model, random_sources, variant_id
 
 from seq2seq_core.beam_search import beam_search, length_penalty
 from seq2seq_core.config import ModelConfig
 from seq2seq_core.decoding import greedy_decode
-from seq2seq_core.seq2seq import EOS_ID, build_model
+from seq2seq_core.seq2seq import EOS_ID
 
-VARIANTS = [
-    ModelConfig(
-        cell=c,
-        attention=a,
-        input_feeding=f,
-        emb_size=8,
-        hidden_size=16,
-        dropout=0.0,
-        tie_embeddings="none",
-    )
-    for c, a, f in itertools.product(("gru", "lstm"), ("none", "bahdanau", "luong"), (0, 1))
-    if not (f and a == "none")
-]
 KW = {"max_len_ratio": 1.5, "max_len_extra": 3, "device": "cpu"}
 
 
-def _sources(n: int = 11) -> list[list[int]]:
-    g = torch.Generator().manual_seed(0)
-    lens = torch.randint(1, 12, (n,), generator=g).tolist()
-    return [torch.randint(4, 30, (k,), generator=g).tolist() for k in lens]
-
-
-def _model(cfg: ModelConfig, eos_bias: float = 0.5) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = build_model(cfg, 30, 30)
-    with torch.no_grad():  # some sentences stop early, others run to the length limit
-        model.decoder.output_layer.bias[EOS_ID] += eos_bias
-    return model.eval()
-
-
-@pytest.mark.parametrize(
-    "cfg", VARIANTS, ids=lambda c: f"{c.cell}-{c.attention}{'-feed' if c.input_feeding else ''}"
-)
+@pytest.mark.parametrize("cfg", DECODER_VARIANTS, ids=variant_id)
 def test_beam_one_is_exactly_greedy(cfg: ModelConfig) -> None:
-    model, sources = _model(cfg), _sources()
+    model, sources = random_model(cfg), random_sources()
     greedy = greedy_decode(model, sources, batch_size=4, **KW).ids
     beam = beam_search(model, sources, beam_size=1, batch_size=4, **KW)
     assert [h[0].ids for h in beam] == greedy
 
 
 def test_scores_are_log_prob_over_the_gnmt_penalty_and_sorted() -> None:
-    model, sources = _model(VARIANTS[1]), _sources()
+    model, sources = random_model(DECODER_VARIANTS[1]), random_sources()
     for alpha in (0.0, 0.6, 1.0):
         found = beam_search(
             model, sources, beam_size=4, nbest=4, batch_size=3, length_penalty_alpha=alpha, **KW
@@ -68,7 +40,7 @@ def test_scores_are_log_prob_over_the_gnmt_penalty_and_sorted() -> None:
 
 
 def test_beam_finds_higher_probability_than_greedy() -> None:
-    model, sources = _model(VARIANTS[3], eos_bias=-1.0), _sources()
+    model, sources = random_model(DECODER_VARIANTS[3], eos_bias=-1.0), random_sources()
     greedy = beam_search(model, sources, beam_size=1, batch_size=11, length_penalty_alpha=0, **KW)
     beam = beam_search(model, sources, beam_size=5, batch_size=11, length_penalty_alpha=0, **KW)
     pairs = [(g[0].log_prob, b[0].log_prob) for g, b in zip(greedy, beam, strict=True)]
@@ -77,7 +49,7 @@ def test_beam_finds_higher_probability_than_greedy() -> None:
 
 
 def test_batched_beam_equals_one_by_one_and_respects_limits() -> None:
-    model, sources = _model(VARIANTS[5]), _sources()
+    model, sources = random_model(DECODER_VARIANTS[5]), random_sources()
     batched = beam_search(model, sources, beam_size=3, nbest=2, batch_size=4, **KW)
     single = [beam_search(model, [s], beam_size=3, nbest=2, batch_size=1, **KW)[0] for s in sources]
     assert [[h.ids for h in hs] for hs in batched] == [[h.ids for h in hs] for hs in single]
@@ -86,8 +58,10 @@ def test_batched_beam_equals_one_by_one_and_respects_limits() -> None:
 
 
 def test_no_repeat_ngram_blocks_repeats() -> None:
-    model = _model(VARIANTS[0], eos_bias=-5.0)  # long outputs, many repeats without blocking
-    sources = _sources()
+    model = random_model(
+        DECODER_VARIANTS[0], eos_bias=-5.0
+    )  # long outputs, many repeats without blocking
+    sources = random_sources()
     free = beam_search(model, sources, beam_size=3, batch_size=11, **KW)
     blocked = beam_search(model, sources, beam_size=3, batch_size=11, no_repeat_ngram=2, **KW)
 
@@ -100,7 +74,7 @@ def test_no_repeat_ngram_blocks_repeats() -> None:
 
 
 def test_empty_source_and_bad_nbest() -> None:
-    model = _model(VARIANTS[0])
+    model = random_model(DECODER_VARIANTS[0])
     found = beam_search(model, [[], [5, 6]], beam_size=2, batch_size=2, **KW)
     assert found[0][0].ids == [] and len(found) == 2
     with pytest.raises(ValueError, match="nbest"):
@@ -108,10 +82,39 @@ def test_empty_source_and_bad_nbest() -> None:
 
 
 def test_bf16_decoding_keeps_beam_one_equal_to_greedy_and_rejects_other_precisions() -> None:
-    model, sources = _model(VARIANTS[-1]), _sources()
+    model, sources = random_model(DECODER_VARIANTS[-1]), random_sources()
     greedy = greedy_decode(model, sources, batch_size=4, precision="bf16", **KW).ids
     beam = beam_search(model, sources, beam_size=1, batch_size=4, precision="bf16", **KW)
     assert [h[0].ids for h in beam] == greedy
     assert all(0 <= t < 30 for ids in greedy for t in ids)
     with pytest.raises(ValueError, match="fp16"):
         greedy_decode(model, sources, batch_size=4, precision="fp16", **KW)
+
+
+@pytest.mark.parametrize("cfg", DECODER_VARIANTS, ids=variant_id)
+def test_one_memory_row_per_sentence_serves_all_its_hypotheses(cfg: ModelConfig) -> None:
+    """Beam search keeps the encoder memory once per sentence; a step over K hypotheses per
+    sentence must equal the same step over a memory copied K times."""
+    from seq2seq_core.beam_search import _select_memory, _select_state
+
+    model, sources, k = random_model(cfg), random_sources(5), 3
+    src_len = torch.tensor([len(x) for x in sources])
+    src = torch.zeros(len(sources), int(src_len.max()), dtype=torch.long)
+    for row, x in enumerate(sources):
+        src[row, : len(x)] = torch.tensor(x)
+    expand = torch.arange(len(sources)).repeat_interleave(k)
+    with torch.inference_mode():
+        memory, state = model.encode(src, src_len)
+        state = _select_state(state, expand)
+        tokens = torch.randint(4, 30, (len(expand),), generator=torch.Generator().manual_seed(1))
+        grouped = model.decode_step(tokens, state, memory)
+        copied = model.decode_step(tokens, state, _select_memory(memory, expand))
+    torch.testing.assert_close(grouped[0], copied[0])  # logits
+    torch.testing.assert_close(grouped[1].hidden, copied[1].hidden)
+    if grouped[2] is not None:  # attention probabilities, one row per hypothesis
+        assert grouped[2].shape == (len(expand), src.size(1))
+        torch.testing.assert_close(grouped[2], copied[2])
+    if cfg.attention != "none":  # 14 rows cannot be split over 5 sentences
+        fewer = _select_state(state, torch.arange(len(expand) - 1))
+        with torch.inference_mode(), pytest.raises(ValueError, match="do not group"):
+            model.decode_step(tokens[:-1], fewer, memory)

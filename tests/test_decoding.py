@@ -1,7 +1,6 @@
-import itertools
-
 import pytest
 import torch
+from conftest import DECODER_VARIANTS, random_model, random_sources, variant_id
 
 from seq2seq_core.config import ModelConfig
 from seq2seq_core.decoding import greedy_decode
@@ -9,41 +8,11 @@ from seq2seq_core.seq2seq import EOS_ID, build_model
 
 torch.set_num_threads(1)
 
-VARIANTS = [
-    ModelConfig(
-        cell=c,
-        attention=a,
-        input_feeding=f,
-        emb_size=8,
-        hidden_size=16,
-        dropout=0.0,
-        tie_embeddings="none",
-    )
-    for c, a, f in itertools.product(("gru", "lstm"), ("none", "bahdanau", "luong"), (0, 1))
-    if not (f and a == "none")
-]
 
-
-def _sources(n: int = 11) -> list[list[int]]:
-    g = torch.Generator().manual_seed(0)
-    lens = torch.randint(1, 12, (n,), generator=g).tolist()
-    return [torch.randint(4, 30, (k,), generator=g).tolist() for k in lens]
-
-
-def _model(cfg: ModelConfig) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = build_model(cfg, 30, 30)
-    with torch.no_grad():  # a bias towards EOS so that some sentences stop early
-        model.decoder.output_layer.bias[EOS_ID] += 0.5
-    return model.eval()
-
-
-@pytest.mark.parametrize(
-    "cfg", VARIANTS, ids=lambda c: f"{c.cell}-{c.attention}{'-feed' if c.input_feeding else ''}"
-)
+@pytest.mark.parametrize("cfg", DECODER_VARIANTS, ids=variant_id)
 def test_batched_equals_one_by_one_in_original_order(cfg: ModelConfig) -> None:
-    model = _model(cfg)
-    sources = _sources()
+    model = random_model(cfg)
+    sources = random_sources()
     kw = {"max_len_ratio": 1.5, "max_len_extra": 3, "device": "cpu"}
     batched = greedy_decode(model, sources, batch_size=4, **kw).ids
     single = [greedy_decode(model, [s], batch_size=1, **kw).ids[0] for s in sources]
@@ -54,20 +23,20 @@ def test_batched_equals_one_by_one_in_original_order(cfg: ModelConfig) -> None:
 
 
 def test_eos_ends_a_sentence_and_is_not_returned() -> None:
-    model = _model(VARIANTS[1])
+    model = random_model(DECODER_VARIANTS[1])
     with torch.no_grad():
         model.decoder.output_layer.bias[EOS_ID] += 100.0
     out = greedy_decode(
-        model, _sources(), batch_size=3, max_len_ratio=2.0, max_len_extra=5, device="cpu"
+        model, random_sources(), batch_size=3, max_len_ratio=2.0, max_len_extra=5, device="cpu"
     )
     assert out.ids == [[] for _ in range(11)]
 
 
 def test_max_length_cuts_output() -> None:
-    model = _model(VARIANTS[1])
+    model = random_model(DECODER_VARIANTS[1])
     with torch.no_grad():
         model.decoder.output_layer.bias[EOS_ID] -= 100.0
-    sources = _sources()
+    sources = random_sources()
     out = greedy_decode(
         model, sources, batch_size=5, max_len_ratio=1.0, max_len_extra=2, device="cpu"
     )
@@ -75,7 +44,7 @@ def test_max_length_cuts_output() -> None:
 
 
 def test_empty_source_gives_empty_output_and_attention_shapes() -> None:
-    model = _model(VARIANTS[1])
+    model = random_model(DECODER_VARIANTS[1])
     sources = [[5, 6, 7], [], [8]]
     out = greedy_decode(
         model,
@@ -94,6 +63,34 @@ def test_empty_source_gives_empty_output_and_attention_shapes() -> None:
 
 
 def test_model_mode_is_restored() -> None:
-    model = _model(VARIANTS[0]).train()
+    model = random_model(DECODER_VARIANTS[0]).train()
     greedy_decode(model, [[4, 5]], batch_size=1, max_len_ratio=1.0, max_len_extra=1, device="cpu")
     assert model.training
+
+
+def test_decoding_sees_weights_changed_without_a_version_bump() -> None:
+    """Fused AdamW (the pipeline's optimizer on CPU) and ``p.data`` writes leave a
+    parameter's version counter alone; decoding after them must use the new weights."""
+    from seq2seq_core.beam_search import beam_search
+    from seq2seq_core.config import TrainConfig
+    from seq2seq_core.optim import build_optimizer
+
+    cfg = DECODER_VARIANTS[3]  # gru, bahdanau, input feeding
+    model, sources = random_model(cfg), random_sources()
+    kw = {"batch_size": 4, "max_len_ratio": 1.5, "max_len_extra": 3}
+    before = greedy_decode(model, sources, **kw).ids  # packs and caches the weights
+    optimizer = build_optimizer(list(model.parameters()), TrainConfig(lr=0.5))
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    versions = [p._version for p in model.parameters()]
+    optimizer.step()
+    with torch.no_grad():
+        model.decoder.output_layer.weight.data.mul_(3.0)
+    assert [p._version for p in model.parameters()] == versions  # nothing to see there
+    fresh = build_model(cfg, 30, 30).eval()
+    fresh.load_state_dict(model.state_dict())
+    after = greedy_decode(model, sources, **kw).ids
+    assert after == greedy_decode(fresh, sources, **kw).ids
+    assert after != before
+    beam = [h[0].ids for h in beam_search(model, sources, beam_size=3, **kw)]
+    assert beam == [h[0].ids for h in beam_search(fresh, sources, beam_size=3, **kw)]

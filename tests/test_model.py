@@ -275,3 +275,17 @@ def test_additive_scores_match_autograd_of_the_plain_formula() -> None:
     assert torch.autograd.gradcheck(AdditiveScores.apply, (q, k, v))
     plain = torch.tanh(q.unsqueeze(2) + k.unsqueeze(1)) @ v
     torch.testing.assert_close(AdditiveScores.apply(q, k, v), plain)
+
+
+def test_chunked_additive_scores_equal_tanh_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sigmoid form, in chunks of a few rows, against v . tanh(q + k) in one piece."""
+    from seq2seq_core import attention
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(7, 3, 1, 16, generator=g)
+    k = torch.randn(7, 1, 5, 16, generator=g)
+    v = torch.randn(16, generator=g)
+    plain = torch.tanh(q + k) @ v  # (7, 3, 5)
+    for chunk in (1, 3 * 5 * 16 * 2, 1 << 20):  # one row, two rows, everything at once
+        monkeypatch.setattr(attention, "_ENERGY_CHUNK", chunk)
+        torch.testing.assert_close(attention.additive_scores(q, k, v), plain, atol=2e-6, rtol=0)
