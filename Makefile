@@ -13,7 +13,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 # Prefect's local state (its SQLite database) stays inside the repo's ignored .state/.
 export PREFECT_HOME ?= $(CURDIR)/.state/prefect
 
-.PHONY: install run test check format bench clean
+.PHONY: install run test check format bench clean joey-venv
 
 install: $(STAMP)
 
@@ -42,6 +42,19 @@ bench: install
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/decode_speed.py
 	$(BIN)/python bench/pipeline_overhead.py
+
+# Joey NMT 2.3.0 for the side-by-side benchmarks, in its own ignored venv. Joey needs
+# importlib_metadata and sentencepiece 0.2.0 (0.2.3 dropped the SetVocabulary it calls);
+# torch stays the pinned CPU build. bench/joey_train.py patches ReduceLROnPlateau(verbose=).
+JOEY_VENV := bench/.cache/joey-venv
+joey-venv: $(JOEY_VENV)/.installed
+
+$(JOEY_VENV)/.installed: constraints.txt
+	test -x $(JOEY_VENV)/bin/python || $(PYTHON) -m venv $(JOEY_VENV)
+	$(JOEY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(JOEY_VENV)/bin/python -m pip install --quiet -c constraints.txt joeynmt==2.3.0 \
+		importlib_metadata sentencepiece==0.2.0
+	touch $@
 
 clean:
 	rm -rf data/prepared data/vocab models reports mlflow.db mlartifacts .state

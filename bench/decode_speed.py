@@ -34,6 +34,7 @@ from seq2seq_core.beam_search import beam_search  # noqa: E402
 from seq2seq_core.config import DataConfig, ModelConfig, VocabConfig  # noqa: E402
 from seq2seq_core.data import prepare_corpus, read_prepared_split  # noqa: E402
 from seq2seq_core.decoding import greedy_decode  # noqa: E402
+from seq2seq_core.host_memory import retain_freed_host_memory  # noqa: E402
 from seq2seq_core.seq2seq import EOS_ID, build_model  # noqa: E402
 from seq2seq_core.tokenization import SubwordTokenizer  # noqa: E402
 
@@ -186,6 +187,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    retain_freed_host_memory()  # as the evaluate stage does
     peak = matmul_peak_gflops()
     sources, tok = corpus(args.quick)
     src_ids = [ids for ids in tok.encode_src(sources) if ids]

@@ -36,6 +36,7 @@ from machine import cpu_has_bf16, matmul_peak_gflops
 from seq2seq_core.batching import Batch, EncodedPairs, epoch_batches
 from seq2seq_core.config import ModelConfig, PipelineConfig, TrainConfig
 from seq2seq_core.decoding import greedy_decode
+from seq2seq_core.host_memory import retain_freed_host_memory
 from seq2seq_core.optim import build_optimizer
 from seq2seq_core.seq2seq import build_model
 from seq2seq_core.training import train_step
@@ -270,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
                     print(json.dumps({"ours_vs_joey": row["config"], "ratio": round(ratio, 2)}))
         return
     torch.set_num_threads(args.threads)
+    retain_freed_host_memory()  # as train_model does
     pairs = real_pairs(args.pairs) if args.real else synthetic_pairs(args.pairs)
     peak = matmul_peak_gflops()
     for name in args.configs:

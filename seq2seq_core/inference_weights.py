@@ -24,7 +24,7 @@ from torch import Tensor, nn
 # id(weight) -> ((data_ptr, version, dtype), packed weight, bias in the compute dtype)
 WeightCache = dict[int, tuple[tuple, Tensor, Tensor | None]]
 
-_PACK_ROWS = 64  # the batch size oneDNN tunes the packed layout for; any row count works
+PACK_ROWS = 64  # the batch size oneDNN tunes the packed layout for; any row count works
 
 
 def clear_inference_weights(model: nn.Module) -> None:
@@ -35,7 +35,7 @@ def clear_inference_weights(model: nn.Module) -> None:
             cache.clear()
 
 
-def _can_pack(x: Tensor) -> bool:
+def can_pack_weights(x: Tensor) -> bool:
     return (
         x.device.type == "cpu"
         and torch.backends.mkldnn.is_available()
@@ -51,7 +51,7 @@ def inference_linear(x: Tensor, weight: Tensor, bias: Tensor | None, cache: Weig
     """
     if not (
         torch.is_inference_mode_enabled()
-        and _can_pack(x)
+        and can_pack_weights(x)
         # Only long-lived parameters are cached: a temporary (a slice made per batch, a
         # per-step bias) could share a freed tensor's address and hit a stale entry.
         and isinstance(weight, nn.Parameter)
@@ -66,7 +66,7 @@ def inference_linear(x: Tensor, weight: Tensor, bias: Tensor | None, cache: Weig
     key = (weight.data_ptr(), version, dtype, None if bias is None else bias.data_ptr())
     cached = cache.get(id(weight))
     if cached is None or cached[0] != key:
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), _PACK_ROWS)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), PACK_ROWS)
         cached = (key, packed, None if bias is None else bias.detach().to(dtype))
         cache[id(weight)] = cached
     _, packed, packed_bias = cached

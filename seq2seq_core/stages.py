@@ -13,6 +13,7 @@ from typing import Any
 
 from seq2seq_core.config import PipelineConfig
 from seq2seq_core.data import prepare_corpus, read_prepared_split
+from seq2seq_core.host_memory import retain_freed_host_memory
 from seq2seq_core.tokenization import SubwordTokenizer
 from seq2seq_core.training import TrainCallback, TrainResult, train_model
 
@@ -90,6 +91,7 @@ def evaluate(cfg: PipelineConfig) -> EvaluateResult:
     # Imported here so that ingest/vocab do not pay for matplotlib and sacrebleu.
     from seq2seq_core.evaluation import evaluate_split
 
+    retain_freed_host_memory()  # greedy and beam decoding re-allocate per step, like training
     return EvaluateResult(**evaluate_split(cfg))
 
 

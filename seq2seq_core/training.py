@@ -31,6 +31,7 @@ from seq2seq_core.checkpoint import load_checkpoint, model_payload, save_checkpo
 from seq2seq_core.config import PipelineConfig
 from seq2seq_core.decoding import greedy_decode
 from seq2seq_core.distributed import any_rank, broadcast, init_distributed, shard, wrap
+from seq2seq_core.host_memory import retain_freed_host_memory
 from seq2seq_core.inference_weights import clear_inference_weights
 from seq2seq_core.optim import LearningRate, build_optimizer, teacher_forcing_ratio
 from seq2seq_core.precision import autocast
@@ -151,6 +152,7 @@ def train_model(
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if device.type == "cpu":
         torch.set_num_threads(pick_threads(tc.threads))
+    retain_freed_host_memory()
     torch.manual_seed(tc.seed)
 
     train_data = encode_pairs(tokenizer, train_pairs, tc.max_len)
