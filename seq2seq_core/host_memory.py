@@ -3,13 +3,12 @@
 A training step frees and re-allocates the same multi-megabyte activations every step.
 glibc serves blocks above its mmap threshold with fresh mappings and trims the top of its
 heap back to the OS, so every step page-faults (and zero-fills) its activations anew: for
-the Joey-sized model 14-20k minor faults per 1,000 target tokens (2.7k with this) and
-~4% of the step time
-(bench/train_throughput.py, same process, alternating). Raising both thresholds keeps the
-blocks in the heap for reuse, as jemalloc and tcmalloc (which PyTorch's CPU performance
-guide recommends preloading) do by design. The price is a resident size that stays at
-its peak for the life of the process: right for a training or decoding process, which
-returns to that peak every step.
+the Joey-sized model 14-20k minor faults per 1,000 target tokens (2.7k with this) and ~4%
+of the step time (measured in one process, alternating the settings). Raising both
+thresholds keeps the blocks in the heap for reuse, as jemalloc and tcmalloc (which
+PyTorch's CPU performance guide recommends preloading) do by design. The price is a
+resident size that stays at its peak for the life of the process: right for a training
+or decoding process, which returns to that peak every step.
 """
 
 from __future__ import annotations
