@@ -23,8 +23,6 @@ from torch.nn.utils.rnn import PackedSequence
 
 from seq2seq_core.inference_weights import PACK_ROWS, can_pack_weights
 
-RecurrentState = Tensor | tuple[Tensor, Tensor]  # GRU: h; LSTM: (h, c)
-
 
 class _LSTMDirection(torch.autograd.Function):
     """One direction of one layer: gate pre-activations from the inputs -> every h and
@@ -192,7 +190,7 @@ def _previous_rows(values: Tensor, sizes: list[int], offsets: list[int], reverse
 
 def packed_rnn(
     rnn: nn.LSTM | nn.GRU, packed: PackedSequence
-) -> tuple[PackedSequence, RecurrentState]:
+) -> tuple[PackedSequence, Tensor | tuple[Tensor, Tensor]]:  # GRU: h; LSTM: (h, c)
     """``rnn(packed)`` for a batch-first or time-first ``nn.LSTM``/``nn.GRU`` with biases
     and no projections: the same outputs and final state (in the batch's original order),
     the same gradients for the inputs and every weight; dropout between layers as torch
