@@ -172,6 +172,13 @@ class TrainConfig:
     # Validation BLEU is decoded on at most this many validation pairs per epoch.
     valid_bleu_sentences: int = 300
     checkpoint_dir: str = "models/checkpoints"
+    # Warm start: none | champion | a checkpoint directory | models:/NAME@ALIAS. The
+    # weights and the vocabulary come from the source model; flows/ resolves registry
+    # references to local files before the core sees them.
+    init_from: str = "none"
+    # With a warm start: a fresh optimizer and LR schedule (true), or the source's own
+    # where it carries them (a checkpoint directory's last.pt).
+    reset_optimizer: bool = True
 
     def validate(self) -> None:
         if not 0.0 <= self.teacher_forcing <= 1.0:
@@ -193,6 +200,8 @@ class TrainConfig:
             raise ConfigError("train.label_smoothing must be in [0, 1)")
         if not 0.0 <= self.teacher_forcing_min <= 1.0:
             raise ConfigError("train.teacher_forcing_min must be in [0, 1]")
+        if not self.init_from.strip():
+            raise ConfigError("train.init_from must not be empty (use 'none')")
         for key in (
             "accumulate_steps",
             "teacher_forcing_decay_steps",
@@ -267,6 +276,18 @@ class RegisterConfig:
 
 
 @dataclass(frozen=True)
+class RunConfig:
+    """How runs share a workspace (not a stage's input: no effect on what is computed)."""
+
+    # A second run waits this long for the workspace lock, then exits non-zero.
+    lock_timeout_min: float = 30.0
+
+    def validate(self) -> None:
+        if self.lock_timeout_min < 0:
+            raise ConfigError("pipeline.lock_timeout_min must be >= 0")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     data: DataConfig = field(default_factory=DataConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
@@ -275,6 +296,7 @@ class PipelineConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
+    pipeline: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
