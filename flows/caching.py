@@ -18,6 +18,7 @@ from typing import Any
 
 from seq2seq_core.bible import bible_db, is_bible_source
 from seq2seq_core.config import PipelineConfig
+from seq2seq_core.warm_start import WarmStartSource
 
 STAMP_DIR = Path(".state") / "stamps"
 
@@ -67,9 +68,14 @@ def ingest_key(cfg: PipelineConfig) -> str:
     return content_key("ingest", data, inputs)
 
 
-def vocab_key(cfg: PipelineConfig) -> str:
+def vocab_key(cfg: PipelineConfig, warm_start: WarmStartSource | None = None) -> str:
+    """The train/valid splits, the vocab section and, with a warm start, the content of
+    the source model's vocabulary (which is then copied instead of trained)."""
     prepared = Path(cfg.data.prepared_dir)
-    return content_key("vocab", cfg.vocab, [prepared / "train.parquet", prepared / "valid.parquet"])
+    inputs = [prepared / "train.parquet", prepared / "valid.parquet"]
+    if warm_start is not None and warm_start.vocab_dir is not None:
+        inputs.append(Path(warm_start.vocab_dir))
+    return content_key("vocab", cfg.vocab, inputs)
 
 
 def ingest_outputs(cfg: PipelineConfig) -> list[Path]:

@@ -15,7 +15,6 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
@@ -24,6 +23,7 @@ from flows import registry, tracking
 from seq2seq_core.config import load_config
 from seq2seq_core.data import read_prepared_split
 from seq2seq_core.evaluation import eval_set_digest, score_translations
+from seq2seq_core.markdown import code_cell
 
 
 class NoChampionError(LookupError):
@@ -85,13 +85,10 @@ def evaluate_champion(
 
 
 def _version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion:
-    try:
-        number = client.get_registered_model(name).aliases.get(alias)
-    except MlflowException as exc:
-        raise NoChampionError(f"registered model {name!r} not found: {exc.message}") from None
-    if number is None:
+    found = registry.alias_holder(client, name, alias)
+    if found is None:
         raise NoChampionError(f"registered model {name!r} has no version with alias {alias!r}")
-    return client.get_model_version(name, number)
+    return found
 
 
 def _float_or_none(value: str | None) -> float | None:
@@ -111,9 +108,9 @@ def _markdown(summary: dict[str, Any]) -> str:
             "",
             "| metric | score | sacrebleu signature |",
             "| --- | --- | --- |",
-            f"| BLEU | {scores['bleu']:.2f} | `{sig['bleu']}` |",
-            f"| chrF | {scores['chrf']:.2f} | `{sig['chrf']}` |",
-            f"| TER | {scores['ter']:.2f} | `{sig['ter']}` |",
+            f"| BLEU | {scores['bleu']:.2f} | {code_cell(sig['bleu'])} |",
+            f"| chrF | {scores['chrf']:.2f} | {code_cell(sig['chrf'])} |",
+            f"| TER | {scores['ter']:.2f} | {code_cell(sig['ter'])} |",
             "",
             f"{summary['sentences']} test sentences (sha256 {summary['test_set_sha256'][:12]}), "
             f"{same} as at registration, where its test BLEU was {then}.",

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from flows import registry_cli
+from flows.run_logging import log_to_stderr
+from flows.workspace_lock import WorkspaceBusyError
 from seq2seq_core.config import ConfigError, PipelineConfig, load_config
 
 QUIET_ENV = {
@@ -43,6 +45,17 @@ def _print_json(payload: Any) -> None:
     print(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
 
 
+def _warm_start(cfg: PipelineConfig) -> Any:
+    """`train.init_from` as local files (a registry reference is downloaded first)."""
+    if cfg.train.init_from.strip() == "none":
+        return None
+    from flows import tracking
+    from flows.warm_start import resolve_warm_start
+
+    tracking.configure_tracking(Path.cwd())
+    return resolve_warm_start(cfg)
+
+
 def cmd_ingest(args: argparse.Namespace) -> None:
     from seq2seq_core import stages
 
@@ -52,13 +65,15 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 def cmd_vocab(args: argparse.Namespace) -> None:
     from seq2seq_core import stages
 
-    _print_json(asdict(stages.build_vocab(_config(args))))
+    cfg = _config(args)
+    _print_json(asdict(stages.build_vocab(cfg, warm_start=_warm_start(cfg))))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from seq2seq_core import stages
 
-    result = asdict(stages.train(_config(args)))
+    cfg = _config(args)
+    result = asdict(stages.train(cfg, warm_start=_warm_start(cfg)))
     result.pop("history", None)
     _print_json(result)
 
@@ -81,8 +96,15 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     from flows.pipeline import training_pipeline
 
     summary = training_pipeline(
-        params_path=args.params, overrides=args.set, dvc_commit=not args.no_dvc_commit
+        params_path=args.params,
+        overrides=args.set,
+        dvc_commit=not args.no_dvc_commit,
+        force=args.force,
     )
+    if summary["status"] == "up_to_date":
+        print(f"\nNothing to do: {summary['message']}")
+        print("Change the data or a parameter, or pass --force, to train again.")
+        return
     test, reg = summary["test"], summary["registration"]
     print()
     print(f"Test BLEU {test['bleu']:.2f}  chrF {test['chrf']:.2f}  TER {test['ter']:.2f}")
@@ -182,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add("pipeline", cmd_pipeline, "run all stages as one Prefect flow")
     p.add_argument("--no-dvc-commit", action="store_true", help="don't record outputs in dvc.lock")
+    p.add_argument(
+        "--force", action="store_true", help="run even if a registered version has these inputs"
+    )
     p = add("translate", cmd_translate, "translate sentences (arguments, --input or stdin)")
     p.add_argument("text", nargs="*", help="sentences to translate")
     p.add_argument("--input", "--file", dest="input", help="a file with one sentence per line")
@@ -196,11 +221,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that write the workspace hold its lock (the pipeline takes it inside the flow,
+# so that deployment runs hold it too).
+WRITING_COMMANDS = {"ingest", "vocab", "train", "evaluate", "register"}
+
+
+def _run_command(args: argparse.Namespace) -> None:
+    if args.command not in WRITING_COMMANDS:
+        args.fn(args)
+        return
+    from flows.workspace_lock import workspace_lock
+
+    timeout_min = _config(args).pipeline.lock_timeout_min
+    with workspace_lock(timeout_min=timeout_min, command=f"seq2seq {args.command}"):
+        args.fn(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     _set_quiet_env()
+    log_to_stderr()
     args = build_parser().parse_args(argv)
     try:
-        args.fn(args)
+        _run_command(args)
+    except WorkspaceBusyError as exc:
+        print(f"seq2seq {args.command}: {exc}", file=sys.stderr)
+        return 3
     except ConfigError as exc:
         print(f"seq2seq: parameter error: {exc}", file=sys.stderr)
         return 2

@@ -2,8 +2,9 @@
 
     python -m flows.deploy          # or: make serve-flows
 
-Names, entrypoints, parameters and cron schedules are read from prefect.yaml, so the
-served deployments and the ones `prefect deploy` creates for a worker cannot drift apart.
+Names, entrypoints, parameters, cron schedules, concurrency limits and event triggers are
+read from prefect.yaml, so the served deployments and the ones `prefect deploy` creates for
+a worker cannot drift apart.
 Flow runs start in this process's working directory (run it from the clone's root).
 """
 
@@ -16,11 +17,16 @@ from typing import Any
 
 import yaml
 from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig
 from prefect.deployments.runner import RunnerDeployment
+from prefect.events import DeploymentTriggerTypes
 from prefect.flows import Flow
 from prefect.schedules import Cron
+from pydantic import TypeAdapter
 
 PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
+# Trigger specs as `prefect deploy` reads them from prefect.yaml.
+TRIGGERS: TypeAdapter[DeploymentTriggerTypes] = TypeAdapter(DeploymentTriggerTypes)
 
 
 class DeploymentSpecError(ValueError):
@@ -42,12 +48,18 @@ def _to_deployment(entry: dict[str, Any], source: Path) -> RunnerDeployment:
         for s in entry.get("schedules") or []
         if "cron" in s
     ]
+    limit = entry.get("concurrency_limit")
     return _load_flow(entry["entrypoint"], name).to_deployment(
         name=name,
         parameters=entry.get("parameters") or {},
         description=entry.get("description"),
         tags=entry.get("tags"),
         schedules=schedules,
+        concurrency_limit=ConcurrencyLimitConfig(**limit) if isinstance(limit, dict) else limit,
+        triggers=[
+            TRIGGERS.validate_python({"name": f"{name}__automation_{i}", **spec})
+            for i, spec in enumerate(entry.get("triggers") or [], start=1)
+        ],
     )
 
 

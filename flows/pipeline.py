@@ -1,12 +1,13 @@
 """The training pipeline as one Prefect flow: ingest -> vocab -> train -> evaluate -> register.
 
 One MLflow run spans the whole flow run; the stage functions themselves know nothing of
-either tool.
+either tool. A run first takes the workspace lock (one writer per clone), then asks the
+registry whether a version was already made from exactly these inputs: if so it ends
+Completed with nothing trained or registered and says "up to date with version N".
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -16,9 +17,19 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
+from prefect.utilities.timeout import timeout
 
-from flows import tracking
+from flows import freshness, tracking
 from flows.registration import log_stage_reports
+from flows.run_logging import project_logs_to_prefect
+from flows.run_notes import (
+    crash_note,
+    data_report_markdown,
+    failure_markdown,
+    promotion_markdown,
+    summary_markdown,
+    up_to_date_markdown,
+)
 from flows.tasks import (
     cached_call,
     evaluate_task,
@@ -27,143 +38,182 @@ from flows.tasks import (
     train_task,
     vocab_task,
 )
-from seq2seq_core.config import load_config
-from seq2seq_core.data_report import report_markdown
+from flows.warm_start import resolve_warm_start
+from flows.workspace_lock import workspace_lock
+from seq2seq_core.config import PipelineConfig, load_config
 from seq2seq_core.evaluation import metrics_markdown
 
+# Room for everything but training: the flow's start, ingest, vocab, evaluation and
+# registration took ~2 min on the full Bible; a slow disk or a large corpus gets 30.
+NON_TRAINING_ALLOWANCE_S = 30 * 60
+# Stages whose dvc.lock entries must be current before registering (lineage tags).
+STAGES_BEFORE_REGISTER = ("ingest", "vocab", "train", "evaluate")
 
-@flow(name="seq2seq-training-pipeline")
+
+class PipelineTimeoutError(TimeoutError):
+    """The flow ran past the limit derived from its time budget (see pipeline_timeout_s)."""
+
+
+def pipeline_timeout_s(cfg: PipelineConfig) -> float:
+    """The flow run's limit: the lock wait, 1.5x the training budget (validation and the
+    last epoch overrun it), and the allowance for the other stages."""
+    budget_s = cfg.train.time_budget_min * 60.0
+    return cfg.pipeline.lock_timeout_min * 60.0 + 1.5 * budget_s + NON_TRAINING_ALLOWANCE_S
+
+
+@flow(name="seq2seq-training-pipeline", on_crashed=[crash_note])
 def training_pipeline(
     params_path: str = "params.yaml",
     overrides: list[str] | None = None,
     dvc_commit: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
-    logger = get_run_logger()
+    """Run every stage unless a registered version already has these inputs (`force`
+    runs anyway). Returns a summary whose `status` is `registered` or `up_to_date`."""
     cfg = load_config(params_path, overrides or [])
-    tracking.configure_tracking(Path.cwd())
-    flow_run_id = str(flow_run.id) if flow_run.id else ""
-    timings: dict[str, float] = {}
-    reused: dict[str, bool] = {}
+    limit_s = pipeline_timeout_s(cfg)
+    with project_logs_to_prefect():
+        try:
+            with (
+                timeout(limit_s, PipelineTimeoutError),
+                workspace_lock(
+                    timeout_min=cfg.pipeline.lock_timeout_min,
+                    command="seq2seq pipeline",
+                    flow_run=flow_run.name or "",
+                ),
+            ):
+                return _run_pipeline(cfg, dvc_commit=dvc_commit, force=force)
+        except PipelineTimeoutError:
+            raise PipelineTimeoutError(
+                f"the pipeline ran past its limit of {limit_s:.0f} s (lock wait "
+                f"{cfg.pipeline.lock_timeout_min:g} min + 1.5 x train.time_budget_min "
+                f"{cfg.train.time_budget_min:g} min + {NON_TRAINING_ALLOWANCE_S // 60} min)"
+            ) from None
 
-    def timed(name: str, fn: Any, *args: Any) -> Any:
+
+def _run_pipeline(cfg: PipelineConfig, *, dvc_commit: bool, force: bool) -> dict[str, Any]:
+    logger = get_run_logger()
+    tracking.configure_tracking(Path.cwd())
+    fingerprint = freshness.inputs_fingerprint(cfg)
+    done = freshness.registered_with(cfg.register.model_name, fingerprint)
+    if done is not None and not force:
+        return _up_to_date(cfg, done, logger)
+    if done is not None:
+        logger.info("force: running although version %s has these inputs", done.version)
+    warm = resolve_warm_start(cfg)
+    if warm is not None:
+        logger.info("warm start from %s (%s)", warm.label, warm.checkpoint)
+    stages = _StageRunner(logger)
+    flow_run_id = str(flow_run.id) if flow_run.id else ""
+    tags = {"prefect.flow_run_id": flow_run_id, "trigger": "prefect"}
+    with tracking.pipeline_run(cfg, run_name=flow_run.name or None, tags=tags) as run:
+        run_id = run.info.run_id
+        data = stages.run("ingest", cached_call, ingest_task, "ingest", cfg)
+        logger.info("ingest: %s", data["counts"])
+        create_markdown_artifact(key="data-report", markdown=data_report_markdown(data))
+        vocab = stages.run("vocab", cached_call, vocab_task, "vocab", cfg, warm)
+        trained = stages.run("train", train_task, cfg, run_id, warm)
+        evaluated = stages.run("evaluate", evaluate_task, cfg)
+        test = evaluated["metrics"]["test"]
+        create_markdown_artifact(key="evaluation", markdown=metrics_markdown(evaluated["metrics"]))
+        tracking.log_metrics({f"test/{k}": test[k] for k in ("bleu", "chrf", "ter")})
+        log_stage_reports(cfg)
+        if dvc_commit:  # lineage: the version's dvc.* tags are read from dvc.lock
+            _dvc_command(logger, "commit", "--force", "--quiet", *STAGES_BEFORE_REGISTER)
+        trigger = f"prefect:{flow_run_id}"
+        registration = stages.run("register", register_task, cfg, run_id, trigger, fingerprint)
+        tracking.log_metrics({f"seconds/{k}": v for k, v in stages.seconds.items()})
+    _report_registration(logger, test, registration, stages.seconds)
+    if dvc_commit:
+        _record_in_dvc(logger)
+    return {
+        "status": "registered",
+        "data": data,
+        "vocab": vocab,
+        "train": {k: v for k, v in trained.items() if k != "history"},
+        "test": test,
+        "registration": registration,
+        "seconds": stages.seconds,
+        "reused": stages.reused,
+        "mlflow_run_id": run_id,
+        "warm_start": warm.label if warm else None,
+    }
+
+
+class _StageRunner:
+    """Times each stage and, when one fails, leaves the failure note before re-raising."""
+
+    def __init__(self, logger: Any) -> None:
+        self.logger = logger
+        self.seconds: dict[str, float] = {}
+        self.reused: dict[str, bool] = {}
+
+    def run(self, name: str, fn: Any, *args: Any) -> Any:
         start = time.perf_counter()
         try:
             result = fn(*args)
         except Exception as exc:
             # The champion alias only moves in `register`, after every stage passed: a
             # failure before it leaves the previous champion untouched. Say so and why.
-            logger.error("stage %s failed: %s", name, exc)
+            self.logger.error("stage %s failed: %s", name, exc)
             create_markdown_artifact(
-                key="pipeline-failure", markdown=_failure_markdown(name, exc, timings)
+                key="pipeline-failure", markdown=failure_markdown(name, exc, self.seconds)
             )
             raise
-        timings[name] = round(time.perf_counter() - start, 2)
+        if fn is cached_call:
+            result, self.reused[name] = result
+            if self.reused[name]:
+                self.logger.info("%s: inputs unchanged, reusing the cached outputs", name)
+        self.seconds[name] = round(time.perf_counter() - start, 2)
         return result
 
-    def cached(name: str, stage_task: Any) -> dict[str, Any]:
-        result, reused[name] = cached_call(stage_task, name, cfg)
-        if reused[name]:
-            logger.info("%s: inputs unchanged, reusing the cached result and outputs", name)
-        return result
 
-    tags = {"prefect.flow_run_id": flow_run_id, "trigger": "prefect"}
-    with tracking.pipeline_run(cfg, run_name=flow_run.name or None, tags=tags) as run:
-        run_id = run.info.run_id
-        data = timed("ingest", cached, "ingest", ingest_task)
-        logger.info("ingest: %s", data["counts"])
-        create_markdown_artifact(key="data-report", markdown=_data_report_markdown(data))
-        vocab = timed("vocab", cached, "vocab", vocab_task)
-        trained = timed("train", train_task, cfg, run_id)
-        logger.info(
-            "train: %d epochs, stop=%s, best valid BLEU %.2f, %.0f target tokens/s",
-            trained["epochs"],
-            trained["stop_reason"],
-            trained["best_valid_bleu"],
-            trained["train_tokens_per_s"],
-        )
-        evaluated = timed("evaluate", evaluate_task, cfg)
-        test = evaluated["metrics"]["test"]
-        create_markdown_artifact(key="evaluation", markdown=metrics_markdown(evaluated["metrics"]))
-        tracking.log_metrics({f"test/{k}": test[k] for k in ("bleu", "chrf", "ter")})
-        log_stage_reports(cfg)
-        registration = timed("register", register_task, cfg, run_id, f"prefect:{flow_run_id}")
-        tracking.log_metrics({f"seconds/{k}": v for k, v in timings.items()})
-
+def _up_to_date(cfg: PipelineConfig, version: Any, logger: Any) -> dict[str, Any]:
+    champion = tracking.alias_version_number(cfg.register.model_name, "champion")
+    message = freshness.up_to_date_message(version, champion)
+    logger.info(message)
     create_markdown_artifact(
-        key="pipeline-summary", markdown=_summary_markdown(test, registration, timings)
+        key="pipeline-summary", markdown=up_to_date_markdown(version, champion, message)
     )
-    create_markdown_artifact(key="promotion-decision", markdown=_promotion_markdown(registration))
-    if dvc_commit:
-        _record_in_dvc(logger)
     return {
-        "data": data,
-        "vocab": vocab,
-        "train": {k: v for k, v in trained.items() if k != "history"},
-        "test": test,
-        "registration": registration,
-        "seconds": timings,
-        "reused": reused,
-        "mlflow_run_id": run_id,
+        "status": "up_to_date",
+        "model_name": version.name,
+        "version": int(version.version),
+        "champion_version": int(champion) if champion else None,
+        "message": message,
     }
 
 
-def _failure_markdown(stage: str, exc: BaseException, timings: dict[str, float]) -> str:
-    done = ", ".join(timings) or "none"
-    return (
-        f"# Pipeline failed in stage `{stage}`\n\n"
-        f"**{type(exc).__name__}**: {exc}\n\n"
-        f"Stages completed before it: {done}. Nothing was registered in this run, so the "
-        "`champion` alias was not touched.\n"
+def _report_registration(
+    logger: Any, test: dict[str, Any], registration: dict[str, Any], seconds: dict[str, float]
+) -> None:
+    logger.info(
+        "registered %s v%s (aliases: %s): %s",
+        registration["model_name"], registration["version"],
+        ", ".join(registration["aliases"]) or "none", registration["reason"],
+    )  # fmt: skip
+    create_markdown_artifact(
+        key="pipeline-summary", markdown=summary_markdown(test, registration, seconds)
     )
-
-
-def _promotion_markdown(registration: dict[str, Any]) -> str:
-    tags = registration.get("tags") or {}
-    rows = "\n".join(f"| `{k}` | {v} |" for k, v in sorted(tags.items()))
-    verdict = "promoted to champion" if registration["promoted"] else "kept as challenger"
-    return (
-        f"# `{registration['model_name']}` v{registration['version']}: {verdict}\n\n"
-        f"{registration['reason']}\n\nChampion now: v{registration['champion_version']}\n\n"
-        f"| tag | value |\n| --- | --- |\n{rows}\n"
-    )
-
-
-def _data_report_markdown(data: dict[str, Any]) -> str:
-    report = json.loads(Path(data["report_path"]).read_text(encoding="utf-8"))
-    return report_markdown(report)
-
-
-def _summary_markdown(test: dict, registration: dict, timings: dict[str, float]) -> str:
-    sig = test["signatures"]
-    rows = [
-        "| metric | score | sacrebleu signature |",
-        "| --- | --- | --- |",
-        f"| BLEU | {test['bleu']:.2f} | `{sig['bleu']}` |",
-        f"| chrF | {test['chrf']:.2f} | `{sig['chrf']}` |",
-        f"| TER | {test['ter']:.2f} | `{sig['ter']}` |",
-    ]
-    aliases = ", ".join(registration["aliases"]) or "none"
-    lines = [
-        "# seq2seq pipeline run",
-        "",
-        *rows,
-        "",
-        f"Registered `{registration['model_name']}` version {registration['version']} "
-        f"(aliases: {aliases}). Promotion: {registration['reason']}",
-        "",
-        "Stage seconds: " + json.dumps(timings),
-    ]
-    return "\n".join(lines)
+    create_markdown_artifact(key="promotion-decision", markdown=promotion_markdown(registration))
 
 
 def _record_in_dvc(logger: Any) -> None:
-    """Record the flow's outputs in dvc.lock so `dvc repro` sees them as up to date."""
+    """Record the register stage in dvc.lock too (`dvc repro` then sees everything up to
+    date) and push the data to the default remote."""
+    if _dvc_command(logger, "commit", "--force", "--quiet", "register"):
+        _dvc_command(logger, "push", "--quiet")
+
+
+def _dvc_command(logger: Any, *args: str) -> bool:
+    """Run `dvc ARGS` in a DVC project (skipped elsewhere); a failure is logged, not fatal:
+    the model is already trained and the lineage tags then say what dvc.lock holds."""
     if not (Path("dvc.yaml").exists() and Path(".dvc").is_dir()):
-        return
-    for cmd in (["commit", "--force", "--quiet"], ["push", "--quiet"]):
-        proc = subprocess.run(
-            [sys.executable, "-m", "dvc", *cmd], capture_output=True, text=True, check=False
-        )
-        if proc.returncode != 0:
-            logger.warning("dvc %s failed: %s", " ".join(cmd), proc.stderr.strip()[-500:])
-            return
+        return False
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        logger.warning("dvc %s failed: %s", " ".join(args), proc.stderr.strip()[-500:])
+        return False
+    return True

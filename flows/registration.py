@@ -12,7 +12,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from flows import registry, tracking
+from mlflow import MlflowClient
+
+from flows import freshness, lineage, registry, tracking
 from seq2seq_core.config import PipelineConfig
 from seq2seq_core.stages import write_json
 
@@ -33,14 +35,24 @@ def register_stage(
     run_id: str | None = None,
     trigger: str = "cli",
     root: Path | None = None,
+    fingerprint: str | None = None,
 ) -> dict[str, Any]:
-    """Log the pyfunc model to the run `run_id` (or a new run), register and gate it."""
+    """Log the pyfunc model to the run `run_id` (or a new run), register and gate it.
+
+    The version's lineage is read now, from the dvc.lock that describes the data it was
+    trained on (the flow commits the earlier stages first; `dvc repro` has written them),
+    and it records `fingerprint` (default: computed now), which later runs compare theirs
+    with to find they are up to date."""
     checkpoint = _require(Path(cfg.train.checkpoint_dir) / "best.pt", "train")
     vocab_dir = _require(Path(cfg.vocab.out_dir), "vocab")
     metrics_path = _require(Path(cfg.evaluate.reports_dir) / "metrics.json", "evaluate")
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
 
     tracking.configure_tracking(root)
+    extra_tags = {
+        **lineage.dvc_lock_tags(Path(root or Path.cwd())),
+        freshness.FINGERPRINT_TAG: fingerprint or freshness.inputs_fingerprint(cfg),
+    }
     # Standalone (`seq2seq register`, the DVC stage): one run of its own that carries the
     # params, metrics and reports, so the registered version still links to its evidence.
     own_run = (
@@ -52,17 +64,27 @@ def register_stage(
         if run is not None:
             run_id = run.info.run_id
             log_stage_reports(cfg)
-        reports = Path(cfg.evaluate.reports_dir)
-        model_uri = tracking.log_translator_model(
-            checkpoint=checkpoint,
-            vocab_dir=vocab_dir,
-            cfg=cfg,
-            metrics=metrics,
-            run_id=run_id,
-            eval_files=[reports / "test_hypotheses.txt", reports / "test_references.txt"],
-        )
+        tracking.set_tags(extra_tags, run_id=run_id)
+        existing = registry.version_of_run(MlflowClient(), cfg.register.model_name, run_id)
+        if existing is not None:  # a retry: the model was logged and registered before
+            model_uri = existing.source
+        else:
+            reports = Path(cfg.evaluate.reports_dir)
+            model_uri = tracking.log_translator_model(
+                checkpoint=checkpoint,
+                vocab_dir=vocab_dir,
+                cfg=cfg,
+                metrics=metrics,
+                run_id=run_id,
+                eval_files=[reports / "test_hypotheses.txt", reports / "test_references.txt"],
+            )
         result = registry.register_and_promote(
-            cfg, model_uri=model_uri, run_id=run_id, metrics=metrics, trigger=trigger
+            cfg,
+            model_uri=model_uri,
+            run_id=run_id,
+            metrics=metrics,
+            trigger=trigger,
+            extra_tags=extra_tags,
         )
     record = {**asdict(result), "model_uri": model_uri, "run_id": run_id, "trigger": trigger}
     write_json(Path(cfg.register.record_path), record)

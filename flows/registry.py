@@ -15,14 +15,13 @@ race, the second re-decides against whatever the first left behind.
 
 from __future__ import annotations
 
-import fcntl
 import getpass
-import hashlib
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,9 +33,11 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
-from flows.tracking import MetricsFormatError, _retry, read_test_scores
+from flows.tracking import MetricsFormatError, _retry, read_test_scores, store_lock
 from seq2seq_core.config import PipelineConfig, RegisterConfig
 from seq2seq_core.significance import IncomparableScoresError, paired_bootstrap
+
+log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -181,29 +182,43 @@ def register_and_promote(
     metrics: Mapping[str, Any],
     trigger: str = "",
     resamples: int | None = None,
+    extra_tags: Mapping[str, str] | None = None,
 ) -> RegistrationResult:
-    """Register `model_uri`, move `challenger` to it, and run the promotion gate."""
+    """Register `model_uri`, move `challenger` to it, and run the promotion gate.
+
+    Keyed on the MLflow run: when `run_id` already has a version (a retry after a failure
+    half-way), that version is reused, and a gate decision already recorded on it stands.
+    `extra_tags` (fresh lineage, the inputs fingerprint) override the run's tags."""
     name = cfg.register.model_name
     client = MlflowClient()
-    version_tags = score_tags(metrics)
-    if run_id:
-        run_tags = _retry(client.get_run, run_id).data.tags
-        version_tags |= {k: v for k, v in run_tags.items() if k.startswith(LINEAGE_PREFIXES)}
-        version_tags["source.run_id"] = run_id
     _retry(_ensure_registered_model, client, name)
-    created = _retry(
-        client.create_model_version,
-        name,
-        model_uri,
-        run_id=run_id,
-        tags=version_tags,
-        model_id=_model_id(model_uri),
-    )
-    version = str(created.version)
+    existing = version_of_run(client, name, run_id) if run_id else None
+    if existing is None:
+        version_tags = score_tags(metrics)
+        if run_id:
+            run_tags = _retry(client.get_run, run_id).data.tags
+            version_tags |= {k: v for k, v in run_tags.items() if k.startswith(LINEAGE_PREFIXES)}
+            version_tags["source.run_id"] = run_id
+        version_tags |= dict(extra_tags or {})
+        created = _retry(
+            client.create_model_version,
+            name,
+            model_uri,
+            run_id=run_id,
+            tags=version_tags,
+            model_id=_model_id(model_uri),
+        )
+        version = str(created.version)
+    else:
+        version = str(existing.version)
+        log.info("run %s is already registered as %s v%s: reusing it", run_id, name, version)
+        if "promotion.decision" in existing.tags:
+            return _recorded_result(client, existing)
     with registry_lock():
-        previous = _alias_version(client, name, CHALLENGER)
-        _retry(client.set_registered_model_alias, name, CHALLENGER, version)
-        _record_move(client, name, CHALLENGER, previous, version, trigger, "registered")
+        previous = alias_holder(client, name, CHALLENGER)
+        if previous is None or str(previous.version) != version:
+            _retry(client.set_registered_model_alias, name, CHALLENGER, version)
+            _record_move(client, name, CHALLENGER, previous, version, trigger, "registered")
     return promote(
         cfg,
         version=version,
@@ -228,13 +243,13 @@ def promote(
     client = client or MlflowClient()
     with registry_lock():
         if version is None:
-            holder = _alias_version(client, name, CHALLENGER)
+            holder = alias_holder(client, name, CHALLENGER)
             if holder is None:
                 raise RegistryError(f"{name}: no version has the {CHALLENGER!r} alias")
             version = holder.version
         version = str(version)
         candidate = _retry(client.get_model_version, name, version)
-        champion = _alias_version(client, name, CHAMPION)
+        champion = alias_holder(client, name, CHAMPION)
         if champion is not None and str(champion.version) == version:
             decision = GateDecision(False, f"v{version} is already the champion")
         else:
@@ -284,7 +299,7 @@ def promote(
         for key, value in record.items():
             _retry(client.set_model_version_tag, name, version, key, value)
         final = _retry(client.get_model_version, name, version)
-        holder = _alias_version(client, name, CHAMPION)
+        holder = alias_holder(client, name, CHAMPION)
     return RegistrationResult(
         model_name=name,
         version=int(version),
@@ -296,12 +311,28 @@ def promote(
     )
 
 
+def _recorded_result(client: MlflowClient, version: ModelVersion) -> RegistrationResult:
+    """The outcome an earlier attempt already recorded on `version` (no second gate run,
+    which would rewrite its promotion tags)."""
+    tags = version.tags
+    champion = alias_holder(client, version.name, CHAMPION)
+    return RegistrationResult(
+        model_name=version.name,
+        version=int(version.version),
+        aliases=sorted(version.aliases),
+        promoted=tags.get("promotion.decision") == "promoted",
+        reason=tags.get("promotion.reason", ""),
+        champion_version=int(champion.version) if champion else None,
+        tags={k: v for k, v in tags.items() if k.startswith("promotion.")},
+    )
+
+
 def rollback(cfg: PipelineConfig, *, trigger: str = "") -> RegistrationResult:
     """Move `champion` back to the version the current champion replaced."""
     name = cfg.register.model_name
     client = MlflowClient()
     with registry_lock():
-        champion = _alias_version(client, name, CHAMPION)
+        champion = alias_holder(client, name, CHAMPION)
         if champion is None:
             raise RegistryError(f"{name}: there is no champion to roll back")
         previous = champion.tags.get("promotion.previous_champion", "none")
@@ -404,25 +435,12 @@ def _artifact_lines(uri: str) -> list[str]:
         return Path(path).read_text(encoding="utf-8").splitlines()
 
 
-@contextmanager
-def registry_lock() -> Iterator[None]:
+def registry_lock() -> AbstractContextManager[None]:
     """An exclusive lock for alias moves, shared by every process using this store.
 
     For SQLite it sits next to the database; for a remote store (PostgreSQL server) it is
     per machine, so schedule promotions from one place (one Prefect work pool)."""
-    uri = mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///") :] + ".registry.lock")
-    else:
-        digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
-        path = Path(tempfile.gettempdir()) / f"seq2seq-registry-{digest}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return store_lock(mlflow.get_tracking_uri(), "registry")
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:
@@ -433,15 +451,19 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
             raise
 
 
-def _alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    """The version holding `alias`, or None (read from the registered model, because a
-    missing alias comes back as a generic INVALID_PARAMETER_VALUE error)."""
+def alias_holder(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version holding `alias`, or None when the model or the alias does not exist."""
     try:
-        model = _retry(client.get_registered_model, name)
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
-    number = model.aliases.get(alias)
-    return None if number is None else _retry(client.get_model_version, name, number)
+
+
+def version_of_run(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
+    """The version of `name` registered from MLflow run `run_id` (the oldest if several):
+    what makes a retried registration create no second version."""
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return min(found, key=lambda mv: int(mv.version), default=None)
 
 
 def _model_id(model_uri: str) -> str | None:

@@ -26,6 +26,7 @@ from flows import caching, tracking
 from flows.registration import register_stage
 from seq2seq_core import stages
 from seq2seq_core.config import PipelineConfig
+from seq2seq_core.warm_start import WarmStartSource
 
 BACKOFF = exponential_backoff(backoff_factor=2)  # 2 s, 4 s, 8 s
 CACHE_FOR = timedelta(days=30)
@@ -46,18 +47,17 @@ def transient_failure(task: Task, task_run: TaskRun, state: State) -> bool:
     return True
 
 
-def _cfg_key(stage: str):
-    keys = {"ingest": caching.ingest_key, "vocab": caching.vocab_key}
+def _ingest_key(context: Any, parameters: dict[str, Any]) -> str:
+    return f"ingest-{caching.ingest_key(parameters['cfg'])}"
 
-    def key(context: Any, parameters: dict[str, Any]) -> str:
-        return f"{stage}-{keys[stage](parameters['cfg'])}"
 
-    return key
+def _vocab_key(context: Any, parameters: dict[str, Any]) -> str:
+    return f"vocab-{caching.vocab_key(parameters['cfg'], parameters.get('warm_start'))}"
 
 
 @task(
     name="ingest", retries=3, retry_delay_seconds=BACKOFF, retry_jitter_factor=0.5,
-    retry_condition_fn=transient_failure, cache_key_fn=_cfg_key("ingest"),
+    retry_condition_fn=transient_failure, cache_key_fn=_ingest_key,
     cache_expiration=CACHE_FOR, persist_result=True, result_storage=RESULTS,
 )  # fmt: skip
 def ingest_task(cfg: PipelineConfig) -> dict[str, Any]:
@@ -67,19 +67,23 @@ def ingest_task(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 @task(
-    name="vocab", cache_key_fn=_cfg_key("vocab"), cache_expiration=CACHE_FOR,
+    name="vocab", cache_key_fn=_vocab_key, cache_expiration=CACHE_FOR,
     persist_result=True, result_storage=RESULTS,
 )  # fmt: skip
-def vocab_task(cfg: PipelineConfig) -> dict[str, Any]:
-    result = asdict(stages.build_vocab(cfg))
-    caching.write_stamp("vocab", caching.vocab_key(cfg), caching.vocab_outputs(cfg))
+def vocab_task(cfg: PipelineConfig, warm_start: WarmStartSource | None = None) -> dict[str, Any]:
+    """Train the vocabulary, or copy the warm-start source's (its embeddings need it)."""
+    result = asdict(stages.build_vocab(cfg, warm_start=warm_start))
+    key = caching.vocab_key(cfg, warm_start)
+    caching.write_stamp("vocab", key, caching.vocab_outputs(cfg))
     return result
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train_task(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
+def train_task(
+    cfg: PipelineConfig, run_id: str, warm_start: WarmStartSource | None = None
+) -> dict[str, Any]:
     callback = tracking.MlflowTrainCallback(run_id, flush_every_steps=cfg.train.log_every_steps)
-    result = stages.train(cfg, callbacks=[callback])
+    result = stages.train(cfg, callbacks=[callback], warm_start=warm_start)
     return asdict(result)
 
 
@@ -92,15 +96,24 @@ def evaluate_task(cfg: PipelineConfig) -> dict[str, Any]:
     name="register", retries=3, retry_delay_seconds=BACKOFF, retry_jitter_factor=0.5,
     retry_condition_fn=transient_failure, cache_policy=NO_CACHE,
 )  # fmt: skip
-def register_task(cfg: PipelineConfig, run_id: str, trigger: str) -> dict[str, Any]:
-    return register_stage(cfg, run_id=run_id, trigger=trigger)
+def register_task(
+    cfg: PipelineConfig, run_id: str, trigger: str, fingerprint: str
+) -> dict[str, Any]:
+    """Retried by Prefect: registration is keyed on the MLflow run, so a retry after a
+    failure half-way reuses the version the first attempt created."""
+    return register_stage(cfg, run_id=run_id, trigger=trigger, fingerprint=fingerprint)
 
 
-def cached_call(stage_task: Task, stage: str, cfg: PipelineConfig) -> tuple[dict[str, Any], bool]:
+def cached_call(
+    stage_task: Task, stage: str, cfg: PipelineConfig, warm_start: WarmStartSource | None = None
+) -> tuple[dict[str, Any], bool]:
     """Run an ingest/vocab task, forcing a recompute when the outputs on disk are not the
     ones its cached result describes. Returns (result, whether the outputs were reused)."""
-    key = {"ingest": caching.ingest_key, "vocab": caching.vocab_key}[stage](cfg)
-    outputs = {"ingest": caching.ingest_outputs, "vocab": caching.vocab_outputs}[stage](cfg)
+    if stage == "ingest":
+        key, outputs, args = caching.ingest_key(cfg), caching.ingest_outputs(cfg), (cfg,)
+    else:
+        key, outputs = caching.vocab_key(cfg, warm_start), caching.vocab_outputs(cfg)
+        args = (cfg, warm_start)
     current = caching.outputs_current(stage, key, outputs)
-    state = stage_task.with_options(refresh_cache=not current)(cfg, return_state=True)
+    state = stage_task.with_options(refresh_cache=not current)(*args, return_state=True)
     return state.result(), state.name == "Cached"

@@ -19,6 +19,8 @@ this thread's active run, then to the run ``pipeline_run`` opened in this proces
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -32,7 +34,7 @@ from typing import Any, TypeVar
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
@@ -48,6 +50,7 @@ MODEL_NAME_IN_RUN = "translator"
 EXAMPLE_SRC = "Im Anfang schuf Gott die Himmel und die Erde."
 # Distributions the served model imports (seq2seq_core travels as code with the model).
 MODEL_REQUIREMENTS = ("mlflow", "torch", "sentencepiece", "pandas", "pyyaml")
+SYSTEM_METRICS_EVERY_S = 5
 # The run `pipeline_run` opened in this process, for callers in other threads.
 _pipeline_run_id: str | None = None
 
@@ -84,9 +87,30 @@ def configure_tracking(root: Path | None = None, experiment: str = DEFAULT_EXPER
     uri = env_uri or f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     artifact_location = None if env_uri else (root / "mlartifacts").as_uri()
-    experiment_id = _retry(_experiment_id, MlflowClient(uri), experiment, artifact_location)
+    # The first process to touch a fresh SQLite store creates its schema; a second one
+    # doing the same at once failed with "table runs already exists".
+    with store_lock(uri, "schema"):
+        experiment_id = _retry(_experiment_id, MlflowClient(uri), experiment, artifact_location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return uri
+
+
+@contextmanager
+def store_lock(uri: str, purpose: str) -> Iterator[None]:
+    """An exclusive lock shared by every process using the store at ``uri``: next to a
+    SQLite database (``mlflow.db.<purpose>.lock``), else one per machine in the temp dir."""
+    if uri.startswith("sqlite:///"):
+        path = Path(f"{uri[len('sqlite:///') :]}.{purpose}.lock")
+    else:
+        digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+        path = Path(tempfile.gettempdir()) / f"seq2seq-mlflow-{purpose}-{digest}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
@@ -142,7 +166,10 @@ def pipeline_run(
     first."""
     global _pipeline_run_id
     run_tags = {**lineage_tags(cfg), **{k: str(v) for k, v in (tags or {}).items() if v}}
-    with mlflow.start_run(run_name=run_name, tags=run_tags) as run:
+    # CPU, memory and disk every few seconds as `system/*` metrics (psutil), so a slow or
+    # swapping night shows in the run next to its loss curve.
+    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_EVERY_S)
+    with mlflow.start_run(run_name=run_name, tags=run_tags, log_system_metrics=True) as run:
         previous, _pipeline_run_id = _pipeline_run_id, run.info.run_id
         try:
             params = [Param(key, _param_value(v)) for key, v in cfg.flat().items()]
@@ -152,6 +179,12 @@ def pipeline_run(
             yield run
         finally:
             _pipeline_run_id = previous
+
+
+def set_tags(tags: Mapping[str, str], *, run_id: str | None = None) -> None:
+    """Set (or overwrite) tags on the run, e.g. lineage read after the run started."""
+    client, rid = MlflowClient(), _resolve_run_id(run_id)
+    _retry(client.log_batch, rid, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def _param_value(value: Any) -> str:

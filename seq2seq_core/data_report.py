@@ -8,12 +8,14 @@ from typing import Any
 
 import numpy as np
 
+from seq2seq_core.markdown import cell, code_cell
+
 
 def report_markdown(report: dict[str, Any]) -> str:
     """Counts per split, drops per reason and token-length percentiles as markdown."""
     langs = report.get("languages") or {}
     lines = [
-        f"# Data report: `{report['source']}` ({langs.get('src')} -> {langs.get('tgt')})",
+        f"# Data report: {code_cell(report['source'])} ({langs.get('src')} -> {langs.get('tgt')})",
         "",
         f"{report['pairs_read']:,} pairs read, {report['pairs_kept']:,} kept.",
         "",
@@ -24,7 +26,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         cells = [_percentiles(stats.get(f"{side}_tokens")) for side in ("src", "tgt")]
         lines.append(f"| {split} | {stats['pairs']:,} | {cells[0]} | {cells[1]} |")
     lines += ["", "| drop reason | pairs |", "| --- | ---: |"]
-    lines += [f"| {reason} | {n:,} |" for reason, n in report["drops"].items() if n]
+    lines += [f"| {cell(reason)} | {n:,} |" for reason, n in report["drops"].items() if n]
     if not any(report["drops"].values()):
         lines.append("| (none) | 0 |")
     return "\n".join(lines) + "\n"

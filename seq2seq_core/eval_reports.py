@@ -9,6 +9,8 @@ from typing import Any
 
 import pandas as pd
 
+from seq2seq_core.markdown import cell
+
 
 def _pyplot() -> Any:
     import matplotlib
@@ -54,10 +56,7 @@ def write_samples(df: pd.DataFrame, reports_dir: Path, n: int) -> Path:
 
 
 def markdown_table(df: pd.DataFrame) -> str:
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    header = "| " + " | ".join(df.columns) + " |"
+    header = "| " + " | ".join(cell(c) for c in df.columns) + " |"
     rule = "| " + " | ".join("---" for _ in df.columns) + " |"
     rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([header, rule, *rows]) + "\n"

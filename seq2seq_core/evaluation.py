@@ -21,6 +21,7 @@ from seq2seq_core import eval_reports
 from seq2seq_core.cleaning import count_tokens
 from seq2seq_core.config import PipelineConfig
 from seq2seq_core.data import read_prepared_split
+from seq2seq_core.markdown import cell, code_cell
 
 # sacrebleu's tokenizer per target language: 13a assumes spaces between words.
 _BLEU_TOKENIZERS = {"zh": "zh", "ja": "char", "ko": "char", "th": "char"}
@@ -103,8 +104,8 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
         if not isinstance(entry, dict) or "bleu" not in entry:
             continue
         lines.append(
-            f"| {name} | {entry['bleu']:.2f} | {entry['chrf']:.2f} | {entry['ter']:.2f} | "
-            f"{entry.get('sentences_per_s') or '-'} | `{entry['signatures']['bleu']}` |"
+            f"| {cell(name)} | {entry['bleu']:.2f} | {entry['chrf']:.2f} | {entry['ter']:.2f} | "
+            f"{entry.get('sentences_per_s') or '-'} | {code_cell(entry['signatures']['bleu'])} |"
         )
     sha = next((e["test_set_sha256"] for e in metrics.values() if "test_set_sha256" in e), "")
     return "\n".join(lines) + f"\n\nTest set sha256: `{sha}`\n"

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, tiny_params
+from conftest import GENESIS_TSV, REPO, tiny_params
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +35,8 @@ WEEKLY = "seq2seq-champion-eval/weekly-champion-eval"
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 SERVER_START_TIMEOUT_S = 120
 RUN_TIMEOUT_S = 240
+CORPUS = "corpus.tsv"
+NEW_PAIRS = 30  # held back from the corpus until night 3
 
 
 def _free_port() -> int:
@@ -86,12 +88,17 @@ def _wait_healthy(api_url: str, proc: subprocess.Popen, log: Path) -> float:
 
 
 def _copy_project(dest: Path) -> Path:
-    """The code a worker needs, prefect.yaml, and a tiny params.yaml with relative outputs."""
+    """The code a worker needs, prefect.yaml, a user TSV corpus and a tiny params.yaml with
+    relative paths (resolved in the flow run's working directory)."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for package in ("flows", "seq2seq_core"):
         shutil.copytree(REPO / package, dest / package, ignore=ignore)
     shutil.copy2(REPO / "prefect.yaml", dest / "prefect.yaml")
-    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params()), encoding="utf-8")
+    lines = GENESIS_TSV.read_text(encoding="utf-8").splitlines(keepends=True)
+    (dest / CORPUS).write_text("".join(lines[:-NEW_PAIRS]), encoding="utf-8")
+    params = tiny_params(Path(CORPUS))
+    params["train"]["max_epochs"] = 1
+    (dest / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     return dest
 
 
@@ -180,12 +187,12 @@ def prefect_client_settings(prefect_stack: dict[str, Any]) -> Iterator[None]:
         yield
 
 
-def _run(name: str, stack: dict[str, Any], **parameters: Any) -> Any:
+def _run(name: str, stack: dict[str, Any], timing: str, **parameters: Any) -> Any:
     from prefect.deployments import run_deployment
 
     start = time.monotonic()
     flow_run = run_deployment(name, parameters=parameters, timeout=RUN_TIMEOUT_S, poll_interval=2)
-    stack["timings"][f"{name.split('/')[1]}_run_s"] = round(time.monotonic() - start, 1)
+    stack["timings"][f"{timing}_run_s"] = round(time.monotonic() - start, 1)
     assert flow_run.state is not None and flow_run.state.is_completed(), (
         f"{name}: {flow_run.state}\nworker log:\n{_tail(stack['worker_log'])}"
     )
@@ -205,35 +212,117 @@ def _pull_directory(name: str) -> str:
     return step["prefect.deployments.steps.set_working_directory"]["directory"]
 
 
-def test_worker_runs_nightly_then_weekly_in_the_project_dir(
+def test_three_nights_train_skip_and_warm_start(
     prefect_stack: dict[str, Any], prefect_client_settings: None
 ) -> None:
+    """Night 1 trains and promotes; night 2, with nothing changed, registers nothing and
+    says why; night 3, after pairs are appended to the corpus, warm-starts from the
+    champion and the gate decides. Each completed night triggers a champion evaluation."""
     from mlflow import MlflowClient
 
     project = prefect_stack["project"]
     assert _pull_directory(NIGHTLY) == str(project)
     assert _pull_directory(WEEKLY) == "{{ $SEQ2SEQ_PROJECT_DIR }}"
-    nightly = _run(NIGHTLY, prefect_stack, dvc_commit=False)
-
-    # Relative paths resolved inside the deployed copy: the working directory was set there.
-    record = json.loads((project / "reports" / "registration.json").read_text())
-    assert (project / "data" / "prepared" / "test.parquet").exists()
     store = f"sqlite:///{project / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=store, registry_uri=store)
-    version = client.get_model_version(record["model_name"], str(record["version"]))
-    run = client.get_run(version.run_id)
-    assert run.data.tags["prefect.flow_run_id"] == str(nightly.id)
-    assert version.tags.get("prefect.flow_run_id") == str(nightly.id)
-    assert "champion" in version.aliases  # the first version in a fresh registry
 
-    # Templated at run time from the worker's environment: it lands in the same store.
-    weekly = _run(WEEKLY, prefect_stack)
+    night1 = _run(NIGHTLY, prefect_stack, timing="night1")
+    # Relative paths resolved inside the deployed copy: the working directory was set there.
+    record = json.loads((project / "reports" / "registration.json").read_text())
+    name = record["model_name"]
+    v1 = client.get_model_version(name, "1")
+    assert set(v1.aliases) == {"challenger", "champion"}
+    assert v1.tags["prefect.flow_run_id"] == str(night1.id)
+    log1 = _flow_run_log(night1.id)
+    assert "has no champion yet; training from scratch" in log1
+    assert "epoch 1/1" in log1  # the core's epoch line reached the flow-run log
+
+    night2 = _run(NIGHTLY, prefect_stack, timing="night2")
+    assert [int(v.version) for v in client.search_model_versions(f"name = '{name}'")] == [1]
+    assert f"up to date with version 1 of {name}" in _flow_run_log(night2.id)
+    assert "Up to date with version 1" in _artifact(night2.id, "pipeline-summary")
+    assert prefect_stack["timings"]["night2_run_s"] < 60
+
+    held_back = GENESIS_TSV.read_text(encoding="utf-8").splitlines(keepends=True)[-NEW_PAIRS:]
+    with (project / CORPUS).open("a", encoding="utf-8") as corpus:
+        corpus.writelines(held_back)
+    night3 = _run(NIGHTLY, prefect_stack, timing="night3")
+    v2 = client.get_model_version(name, "2")
+    assert v2.tags["prefect.flow_run_id"] == str(night3.id)
+    assert f"warm start from {name} v1 (champion)" in _flow_run_log(night3.id)
+    assert v2.tags["promotion.decision"] in {"promoted", "kept_challenger"}
+    assert v2.tags["promotion.previous_champion"] == "1"
+    assert "promotion.reason" in v2.tags
+
+    evaluations = _wait_for_runs(WEEKLY, count=3)
+    assert all(r.state.is_completed() for r in evaluations), [r.state for r in evaluations]
     runs = client.search_runs(
-        [run.info.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{weekly.id}'"
+        [client.get_run(v1.run_id).info.experiment_id],
+        filter_string="tags.`evaluation.model_uri` LIKE 'models:/%'",
     )
-    assert len(runs) == 1
-    assert runs[0].data.tags["evaluation.model_version"] == str(version.version)
-    assert set(runs[0].data.metrics) >= {"champion/bleu", "champion/chrf", "champion/ter"}
+    assert {r.data.tags["prefect.flow_run_id"] for r in runs} == {str(r.id) for r in evaluations}
+    assert all(set(r.data.metrics) >= {"champion/bleu", "champion/chrf"} for r in runs)
+
+
+def _flow_run_log(flow_run_id: Any) -> str:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                limit=200,
+            )
+
+    return "\n".join(log.message for log in asyncio.run(read()))
+
+
+def _artifact(flow_run_id: Any, key: str) -> str:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=[key]),
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+                )
+            )
+
+    (found,) = asyncio.run(read())
+    return found.data
+
+
+def _wait_for_runs(name: str, count: int, timeout_s: float = RUN_TIMEOUT_S) -> list[Any]:
+    """The flow runs of deployment `name` once `count` of them reached a final state."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name(name)
+            return await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+            )
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        runs = [r for r in asyncio.run(read()) if r.state and r.state.is_final()]
+        if len(runs) >= count or time.monotonic() > deadline:
+            return runs
+        time.sleep(2)
 
 
 def test_cron_schedules_create_scheduled_runs(
@@ -298,6 +387,16 @@ def test_served_deployments_match_prefect_yaml() -> None:
             (s["cron"], s["timezone"]) for s in entry["schedules"]
         ]
         assert entry["work_pool"]["name"] == POOL
+        options = deployment.concurrency_options
+        assert (deployment.concurrency_limit, options.collision_strategy) == (1, "ENQUEUE")
+    nightly, weekly = served["nightly-retrain"], served["weekly-champion-eval"]
+    assert nightly.parameters["overrides"] == ["train.init_from=champion"]
+    assert nightly.triggers == []
+    (trigger,) = weekly.triggers
+    assert trigger.expect == {"prefect.flow-run.Completed"}
+    assert trigger.match_related.root == {
+        "prefect.resource.role": "deployment", "prefect.resource.name": "nightly-retrain"
+    }  # fmt: skip
 
 
 def test_champion_eval_names_the_missing_alias(tmp_path: Path) -> None:
@@ -307,8 +406,8 @@ def test_champion_eval_names_the_missing_alias(tmp_path: Path) -> None:
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=store, registry_uri=store)
-    with pytest.raises(NoChampionError, match="'translator' not found"):
-        _version_by_alias(client, "translator", "champion")
+    with pytest.raises(NoChampionError, match="no version with alias 'champion'"):
+        _version_by_alias(client, "translator", "champion")  # no such model either
     client.create_registered_model("translator")
     with pytest.raises(NoChampionError, match="no version with alias 'champion'"):
         _version_by_alias(client, "translator", "champion")

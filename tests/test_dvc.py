@@ -32,6 +32,7 @@ def test_repro_then_nothing_to_do_then_only_train_onwards(tmp_path: Path) -> Non
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copytree(REPO / "data" / "raw", repo / "data" / "raw")
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
     dvc = [sys.executable, "-m", "dvc"]
     _run(["git", "init", "-q"], repo)

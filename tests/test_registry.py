@@ -209,3 +209,43 @@ def test_lineage_tags_reach_the_model_version(store: Path) -> None:
     assert len(tags["config.sha256"]) == 64 and tags["torch.version"].startswith("2.")
     assert tags["host.device"] == "cpu" and tags["python.version"].count(".") == 2
     assert tags["git.dirty"] in ("true", "false") and len(tags["git.commit"]) == 40
+
+
+def test_a_retried_registration_creates_no_second_version(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure between creating the version and moving its aliases, then a retry (as
+    Prefect's task retry does it): one version, with its aliases and one gate decision."""
+    from mlflow.exceptions import MlflowException
+
+    cfg = cfg_for("retry")
+    eval_dir = store / "eval-retry"
+    eval_dir.mkdir()
+    (eval_dir / "test_hypotheses.txt").write_text("\n".join(POOR) + "\n", encoding="utf-8")
+    (eval_dir / "test_references.txt").write_text("\n".join(REFS) + "\n", encoding="utf-8")
+    metrics = {"test": {**score_translations(POOR, REFS), "test_set_sha256": SHA}}
+    failing = MlflowClient.set_registered_model_alias
+
+    def alias_service_down(self, *args, **kwargs):
+        raise MlflowException("connection reset by peer")
+
+    with tracking.pipeline_run(cfg, run_name="retry") as run:
+        uri = tracking.log_translator_model(
+            checkpoint=store / "ckpt" / "best.pt", vocab_dir=store / "vocab", cfg=cfg,
+            metrics=metrics, eval_files=sorted(eval_dir.iterdir()),
+        )  # fmt: skip
+        attempt = dict(cfg=cfg, model_uri=uri, run_id=run.info.run_id, metrics=metrics)
+        monkeypatch.setattr(MlflowClient, "set_registered_model_alias", alias_service_down)
+        with pytest.raises(MlflowException, match="connection reset"):
+            registry.register_and_promote(**attempt)
+        monkeypatch.setattr(MlflowClient, "set_registered_model_alias", failing)
+        retried = registry.register_and_promote(**attempt)
+        again = registry.register_and_promote(**attempt)  # a retry after success
+    versions = MlflowClient().search_model_versions("name = 'retry'")
+    assert [int(v.version) for v in versions] == [1]
+    assert (retried.version, retried.promoted, retried.aliases) == (
+        1, True, ["challenger", "champion"]
+    )  # fmt: skip
+    assert (again.version, again.promoted, again.reason) == (1, True, "no champion yet")
+    tags = MlflowClient().get_model_version("retry", "1").tags
+    assert tags["promotion.decision"] == "promoted"

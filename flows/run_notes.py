@@ -1,0 +1,106 @@
+"""The markdown a flow run leaves in Prefect: summary, promotion, failure, up to date.
+
+Every value quoted in a table goes through `seq2seq_core.markdown` (a `|` in a sacrebleu
+signature or an exception message would split the table).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from seq2seq_core.data_report import report_markdown
+from seq2seq_core.markdown import cell, code_cell
+
+log = logging.getLogger(__name__)
+
+FAILURE_KEY = "pipeline-failure"
+
+
+def failure_markdown(stage: str, exc: BaseException | str, seconds: dict[str, float]) -> str:
+    done = ", ".join(seconds) or "none"
+    what = f"**{type(exc).__name__}**: {exc}" if isinstance(exc, BaseException) else str(exc)
+    return (
+        f"# Pipeline failed in stage `{stage}`\n\n{what}\n\n"
+        f"Stages completed before it: {done}. Nothing was registered in this run, so the "
+        "`champion` alias was not touched.\n"
+    )
+
+
+def crash_note(flow: Any, flow_run: Any, state: Any) -> None:
+    """`on_crashed` hook: a run killed from outside (SIGTERM from a cancelled worker, the
+    infrastructure gone) leaves the same failure artifact an exception does."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    note = failure_markdown(
+        "unknown (the run crashed)",
+        f"**Crashed**: {state.message or 'the flow run process ended unexpectedly'}",
+        {},
+    )
+    try:
+        with get_client(sync_client=True) as client:
+            client.create_artifact(
+                ArtifactCreate(key=FAILURE_KEY, type="markdown", data=note, flow_run_id=flow_run.id)
+            )
+    except Exception as exc:  # a hook must not mask the crash it reports
+        log.warning("could not leave the crash note for flow run %s: %s", flow_run.id, exc)
+
+
+def promotion_markdown(registration: dict[str, Any]) -> str:
+    tags = registration.get("tags") or {}
+    rows = "\n".join(f"| {code_cell(k)} | {cell(v)} |" for k, v in sorted(tags.items()))
+    verdict = "promoted to champion" if registration["promoted"] else "kept as challenger"
+    return (
+        f"# `{registration['model_name']}` v{registration['version']}: {verdict}\n\n"
+        f"{registration['reason']}\n\nChampion now: v{registration['champion_version']}\n\n"
+        f"| tag | value |\n| --- | --- |\n{rows}\n"
+    )
+
+
+def data_report_markdown(data: dict[str, Any]) -> str:
+    report = json.loads(Path(data["report_path"]).read_text(encoding="utf-8"))
+    return report_markdown(report)
+
+
+def summary_markdown(test: dict, registration: dict, seconds: dict[str, float]) -> str:
+    sig = test["signatures"]
+    rows = [
+        "| metric | score | sacrebleu signature |",
+        "| --- | --- | --- |",
+        f"| BLEU | {test['bleu']:.2f} | {code_cell(sig['bleu'])} |",
+        f"| chrF | {test['chrf']:.2f} | {code_cell(sig['chrf'])} |",
+        f"| TER | {test['ter']:.2f} | {code_cell(sig['ter'])} |",
+    ]
+    aliases = ", ".join(registration["aliases"]) or "none"
+    lines = [
+        "# seq2seq pipeline run",
+        "",
+        *rows,
+        "",
+        f"Registered `{registration['model_name']}` version {registration['version']} "
+        f"(aliases: {aliases}). Promotion: {registration['reason']}",
+        "",
+        "Stage seconds: " + json.dumps(seconds),
+    ]
+    return "\n".join(lines)
+
+
+def up_to_date_markdown(version: Any, champion: str | None, message: str) -> str:
+    tags = version.tags
+    rows = [
+        "| | |",
+        "| --- | --- |",
+        f"| version | {version.version} |",
+        f"| champion | {('v' + champion) if champion else 'none'} |",
+        f"| test BLEU | {cell(tags.get('test.bleu', '-'))} |",
+        f"| BLEU signature | {code_cell(tags.get('test.signature.bleu', '-'))} |",
+        f"| inputs sha256 | {code_cell(tags.get('pipeline.inputs_sha256', '-'))} |",
+        f"| source run | {code_cell(tags.get('source.run_id', '-'))} |",
+    ]
+    return "\n".join(
+        [f"# Up to date with version {version.version} of `{version.name}`", "", message, "",
+         *rows]
+    ) + "\n"  # fmt: skip
