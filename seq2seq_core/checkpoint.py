@@ -28,15 +28,22 @@ REQUIRED_KEYS = ("model_state", "model_config", "src_vocab_size", "tgt_vocab_siz
 
 
 def model_payload(
-    model: Seq2Seq, model_cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int
+    model: Seq2Seq,
+    model_cfg: ModelConfig,
+    src_vocab_size: int,
+    tgt_vocab_size: int,
+    vocab_sha256: str | None = None,
 ) -> dict[str, Any]:
-    """What any checkpoint holds: enough to rebuild the model with ``build_model``."""
+    """What any checkpoint holds: enough to rebuild the model with ``build_model``, and
+    the identity of the vocabulary it was trained with (``warm_start.vocab_sha256``;
+    None where the tokenizer has no files), which a warm start checks."""
     return {
         "format_version": FORMAT_VERSION,
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model_config": dataclasses.asdict(model_cfg),
         "src_vocab_size": int(src_vocab_size),
         "tgt_vocab_size": int(tgt_vocab_size),
+        "vocab_sha256": vocab_sha256,
     }
 
 

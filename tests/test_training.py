@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,8 @@ import torch
 from seq2seq_core.checkpoint import load_model
 from seq2seq_core.config import ModelConfig, PipelineConfig, TrainConfig
 from seq2seq_core.decoding import greedy_decode
-from seq2seq_core.training import TrainResult, pick_threads, train_model
+from seq2seq_core.host import pick_threads, usable_cores
+from seq2seq_core.training import TrainResult, train_model
 
 torch.set_num_threads(1)
 
@@ -59,7 +61,7 @@ def _cfg(model: dict | None = None, **train: object) -> PipelineConfig:
     )
 
 
-def _train(cfg: PipelineConfig, ckpt: Path, pairs=PAIRS, callbacks=None) -> TrainResult:
+def _train(cfg: PipelineConfig, ckpt: Path, pairs=PAIRS, callbacks=None, **kw) -> TrainResult:
     return train_model(
         cfg,
         tokenizer=CharTokenizer(),
@@ -67,7 +69,18 @@ def _train(cfg: PipelineConfig, ckpt: Path, pairs=PAIRS, callbacks=None) -> Trai
         valid_pairs=pairs[:3],
         checkpoint_dir=ckpt,
         callbacks=callbacks or [],
+        **kw,
     )
+
+
+def _weights(path: str | Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model_state"]
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=0, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -150,31 +163,108 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
         torch.testing.assert_close(a[name], b[name], atol=0, rtol=0)
 
 
-def test_changed_config_starts_fresh(tmp_path: Path) -> None:
-    _train(_cfg(max_epochs=1), tmp_path)
-    result = _train(_cfg(max_epochs=1, lr=0.005), tmp_path)
+def test_rerun_after_finish_trains_nothing(tmp_path: Path, caplog) -> None:
+    first = _train(_cfg(), tmp_path)
+    before = _weights(first.last_checkpoint)
+    rec = Recorder()
+    with caplog.at_level(logging.INFO, logger="seq2seq_core"):
+        again = _train(_cfg(), tmp_path, callbacks=[rec])
+    assert rec.steps == [] and rec.epochs == []  # resumed at the end: not one more step
+    assert again.steps == first.steps and again.history == first.history
+    assert again.stop_reason == "max_epochs"
+    _assert_same_weights(_weights(again.last_checkpoint), before)
+    assert "resuming from" in caplog.text and "max_epochs reached (2/2" in caplog.text
+
+
+def test_changed_config_starts_fresh(tmp_path: Path, caplog) -> None:
+    first = _train(_cfg(max_epochs=1), tmp_path)
+    before = _weights(first.last_checkpoint)
+    rec = Recorder()
+    with caplog.at_level(logging.INFO, logger="seq2seq_core"):
+        result = _train(_cfg(max_epochs=1, lr=0.005), tmp_path, callbacks=[rec])
+    assert [s for s, _ in rec.steps] == list(range(1, first.steps + 1))  # from step 1 again
     assert result.epochs == 1 and len(result.history) == 1
+    assert any(not torch.equal(v, before[k]) for k, v in _weights(result.last_checkpoint).items())
+    assert "written by another run" in caplog.text and "starting fresh" in caplog.text
 
 
-def test_time_budget_stops_cleanly_and_keeps_best(tmp_path: Path) -> None:
-    pairs = PAIRS * 40
-    cfg = _cfg(max_epochs=1000, time_budget_min=0.5 / 60, batch_tokens=30)
-    result = _train(cfg, tmp_path, pairs=pairs)
-    assert result.stop_reason == "time_budget"
-    assert result.epochs == len(result.history) >= 1
+class FakeClock:
+    """The time budget's clock, advanced by the test (10 s per optimizer step)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Ticker(Recorder):
+    def __init__(self, clock: FakeClock, seconds_per_step: float) -> None:
+        super().__init__()
+        self.clock, self.seconds = clock, seconds_per_step
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        super().on_step(step, metrics)
+        self.clock.now += self.seconds
+
+
+def test_time_budget_stops_cleanly_and_keeps_best(tmp_path: Path, caplog) -> None:
+    clock = FakeClock()
+    cfg = _cfg(max_epochs=1000, time_budget_min=0.5)  # 30 s: three steps of 10 s
+    with caplog.at_level(logging.INFO, logger="seq2seq_core"):
+        result = _train(cfg, tmp_path, callbacks=[Ticker(clock, 10.0)], clock=clock)
+    assert result.stop_reason == "time_budget" and result.steps == 3
+    assert result.epochs == 0  # 3 of the first epoch's 4 batches: not done
+    assert result.history == [{**result.history[0], "epoch": 1, "partial": True, "batches": 3,
+                               "batches_total": 4}]  # fmt: skip
     assert Path(result.best_checkpoint).is_file() and Path(result.last_checkpoint).is_file()
-    assert result.seconds < 30
+    last = torch.load(result.last_checkpoint, weights_only=True)
+    assert last["progress"]["position"]["batch"] == 3 and last["progress"]["epoch"] == 0
+    assert "epoch 1/1000 (partial: 3/4 batches): train loss" in caplog.text
+    assert "time budget of 30s spent in epoch 1 after 3 batches" in caplog.text
 
 
-def test_pick_threads() -> None:
-    assert pick_threads(3) == 3
-    assert pick_threads(0) >= 1
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_budget_stop_mid_epoch_then_resume_completes_it(tmp_path: Path, accumulate: int) -> None:
+    """A rerun with a larger budget starts at the batch where the budget ran out and ends
+    where an uninterrupted run ends: same steps, same losses, same weights."""
+    cfg = _cfg({"dropout": 0.3}, teacher_forcing=0.5, accumulate_steps=accumulate)
+    pairs = PAIRS * 3  # 12 batches an epoch
+    whole = Recorder()
+    straight = _train(cfg, tmp_path / "whole", pairs=pairs, callbacks=[whole])
+
+    clock = FakeClock()
+    short = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, time_budget_min=1.0))
+    cut = _train(short, tmp_path / "cut", pairs=pairs, callbacks=[Ticker(clock, 12.0)], clock=clock)
+    done = cut.steps  # 5 steps of 12 s spend the minute
+    assert cut.stop_reason == "time_budget" and done == 5 and cut.history[-1]["partial"]
+    assert cut.history[-1]["batches"] == 5 * accumulate
+    rest = Recorder()
+    resumed = _train(cfg, tmp_path / "cut", pairs=pairs, callbacks=[rest], clock=clock)
+    assert [s for s, _ in rest.steps] == [s for s, _ in whole.steps][done:]
+    assert [m["loss"] for _, m in rest.steps] == [m["loss"] for _, m in whole.steps][done:]
+    assert resumed.steps == straight.steps and resumed.epochs == straight.epochs == 2
+    complete = [h for h in resumed.history if not h.get("partial")]
+    for got, want in zip(complete, straight.history, strict=True):
+        assert (got["epoch"], got["train_loss"], got["valid_loss"]) == (
+            want["epoch"], want["train_loss"], want["valid_loss"]
+        )  # fmt: skip
+    _assert_same_weights(_weights(resumed.last_checkpoint), _weights(straight.last_checkpoint))
 
 
-def test_bf16_autocast_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from seq2seq_core import training
+def test_pick_threads_uses_the_idle_cores() -> None:
+    usable = usable_cores()
+    assert pick_threads(3) == 3  # asked for: no measurement
+    assert pick_threads(0, idle=0.0) == 1  # never fewer than one
+    assert pick_threads(0, idle=0.4) == 1
+    assert pick_threads(0, idle=1.6) == min(2, usable)  # rounded to the nearest core
+    assert pick_threads(0, idle=1000.0) == usable  # never more than the process may use
 
-    # Until config.py has train.precision, training reads it through _precision.
-    monkeypatch.setattr(training, "_precision", lambda cfg: "bf16")
-    result = _train(_cfg(max_epochs=8), tmp_path)
-    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+def test_bf16_precision_from_the_config_trains(tmp_path: Path) -> None:
+    fp32 = _train(_cfg(max_epochs=3, threads=1), tmp_path / "fp32")
+    bf16 = _train(_cfg(max_epochs=3, threads=1, precision="bf16"), tmp_path / "bf16")
+    losses = [h["train_loss"] for h in bf16.history]
+    assert losses[-1] < losses[0]
+    # autocast really ran: bf16 matmuls round differently from fp32
+    assert losses != pytest.approx([h["train_loss"] for h in fp32.history], rel=1e-4)

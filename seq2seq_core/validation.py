@@ -1,0 +1,58 @@
+"""Validation during training: teacher-forced loss per token and greedy-decoded BLEU."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+import sacrebleu
+import torch
+
+from seq2seq_core.batching import Batch
+from seq2seq_core.config import PipelineConfig
+from seq2seq_core.decoding import greedy_decode
+from seq2seq_core.inference_weights import clear_inference_weights
+from seq2seq_core.precision import autocast
+from seq2seq_core.seq2seq import Seq2Seq
+
+
+class TargetDecoder(Protocol):
+    def decode_tgt(self, ids: list[list[int]]) -> list[str]: ...
+
+
+def evaluate_loss(
+    model: Seq2Seq, batches: Sequence[Batch], device: torch.device, precision: str = "fp32"
+) -> float:
+    """Teacher-forced loss per target token (nan when there are no batches)."""
+    model.eval()
+    clear_inference_weights(model)
+    total, tokens = 0.0, 0
+    with torch.inference_mode(), autocast(device, precision):
+        for batch in batches:
+            b = batch.to(device)
+            total += float(model(b.src, b.src_len, b.tgt_in, tgt_out=b.tgt_out))
+            tokens += b.ntokens
+    return total / tokens if tokens else math.nan
+
+
+def validation_bleu(
+    model: Seq2Seq,
+    tokenizer: TargetDecoder,
+    src_ids: list[list[int]],
+    refs: list[str],
+    cfg: PipelineConfig,
+    device: torch.device,
+) -> float:
+    if not src_ids:
+        return 0.0
+    out = greedy_decode(
+        model,
+        src_ids,
+        batch_size=cfg.decode.batch_size,
+        max_len_ratio=cfg.decode.max_len_ratio,
+        max_len_extra=cfg.decode.max_len_extra,
+        device=device,
+        precision=cfg.decode.precision,
+    )
+    return float(sacrebleu.corpus_bleu(tokenizer.decode_tgt(out.ids), [refs]).score)
