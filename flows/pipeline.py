@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlflow import MlflowClient
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.utilities.timeout import timeout
 
-from flows import freshness, tracking
+from flows import freshness, registry, tracking
 from flows.registration import log_stage_reports
 from flows.run_logging import project_logs_to_prefect
 from flows.run_notes import (
@@ -169,7 +170,8 @@ class _StageRunner:
 
 
 def _up_to_date(cfg: PipelineConfig, version: Any, logger: Any) -> dict[str, Any]:
-    champion = tracking.alias_version_number(cfg.register.model_name, "champion")
+    holder = registry.alias_holder(MlflowClient(), cfg.register.model_name, registry.CHAMPION)
+    champion = str(holder.version) if holder else None
     message = freshness.up_to_date_message(version, champion)
     logger.info(message)
     create_markdown_artifact(

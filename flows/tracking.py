@@ -86,6 +86,9 @@ def configure_tracking(root: Path | None = None, experiment: str = DEFAULT_EXPER
     env_uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     uri = env_uri or f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
+    # The registry follows unless set apart: MLflow otherwise keeps the registry it first
+    # resolved in this process, which a second configure_tracking (another root) must move.
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI", "").strip() or uri)
     artifact_location = None if env_uri else (root / "mlartifacts").as_uri()
     # The first process to touch a fresh SQLite store creates its schema; a second one
     # doing the same at once failed with "table runs already exists".

@@ -20,7 +20,7 @@ from seq2seq_core.data import prepare_corpus, read_prepared_split
 from seq2seq_core.host_memory import retain_freed_host_memory
 from seq2seq_core.tokenization import SubwordTokenizer
 from seq2seq_core.training import TrainCallback, TrainResult, train_model
-from seq2seq_core.warm_start import WarmStartSource, local_source, vocab_sha256
+from seq2seq_core.warm_start import WarmStartSource, vocab_sha256
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,10 @@ def ingest(cfg: PipelineConfig) -> IngestResult:
 
 def build_vocab(cfg: PipelineConfig, warm_start: WarmStartSource | None = None) -> VocabResult:
     """Train the vocabulary on the train split, or, warm-starting from a model that has its
-    own (``warm_start``, else ``train.init_from`` when the core can resolve it), copy that
-    one: the model's embeddings are only meaningful with the vocabulary they were trained on.
+    own (``warm_start``, which the caller resolved from ``train.init_from``), copy that one:
+    the model's embeddings are only meaningful with the vocabulary they were trained on.
     """
-    source = warm_start or local_source(cfg.train.init_from, cfg.train.reset_optimizer)
+    source = warm_start
     out_dir = Path(cfg.vocab.out_dir)
     if source is not None and source.vocab_dir is not None:
         tokenizer = copy_vocabulary(source.vocab_dir, out_dir)
@@ -116,11 +116,11 @@ def train(
     callbacks: list[TrainCallback] | None = None,
     warm_start: WarmStartSource | None = None,
 ) -> TrainResult:
-    """Train on the prepared splits with the workspace vocabulary. ``warm_start`` (else
-    ``train.init_from`` when the core can resolve it) seeds a fresh run's weights; a
-    resumable last.pt of this run wins over it."""
+    """Train on the prepared splits with the workspace vocabulary. ``warm_start`` (the
+    caller's resolution of ``train.init_from``: flows/warm_start.py) seeds a fresh run's
+    weights; a resumable last.pt of this run wins over it."""
     prepared, vocab_dir = Path(cfg.data.prepared_dir), Path(cfg.vocab.out_dir)
-    source = warm_start or local_source(cfg.train.init_from, cfg.train.reset_optimizer)
+    source = warm_start
     tokenizer = SubwordTokenizer.load(vocab_dir)
     train_df = read_prepared_split(prepared, "train")
     valid_df = read_prepared_split(prepared, "valid")

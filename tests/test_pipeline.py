@@ -194,8 +194,6 @@ def test_two_pipelines_in_one_workspace_take_turns(tiny_params_file: Path) -> No
     run would: the second waits for the lock, then finds the first's version up to date."""
     from mlflow import MlflowClient
 
-    from flows.tracking import configure_tracking
-
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
     env |= {
         "PREFECT_HOME": str(Path(".state/prefect").resolve()),
@@ -218,11 +216,10 @@ def test_two_pipelines_in_one_workspace_take_turns(tiny_params_file: Path) -> No
     assert "Registered seq2seq-translator version 1" in trained
     assert f"pid {procs[winner].pid} on" in waited and "waiting up to" in waited
     assert "Nothing to do: up to date with version 1 of seq2seq-translator" in waited
-    configure_tracking(Path.cwd())
-    client = MlflowClient()
-    assert [
-        int(v.version) for v in client.search_model_versions("name = 'seq2seq-translator'")
-    ] == [1]
+    store = f"sqlite:///{Path('mlflow.db').resolve()}"  # the one both runs used
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    versions = client.search_model_versions("name = 'seq2seq-translator'")
+    assert [int(v.version) for v in versions] == [1]
     scored = client.search_runs(
         [client.get_experiment_by_name("seq2seq-pipeline").experiment_id],
         filter_string="metrics.`test/bleu` >= 0",
