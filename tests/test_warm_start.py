@@ -134,15 +134,23 @@ def test_another_architecture_is_refused_naming_both(source: Path, tmp_path: Pat
     )
 
 
-def test_another_vocabulary_is_refused_naming_both(source: Path, tmp_path: Path) -> None:
-    stages.build_vocab(_workspace(tmp_path, source, vocab={"size": 150}))  # no warm start
+@pytest.mark.parametrize(
+    ("vocab", "sizes"),
+    [({"size": 150}, "150/150"), ({"model_type": "bpe"}, "200/200")],
+    ids=["smaller", "same-size-other-pieces"],
+)
+def test_another_vocabulary_is_refused_naming_both(
+    source: Path, tmp_path: Path, vocab: dict, sizes: str
+) -> None:
+    stages.build_vocab(_workspace(tmp_path, source, vocab=vocab))  # no warm start
     copy = tmp_path / "src"  # the source without its vocab/: only the checkpoint's hash
     shutil.copytree(source / "ckpt", copy, ignore=shutil.ignore_patterns("vocab"))
-    cfg = _workspace(tmp_path, source, vocab={"size": 150}, train={"init_from": str(copy)})
+    cfg = _workspace(tmp_path, source, vocab=vocab, train={"init_from": str(copy)})
     with pytest.raises(WarmStartError) as error:
         stages.train(cfg)
     ours, theirs = vocab_sha256(tmp_path / "vocab")[:8], vocab_sha256(source / "vocab")[:8]
+    assert ours != theirs
     assert str(error.value) == (
         f"cannot warm-start from {copy / 'best.pt'}: its vocabulary (sha {theirs}, 200/200) "
-        f"is not {tmp_path / 'vocab'} (sha {ours}, 150/150)"
+        f"is not {tmp_path / 'vocab'} (sha {ours}, {sizes})"
     )
