@@ -13,6 +13,7 @@ from seq2seq_core.checkpoint import load_model
 from seq2seq_core.config import ModelConfig, PipelineConfig, TrainConfig
 from seq2seq_core.decoding import greedy_decode
 from seq2seq_core.host import pick_threads, usable_cores
+from seq2seq_core.train_state import Best, EpochPosition, TrainState
 from seq2seq_core.training import TrainResult, train_model
 
 torch.set_num_threads(1)
@@ -228,7 +229,9 @@ def test_time_budget_stops_cleanly_and_keeps_best(tmp_path: Path, caplog) -> Non
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])
-def test_budget_stop_mid_epoch_then_resume_completes_it(tmp_path: Path, accumulate: int) -> None:
+def test_budget_stop_mid_epoch_then_resume_completes_it(
+    tmp_path: Path, accumulate: int, caplog
+) -> None:
     """A rerun with a larger budget starts at the batch where the budget ran out and ends
     where an uninterrupted run ends: same steps, same losses, same weights."""
     cfg = _cfg({"dropout": 0.3}, teacher_forcing=0.5, accumulate_steps=accumulate)
@@ -243,7 +246,10 @@ def test_budget_stop_mid_epoch_then_resume_completes_it(tmp_path: Path, accumula
     assert cut.stop_reason == "time_budget" and done == 5 and cut.history[-1]["partial"]
     assert cut.history[-1]["batches"] == 5 * accumulate
     rest = Recorder()
-    resumed = _train(cfg, tmp_path / "cut", pairs=pairs, callbacks=[rest], clock=clock)
+    with caplog.at_level(logging.INFO, logger="seq2seq_core"):
+        resumed = _train(cfg, tmp_path / "cut", pairs=pairs, callbacks=[rest], clock=clock)
+    batch = 5 * accumulate
+    assert f"0 epochs done, epoch 1 continues at batch {batch}, step 5" in caplog.text
     assert [s for s, _ in rest.steps] == [s for s, _ in whole.steps][done:]
     assert [m["loss"] for _, m in rest.steps] == [m["loss"] for _, m in whole.steps][done:]
     assert resumed.steps == straight.steps and resumed.epochs == straight.epochs == 2
@@ -253,6 +259,18 @@ def test_budget_stop_mid_epoch_then_resume_completes_it(tmp_path: Path, accumula
             want["epoch"], want["train_loss"], want["valid_loss"]
         )  # fmt: skip
     _assert_same_weights(_weights(resumed.last_checkpoint), _weights(straight.last_checkpoint))
+
+
+def test_progress_written_before_the_state_had_parts_still_resumes() -> None:
+    flat = {"epoch": 2, "step": 9, "elapsed": 3.5, "train_tokens": 70, "train_seconds": 1.5,
+            "best_valid_bleu": 4.0, "best_valid_loss": 2.5, "bad_epochs": 1,
+            "batch_in_epoch": 3, "epoch_loss_sum": 6.0, "epoch_tokens": 20,
+            "epoch_seconds": 0.5, "history": [{"epoch": 1}]}  # fmt: skip
+    state = TrainState.from_dict(flat)
+    assert (state.epoch, state.step, state.elapsed, state.history) == (2, 9, 3.5, [{"epoch": 1}])
+    assert state.best == Best(valid_bleu=4.0, valid_loss=2.5, bad_epochs=1)
+    assert state.position == EpochPosition(batch=3, loss_sum=6.0, tokens=20, seconds=0.5)
+    assert TrainState.from_dict(state.to_dict()) == state
 
 
 def test_pick_threads_uses_the_idle_cores() -> None:
