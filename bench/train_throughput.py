@@ -1,10 +1,11 @@
 """Training throughput on synthetic Bible-like data: one JSON line per configuration.
 
 Each line: target tokens/s of real training steps (forward, backward, clip, Adam) through
-the same `train_step` the pipeline uses, peak RSS, parameter count, and model FLOP/s (the
-matmuls of one forward+backward, counted on real tokens) as a fraction of an fp32 `torch.mm`
-peak measured in the same process, and the time to greedy-decode 300 sentences (a random
-model rarely emits EOS, so this is the worst case: every sentence runs to its length limit).
+`seq2seq_core.training.train_step`, the very step the training loop takes; peak RSS,
+parameter count, and model FLOP/s (the matmuls of one forward+backward, counted on real
+tokens) as a fraction of an fp32 `torch.mm` peak measured in the same process, and the
+time to greedy-decode 300 sentences (a random model rarely emits EOS, so this is the worst
+case: every sentence runs to its length limit).
 Each configuration runs in its own subprocess so that peak RSS is its own.
 Only ratios from one run are comparable: the machines vary from day to day.
 
@@ -36,7 +37,7 @@ from machine import cpu_has_bf16, matmul_peak_gflops
 from seq2seq_core.batching import Batch, EncodedPairs, epoch_batches
 from seq2seq_core.config import ModelConfig, PipelineConfig, TrainConfig
 from seq2seq_core.decoding import greedy_decode
-from seq2seq_core.host_memory import retain_freed_host_memory
+from seq2seq_core.host import prepare_host
 from seq2seq_core.optim import build_optimizer
 from seq2seq_core.seq2seq import build_model
 from seq2seq_core.training import train_step
@@ -45,7 +46,7 @@ VOCAB = 8000
 REPO = Path(__file__).resolve().parents[1]
 
 CONFIGS: dict[str, tuple[dict, dict]] = {
-    # name: (model overrides, train overrides); "precision" is not a TrainConfig key (yet)
+    # name: (model overrides, train overrides)
     "default": ({}, {}),
     "default_bf16": ({}, {"precision": "bf16"}),
     "small": ({"hidden_size": 256, "emb_size": 256}, {}),
@@ -161,8 +162,6 @@ def batch_macs(m: ModelConfig, batch: Batch) -> int:
 
 def run_config(name: str, seconds: float, pairs: EncodedPairs, peak: float) -> dict:
     model_over, train_over = CONFIGS[name]
-    train_over = dict(train_over)
-    precision = train_over.pop("precision", "fp32")
     cfg = PipelineConfig(
         model=dataclasses.replace(ModelConfig(), **model_over),
         train=dataclasses.replace(TrainConfig(), **train_over),
@@ -173,17 +172,14 @@ def run_config(name: str, seconds: float, pairs: EncodedPairs, peak: float) -> d
     optimizer = build_optimizer(list(model.parameters()), cfg.train)  # the pipeline's own
     batches = epoch_batches(pairs, cfg.train.batch_tokens, seed=0, epoch=1)
     device = torch.device("cpu")
-    kw = {
-        "teacher_forcing": cfg.train.teacher_forcing,
-        "clip_grad": cfg.train.clip_grad,
-        "precision": precision,
-    }
+    # One batch per step (accumulate_steps is 1 in every configuration): the loop's step.
+    kw = {"teacher_forcing": cfg.train.teacher_forcing, "lr": cfg.train.lr, "tc": cfg.train}
     for batch in batches[:2]:  # warm-up: allocator, oneDNN primitives
-        train_step(model, optimizer, batch.to(device), **kw)
+        train_step(model, optimizer, [batch.to(device)], **kw)
     tokens = macs = steps = 0
     t0 = time.perf_counter()
     for batch in batches[2:]:
-        train_step(model, optimizer, batch, **kw)
+        train_step(model, optimizer, [batch.to(device)], **kw)
         tokens += batch.ntokens
         macs += batch_macs(cfg.model, batch)
         steps += 1
@@ -200,7 +196,7 @@ def run_config(name: str, seconds: float, pairs: EncodedPairs, peak: float) -> d
         "config": name,
         "model": dataclasses.asdict(cfg.model),
         "batch_tokens": cfg.train.batch_tokens,
-        "precision": precision,
+        "precision": cfg.train.precision,
         "teacher_forcing": cfg.train.teacher_forcing,
         "threads": torch.get_num_threads(),
         "steps": steps,
@@ -270,8 +266,7 @@ def main(argv: list[str] | None = None) -> None:
                     ratio = mine["tgt_tokens_per_s"] / row["tgt_tokens_per_s"]
                     print(json.dumps({"ours_vs_joey": row["config"], "ratio": round(ratio, 2)}))
         return
-    torch.set_num_threads(args.threads)
-    retain_freed_host_memory()  # as train_model does
+    prepare_host(torch.device("cpu"), args.threads)  # as train_model does
     pairs = real_pairs(args.pairs) if args.real else synthetic_pairs(args.pairs)
     peak = matmul_peak_gflops()
     for name in args.configs:

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import torch
 
-from seq2seq_core.batching import Batch, EncodedPairs, encode_pairs, epoch_batches, fixed_batches
+from seq2seq_core.batching import Batch, EncodedPairs, encode_pairs, epoch_batches
 from seq2seq_core.checkpoint import model_payload, save_checkpoint
 from seq2seq_core.config import PipelineConfig, TrainConfig
 from seq2seq_core.distributed import Topology, any_rank, broadcast, init_distributed, shard, wrap
@@ -40,7 +40,7 @@ from seq2seq_core.resume import resume, resume_payload, run_fingerprint
 from seq2seq_core.seq2seq import Seq2Seq, build_model
 from seq2seq_core.train_log import StepProgress, duration, epoch_line
 from seq2seq_core.train_state import EpochPosition, TimeBudget, TrainState
-from seq2seq_core.validation import evaluate_loss, validation_bleu
+from seq2seq_core.validation import Validation, evaluate_loss, validation_bleu
 from seq2seq_core.warm_start import Vocabulary, WarmStartSource, load_warm_start, source_identity
 
 log = logging.getLogger(__name__)
@@ -77,13 +77,6 @@ class TrainResult:
     seconds: float
     skipped_long: int
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class Validation:
-    batches: list[Batch]  # every validation pair, for the loss
-    bleu_src: list[list[int]]  # the first train.valid_bleu_sentences, for BLEU
-    bleu_refs: list[str]
 
 
 @dataclass
@@ -177,12 +170,7 @@ def set_up(
     train_data = encode_pairs(tokenizer, train_pairs, tc.max_len)
     if not len(train_data):
         raise ValueError("no training pairs left after encoding and the max_len filter")
-    bleu_pairs = valid_pairs[: tc.valid_bleu_sentences]
-    valid = Validation(
-        fixed_batches(encode_pairs(tokenizer, valid_pairs, tc.max_len), tc.batch_tokens),
-        tokenizer.encode_src([s for s, _ in bleu_pairs]),
-        [t for _, t in bleu_pairs],
-    )
+    valid = Validation.from_pairs(tokenizer, valid_pairs, tc)
     src_vocab, tgt_vocab = tokenizer.src_vocab_size, tokenizer.tgt_vocab_size
     vocab = Vocabulary(cfg.vocab.out_dir, src_vocab, tgt_vocab, vocab_sha256)
     model = build_model(cfg.model, src_vocab, tgt_vocab).to(device)
@@ -192,10 +180,11 @@ def set_up(
     fingerprint = run_fingerprint(cfg, src_vocab, tgt_vocab, train_data, valid_pairs, identity)
     run = Run(
         cfg, topo, device, model, wrap(model, topo, device), optimizer, schedule, tokenizer,
-        train_data, valid, checkpoint_dir, fingerprint, vocab, callbacks, TrainState(),
-        TimeBudget(tc.time_budget_min, 0.0, clock),
+        train_data, valid, checkpoint_dir, fingerprint, vocab, callbacks,
+        state=TrainState(), budget=TimeBudget(tc.time_budget_min, 0.0, clock),
     )  # fmt: skip
     run.state = starting_state(run, warm_start)
+    # The budget counts the seconds that earlier runs of this one (resumed) already spent.
     run.budget = TimeBudget(tc.time_budget_min, run.state.elapsed, clock)
     return run
 
@@ -369,7 +358,8 @@ def end_epoch(run: Run, metrics: dict[str, float]) -> None:
 def end_partial_epoch(run: Run, metrics: dict[str, float], outcome: EpochOutcome) -> None:
     """The time budget ran out inside the epoch: keep best.pt up to date, and last.pt at
     this batch, so that a resumed run trains the rest of the epoch. The LR schedule and
-    early stopping see completed epochs only, as in an uninterrupted run."""
+    the early-stopping count see completed epochs only (though a better partial validation
+    is the best that later epochs must beat), and no callback hears of it."""
     state, epoch = run.state, run.state.epoch + 1
     where = {"partial": True, "batches": state.position.batch, "batches_total": outcome.total}
     state.history.append({"epoch": epoch, **metrics, **where})

@@ -1,24 +1,49 @@
-"""Validation during training: teacher-forced loss per token and greedy-decoded BLEU."""
+"""Validation during training: the encoded pairs, teacher-forced loss per token and
+greedy-decoded BLEU."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import sacrebleu
 import torch
 
-from seq2seq_core.batching import Batch
-from seq2seq_core.config import PipelineConfig
+from seq2seq_core.batching import Batch, encode_pairs, fixed_batches
+from seq2seq_core.config import PipelineConfig, TrainConfig
 from seq2seq_core.decoding import greedy_decode
 from seq2seq_core.inference_weights import clear_inference_weights
 from seq2seq_core.precision import autocast
 from seq2seq_core.seq2seq import Seq2Seq
 
 
-class TargetDecoder(Protocol):
+class ValidationTokenizer(Protocol):
+    def encode_src(self, texts: list[str]) -> list[list[int]]: ...
+    def encode_tgt(self, texts: list[str]) -> list[list[int]]: ...
     def decode_tgt(self, ids: list[list[int]]) -> list[str]: ...
+
+
+@dataclass
+class Validation:
+    """The validation pairs as the training loop uses them, encoded once."""
+
+    batches: list[Batch]  # every validation pair, for the loss
+    bleu_src: list[list[int]]  # the first train.valid_bleu_sentences, for BLEU
+    bleu_refs: list[str]
+
+    @classmethod
+    def from_pairs(
+        cls, tokenizer: ValidationTokenizer, pairs: Sequence[tuple[str, str]], tc: TrainConfig
+    ) -> Validation:
+        encoded = encode_pairs(tokenizer, list(pairs), tc.max_len)
+        bleu_pairs = pairs[: tc.valid_bleu_sentences]
+        return cls(
+            fixed_batches(encoded, tc.batch_tokens),
+            tokenizer.encode_src([s for s, _ in bleu_pairs]),
+            [t for _, t in bleu_pairs],
+        )
 
 
 def evaluate_loss(
@@ -38,7 +63,7 @@ def evaluate_loss(
 
 def validation_bleu(
     model: Seq2Seq,
-    tokenizer: TargetDecoder,
+    tokenizer: ValidationTokenizer,
     src_ids: list[list[int]],
     refs: list[str],
     cfg: PipelineConfig,

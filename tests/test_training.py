@@ -1,6 +1,9 @@
 import dataclasses
+import io
 import json
 import logging
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ from seq2seq_core.checkpoint import load_model
 from seq2seq_core.config import ModelConfig, PipelineConfig, TrainConfig
 from seq2seq_core.decoding import greedy_decode
 from seq2seq_core.host import pick_threads, usable_cores
+from seq2seq_core.train_state import Best, EpochPosition, TrainState
 from seq2seq_core.training import TrainResult, train_model
 
 torch.set_num_threads(1)
@@ -225,7 +229,9 @@ def test_time_budget_stops_cleanly_and_keeps_best(tmp_path: Path, caplog) -> Non
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])
-def test_budget_stop_mid_epoch_then_resume_completes_it(tmp_path: Path, accumulate: int) -> None:
+def test_budget_stop_mid_epoch_then_resume_completes_it(
+    tmp_path: Path, accumulate: int, caplog
+) -> None:
     """A rerun with a larger budget starts at the batch where the budget ran out and ends
     where an uninterrupted run ends: same steps, same losses, same weights."""
     cfg = _cfg({"dropout": 0.3}, teacher_forcing=0.5, accumulate_steps=accumulate)
@@ -240,7 +246,10 @@ def test_budget_stop_mid_epoch_then_resume_completes_it(tmp_path: Path, accumula
     assert cut.stop_reason == "time_budget" and done == 5 and cut.history[-1]["partial"]
     assert cut.history[-1]["batches"] == 5 * accumulate
     rest = Recorder()
-    resumed = _train(cfg, tmp_path / "cut", pairs=pairs, callbacks=[rest], clock=clock)
+    with caplog.at_level(logging.INFO, logger="seq2seq_core"):
+        resumed = _train(cfg, tmp_path / "cut", pairs=pairs, callbacks=[rest], clock=clock)
+    batch = 5 * accumulate
+    assert f"0 epochs done, epoch 1 continues at batch {batch}, step 5" in caplog.text
     assert [s for s, _ in rest.steps] == [s for s, _ in whole.steps][done:]
     assert [m["loss"] for _, m in rest.steps] == [m["loss"] for _, m in whole.steps][done:]
     assert resumed.steps == straight.steps and resumed.epochs == straight.epochs == 2
@@ -250,6 +259,18 @@ def test_budget_stop_mid_epoch_then_resume_completes_it(tmp_path: Path, accumula
             want["epoch"], want["train_loss"], want["valid_loss"]
         )  # fmt: skip
     _assert_same_weights(_weights(resumed.last_checkpoint), _weights(straight.last_checkpoint))
+
+
+def test_progress_written_before_the_state_had_parts_still_resumes() -> None:
+    flat = {"epoch": 2, "step": 9, "elapsed": 3.5, "train_tokens": 70, "train_seconds": 1.5,
+            "best_valid_bleu": 4.0, "best_valid_loss": 2.5, "bad_epochs": 1,
+            "batch_in_epoch": 3, "epoch_loss_sum": 6.0, "epoch_tokens": 20,
+            "epoch_seconds": 0.5, "history": [{"epoch": 1}]}  # fmt: skip
+    state = TrainState.from_dict(flat)
+    assert (state.epoch, state.step, state.elapsed, state.history) == (2, 9, 3.5, [{"epoch": 1}])
+    assert state.best == Best(valid_bleu=4.0, valid_loss=2.5, bad_epochs=1)
+    assert state.position == EpochPosition(batch=3, loss_sum=6.0, tokens=20, seconds=0.5)
+    assert TrainState.from_dict(state.to_dict()) == state
 
 
 def test_pick_threads_uses_the_idle_cores() -> None:
@@ -268,3 +289,51 @@ def test_bf16_precision_from_the_config_trains(tmp_path: Path) -> None:
     assert losses[-1] < losses[0]
     # autocast really ran: bf16 matmuls round differently from fp32
     assert losses != pytest.approx([h["train_loss"] for h in fp32.history], rel=1e-4)
+
+
+class TerminalStderr(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+EPOCH_LINE = re.compile(
+    r"epoch 1/2: train loss \d+\.\d{3}, valid loss \d+\.\d{3}, valid BLEU \d+\.\d{2}, "
+    r"[\d,]+ tok/s, elapsed 4s, budget left 4m56s"
+)
+
+
+def test_progress_is_logged_when_stderr_is_not_a_terminal(tmp_path: Path, caplog) -> None:
+    clock = FakeClock()
+    with caplog.at_level(logging.INFO, logger="seq2seq_core"):
+        result = _train(
+            _cfg(log_every_steps=2), tmp_path, callbacks=[Ticker(clock, 1.0)], clock=clock
+        )
+    messages = [r.getMessage() for r in caplog.records]
+    assert result.steps == 8
+    steps = [m for m in messages if m.startswith("step ")]
+    assert [m.split(":")[0] for m in steps] == ["step 2", "step 4", "step 6", "step 8"]
+    assert re.fullmatch(r"step 2: loss \d\.\d{3}, lr 0\.01, [\d,]+ tok/s, elapsed 1s", steps[0])
+    assert EPOCH_LINE.fullmatch(next(m for m in messages if m.startswith("epoch 1/2")))
+    assert "training from scratch (train.init_from: none)" in messages
+    assert messages[-1] == "stopping: train.max_epochs reached (2/2 epochs done)"
+
+
+def test_a_terminal_gets_the_bar_and_no_step_lines(
+    tmp_path: Path, caplog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stderr", TerminalStderr())
+    with caplog.at_level(logging.INFO, logger="seq2seq_core"):
+        _train(_cfg(log_every_steps=1), tmp_path)
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if m.startswith("step ")]
+    assert len([m for m in messages if m.startswith("epoch ")]) == 2  # epoch lines stay
+    assert "epoch 1" in sys.stderr.getvalue()  # tqdm's bar went to the terminal
+
+
+def test_early_stopping_says_why(tmp_path: Path, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="seq2seq_core"):
+        _train(_cfg(lr=0.0, max_epochs=6, early_stopping_patience=2), tmp_path)
+    assert caplog.records[-1].getMessage() == (
+        "stopping: early stopping: no better valid BLEU for 2 epochs "
+        "(train.early_stopping_patience 2)"
+    )

@@ -3,6 +3,7 @@ mid-epoch resume (including a real SIGKILL) and DDP with gloo on CPU."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -17,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from test_training import PAIRS, CharTokenizer, Recorder, _cfg, _train
 
+from seq2seq_core.batching import collate
 from seq2seq_core.config import ModelConfig, TrainConfig
 from seq2seq_core.optim import LearningRate, build_optimizer, teacher_forcing_ratio
 from seq2seq_core.seq2seq import build_model
+from seq2seq_core.training import train_step
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,6 +82,16 @@ def test_adamw_decouples_weight_decay() -> None:
     assert isinstance(build_optimizer([p], TrainConfig(optimizer="adam")), torch.optim.Adam)
 
 
+def _teacher_forced_logits(model, src, src_len, tgt_in) -> torch.Tensor:
+    """Step by step through the decoding API, independent of what `forward` returns."""
+    memory, state = model.encode(src, src_len)
+    steps = []
+    for t in range(tgt_in.size(1)):
+        logits, state, _ = model.decode_step(tgt_in[:, t], state, memory)  # (B, V)
+        steps.append(logits)
+    return torch.stack(steps, dim=1)
+
+
 @pytest.mark.parametrize("input_feeding", [False, True], ids=["fused", "stepwise"])
 def test_label_smoothing_matches_torch(input_feeding: bool) -> None:
     torch.manual_seed(0)
@@ -90,7 +103,7 @@ def test_label_smoothing_matches_torch(input_feeding: bool) -> None:
     src_len = torch.tensor([5, 4, 2])
     tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:].clone()
     tgt_out[2, 3:] = 0
-    logits = model(src, src_len, tgt_in)
+    logits = _teacher_forced_logits(model, src, src_len, tgt_in)  # (B, T, V)
     expected = F.cross_entropy(
         logits.reshape(-1, 20), tgt_out.reshape(-1), ignore_index=0, reduction="sum",
         label_smoothing=0.1,
@@ -116,12 +129,40 @@ def test_embedding_tying_and_luong_dot() -> None:
 
 
 def test_accumulation_and_early_stopping(tmp_path: Path) -> None:
-    rec = Recorder()
     one = _train(_cfg(max_epochs=1), tmp_path / "one")
-    acc = _train(_cfg(max_epochs=1, accumulate_steps=2), tmp_path / "acc", callbacks=[rec])
+    acc = _train(_cfg(max_epochs=1, accumulate_steps=2), tmp_path / "acc")
     assert acc.steps == math.ceil(one.steps / 2)
     stuck = _train(_cfg(lr=0.0, max_epochs=6, early_stopping_patience=2), tmp_path / "stuck")
     assert stuck.stop_reason == "early_stopping" and stuck.epochs == 3
+
+
+def _sgd_step(batches: list, accumulate: int) -> tuple[dict[str, torch.Tensor], float, list]:
+    """The gradient of one ``train_step`` (read off an SGD step with lr 1), its norm and
+    the batches' losses, from the same initial weights every call."""
+    cfg = _cfg({"dropout": 0.0})
+    tc = dataclasses.replace(cfg.train, accumulate_steps=accumulate, clip_grad=1e9)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, CharTokenizer.src_vocab_size, CharTokenizer.tgt_vocab_size)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    losses, norm = train_step(model, optimizer, batches, teacher_forcing=1.0, lr=1.0, tc=tc)
+    grads = {k: before[k] - v for k, v in model.state_dict().items()}
+    return grads, norm, losses
+
+
+def test_accumulated_step_equals_one_batch_of_both_halves() -> None:
+    tok = CharTokenizer()
+    src = tok.encode_src([s for s, _ in PAIRS[:4]])
+    tgt = tok.encode_tgt([t for _, t in PAIRS[:4]])
+    half_a, half_b = collate(src, tgt, [0, 2]), collate(src, tgt, [1, 3])
+    # Equal token counts: the mean of the halves' per-token losses is the whole's.
+    assert half_a.ntokens == half_b.ntokens == 35
+    acc_grads, acc_norm, acc_losses = _sgd_step([half_a, half_b], accumulate=2)
+    one_grads, one_norm, one_losses = _sgd_step([collate(src, tgt, [0, 1, 2, 3])], accumulate=1)
+    assert sum(acc_losses) / 2 == pytest.approx(one_losses[0], rel=1e-6)
+    assert acc_norm == pytest.approx(one_norm, rel=1e-5)
+    for name, grad in one_grads.items():
+        torch.testing.assert_close(acc_grads[name], grad, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -205,7 +246,10 @@ DDP_WORKER = textwrap.dedent(
 )
 
 
-def test_ddp_gloo_two_ranks_end_with_identical_weights(tmp_path: Path) -> None:
+def test_ddp_gloo_two_ranks_equal_one_process_accumulating_both(tmp_path: Path) -> None:
+    """Rank r trains batches r, r + 2, ...; DDP averages their gradients every step. One
+    process accumulating the same two batches per step (4 batches an epoch, so no short
+    group) must end with the same weights."""
     script = tmp_path / "worker.py"
     script.write_text(DDP_WORKER, encoding="utf-8")
     with socket.socket() as s:
@@ -230,8 +274,12 @@ def test_ddp_gloo_two_ranks_end_with_identical_weights(tmp_path: Path) -> None:
     w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert w0.keys() == w1.keys()
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert (tmp_path / "ckpt" / "best.pt").exists()  # rank 0 wrote the checkpoints
+    single = _train(_cfg(max_epochs=2, threads=1, accumulate_steps=2), tmp_path / "single")
+    assert single.steps == 4  # as many steps as each rank took
+    one = torch.load(single.last_checkpoint, weights_only=True)["model_state"]
     torch.manual_seed(1234)
     initial = build_model(_cfg().model, CharTokenizer.src_vocab_size, CharTokenizer.tgt_vocab_size)
     assert any(not torch.equal(w0[k], v) for k, v in initial.state_dict().items())
-    assert (tmp_path / "ckpt" / "best.pt").exists()  # rank 0 wrote the checkpoints
-    assert len(PAIRS) == 6
+    for name, weight in one.items():
+        torch.testing.assert_close(w0[name], weight, atol=1e-5, rtol=1e-4)
