@@ -56,9 +56,12 @@ def cmd_vocab(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from flows import distributed_train
     from seq2seq_core import stages
 
-    result = asdict(stages.train(_config(args)))
+    if (code := distributed_train.relaunch(args.params, args.set)) is not None:
+        raise SystemExit(code)  # SEQ2SEQ_TORCHRUN: trained under torchrun
+    result = asdict(stages.train(_config(args), callbacks=distributed_train.train_callbacks()))
     result.pop("history", None)
     _print_json(result)
 

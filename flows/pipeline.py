@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows import tracking
+from flows import dvc_sync, tracking
 from flows.registration import log_stage_reports
 from flows.tasks import (
     cached_call,
@@ -40,6 +40,7 @@ def training_pipeline(
 ) -> dict[str, Any]:
     logger = get_run_logger()
     cfg = load_config(params_path, overrides or [])
+    dvc_sync.pull_inputs(logger)  # a worker's fresh clone: the .dvc-tracked inputs
     tracking.configure_tracking(Path.cwd())
     flow_run_id = str(flow_run.id) if flow_run.id else ""
     timings: dict[str, float] = {}
@@ -95,6 +96,7 @@ def training_pipeline(
     create_markdown_artifact(key="promotion-decision", markdown=_promotion_markdown(registration))
     if dvc_commit:
         _record_in_dvc(logger)
+        dvc_sync.publish_lock(logger, flow_run_id)  # SEQ2SEQ_DVC_GIT_PUSH=true: git push
     return {
         "data": data,
         "vocab": vocab,

@@ -15,6 +15,7 @@ The project itself never sees moto: clients get only ``MLFLOW_TRACKING_URI``,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -99,10 +100,8 @@ def stop_group(pid: int, first: signal.Signals = signal.SIGTERM, wait_s: float =
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def tail(log: Path, chars: int = 3000) -> str:
@@ -234,7 +233,8 @@ class Stack:
             PREFECT_HOME=str(prefect_home),
             PREFECT_API_DATABASE_CONNECTION_URL=self.postgres_url.replace(
                 "postgresql://", "postgresql+asyncpg://"
-            ) + "/prefect",
+            )
+            + "/prefect",
             PREFECT_SERVER_UI_ENABLED=str(self.ui).lower(),
             **(prefect_env or {}),
         )
