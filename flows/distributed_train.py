@@ -48,7 +48,7 @@ def relaunch(params: str, overrides: list[str]) -> int | None:
     cmd = torchrun_command(params, overrides)
     if cmd is None:
         return None
-    print(f"seq2seq train: {shlex.join(cmd[1:])}", file=sys.stderr, flush=True)
+    print(f"seq2seq train: torchrun {shlex.join(cmd[3:])}", file=sys.stderr, flush=True)
     return subprocess.run(cmd, check=False).returncode
 
 

@@ -299,15 +299,15 @@ def _boto_credentials() -> dict[str, str]:
     }
 
 
-def s3_keys(endpoint: str, bucket: str, prefix: str) -> list[str]:
-    """Every object key under ``prefix`` in ``bucket``, read with boto3."""
+def s3_objects(endpoint: str, bucket: str, prefix: str) -> dict[str, str]:
+    """Key -> ETag (the MD5 of a single-part upload) of every object under ``prefix``."""
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=endpoint, **_boto_credentials())
-    keys: list[str] = []
+    found: dict[str, str] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys += [obj["Key"] for obj in page.get("Contents", [])]
-    return keys
+        found |= {obj["Key"]: obj["ETag"].strip('"') for obj in page.get("Contents", [])}
+    return found
 
 
 # ---------------------------------------------------------------------- make stack
