@@ -115,7 +115,9 @@ def origin(stack: Stack, tmp_path_factory: pytest.TempPathFactory, clock: Clock)
     tmp = tmp_path_factory.mktemp("git")
     seed = tmp / "seed"
     env = clean_env(**S3_CREDENTIALS, **GIT_ID)
-    for name in _run(["git", "ls-files", "-z"], REPO, env).split("\0"):
+    # Tracked files and new ones not yet committed (not the ignored ones): this checkout.
+    listed = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+    for name in _run(listed, REPO, env).split("\0"):
         if name and (REPO / name).is_file():
             (seed / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, seed / name)
