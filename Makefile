@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# constraints.txt pins torch to the CPU build and the versions measured to work here.
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,scale]'
 	touch $(STAMP)
 
 run: install
@@ -87,3 +87,18 @@ worker: install
 
 serve-flows: install
 	$(BIN)/python -m flows.deploy
+
+# The scale-out services of docs/scaling.md on 127.0.0.1, one process each, for trying them:
+# PostgreSQL, an S3 server (moto), the MLflow server (PostgreSQL + S3 artifacts), the Prefect
+# server (PostgreSQL) and a process worker in this clone. `make stack` prints the variables
+# to export; `make stack-down` stops exactly those processes. Logs and pids: .state/stack/.
+# tests/services.py is the same code tests/test_scale_out.py starts them with.
+STACK_STATE := $(CURDIR)/.state/stack
+.PHONY: stack stack-down
+
+stack: install
+	$(BIN)/python tests/services.py up --state $(STACK_STATE) --repo $(CURDIR) \
+		--pool $(PREFECT_POOL)
+
+stack-down:
+	$(BIN)/python tests/services.py down --state $(STACK_STATE)

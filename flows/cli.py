@@ -70,10 +70,14 @@ def cmd_vocab(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from flows import distributed_train
     from seq2seq_core import stages
 
     cfg = _config(args)
-    result = asdict(stages.train(cfg, warm_start=_warm_start(cfg)))
+    if (code := distributed_train.relaunch(args.params, args.set)) is not None:
+        raise SystemExit(code)  # SEQ2SEQ_TORCHRUN: trained under torchrun
+    callbacks = distributed_train.train_callbacks()
+    result = asdict(stages.train(cfg, callbacks=callbacks, warm_start=_warm_start(cfg)))
     result.pop("history", None)
     _print_json(result)
 
@@ -228,6 +232,9 @@ WRITING_COMMANDS = {"ingest", "vocab", "train", "evaluate", "register"}
 
 def _run_command(args: argparse.Namespace) -> None:
     if args.command not in WRITING_COMMANDS:
+        args.fn(args)
+        return
+    if "WORLD_SIZE" in os.environ:  # a torchrun worker: its launcher holds the lock here
         args.fn(args)
         return
     from flows.workspace_lock import workspace_lock

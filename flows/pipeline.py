@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.utilities.timeout import timeout
 
-from flows import freshness, registry, tracking
+from flows import dvc_sync, freshness, registry, tracking
 from flows.registration import log_stage_reports
 from flows.run_logging import project_logs_to_prefect
 from flows.run_notes import (
@@ -94,6 +94,7 @@ def training_pipeline(
 
 def _run_pipeline(cfg: PipelineConfig, *, dvc_commit: bool, force: bool) -> dict[str, Any]:
     logger = get_run_logger()
+    dvc_sync.pull_inputs(logger)  # a worker's fresh clone: the .dvc-tracked inputs
     tracking.configure_tracking(Path.cwd())
     fingerprint = freshness.inputs_fingerprint(cfg)
     done = freshness.registered_with(cfg.register.model_name, fingerprint)
@@ -127,6 +128,7 @@ def _run_pipeline(cfg: PipelineConfig, *, dvc_commit: bool, force: bool) -> dict
     _report_registration(logger, test, registration, stages.seconds)
     if dvc_commit:
         _record_in_dvc(logger)
+        dvc_sync.publish_lock(logger, flow_run_id)
     return {
         "status": "registered",
         "data": data,

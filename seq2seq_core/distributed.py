@@ -7,6 +7,7 @@ process. NCCL on CUDA, gloo on CPU (which the tests use).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import TypeVar
@@ -69,6 +70,46 @@ def broadcast(value: T, topo: Topology) -> T:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def topology() -> Topology:
+    """The process group this process has joined; ``Topology()`` (rank 0 of 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return Topology(dist.get_rank(), dist.get_world_size())
+    return Topology()
+
+
+def gather(value: T, topo: Topology) -> list[T]:
+    """Every rank's ``value``, in rank order, on every rank."""
+    if not topo.distributed:
+        return [value]
+    out: list[T] = [value] * topo.world
+    dist.all_gather_object(out, value)
+    return out
+
+
+class ReplicasDivergedError(RuntimeError):
+    """The ranks of one DDP job hold different weights; the message lists each digest."""
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer, by name: equal digests mean equal weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(name.encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def replica_digests(model: torch.nn.Module, topo: Topology) -> list[str]:
+    """Each rank's ``weights_digest``, in rank order; raises when they differ (a rank
+    stepped without the others, or all-reduce was bypassed). A collective: call on all."""
+    digests = gather(weights_digest(model), topo)
+    if len(set(digests)) > 1:
+        listed = ", ".join(f"rank {r}: {d[:12]}" for r, d in enumerate(digests))
+        raise ReplicasDivergedError(f"replicas hold different weights after training: {listed}")
+    return digests
 
 
 def wrap(model: torch.nn.Module, topo: Topology, device: torch.device) -> torch.nn.Module:

@@ -17,6 +17,7 @@ from typing import Any
 
 from seq2seq_core.config import PipelineConfig
 from seq2seq_core.data import prepare_corpus, read_prepared_split
+from seq2seq_core.distributed import topology
 from seq2seq_core.host_memory import retain_freed_host_memory
 from seq2seq_core.tokenization import SubwordTokenizer
 from seq2seq_core.training import TrainCallback, TrainResult, train_model
@@ -135,7 +136,8 @@ def train(
         vocab_sha256=vocab_sha256(vocab_dir),
     )
     summary = {k: v for k, v in asdict(result).items() if k != "history"}
-    write_json(Path(cfg.evaluate.reports_dir) / "train.json", summary)
+    if topology().is_main:  # under torchrun, rank 0 writes the reports like the checkpoints
+        write_json(Path(cfg.evaluate.reports_dir) / "train.json", summary)
     return result
 
 

@@ -1,0 +1,94 @@
+"""DVC around a flow run in a worker's clone: fetch missing inputs, publish the lock file.
+
+A worker's clone has what git has: ``*.dvc`` pointers for the raw inputs and, once a run
+has been recorded, ``dvc.lock``; the files themselves live in the DVC remote (S3 in
+docs/scaling.md). Before ingest the flow calls ``pull_inputs``: the ``.dvc``-tracked files
+that are missing here are pulled (present ones, even locally edited, are left alone).
+After ``dvc commit`` + ``dvc push`` the flow calls ``publish_lock``: with
+``SEQ2SEQ_DVC_GIT_PUSH=true`` in the worker's environment, ``dvc.lock`` is committed and
+pushed to the clone's upstream, so another clone can ``git pull && dvc pull`` exactly the
+data of that run. Off by default: a laptop run does not write to git.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+GIT_PUSH_ENV = "SEQ2SEQ_DVC_GIT_PUSH"
+
+
+class DvcPullError(RuntimeError):
+    """`dvc pull` of the flow's inputs failed; the message carries DVC's error."""
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+
+def _dvc(*args: str) -> subprocess.CompletedProcess[str]:
+    return _run([sys.executable, "-m", "dvc", *args])
+
+
+def missing_inputs(root: Path = Path()) -> list[Path]:
+    """The git-tracked ``*.dvc`` files (relative to ``root``) with an output missing."""
+    listed = _run(["git", "-C", str(root), "ls-files", "*.dvc"])
+    if listed.returncode != 0:
+        return []
+    missing = []
+    for name in sorted(set(listed.stdout.split())):
+        pointer = root / name
+        if not pointer.is_file():
+            continue
+        outs = (yaml.safe_load(pointer.read_text(encoding="utf-8")) or {}).get("outs") or []
+        if any(not (pointer.parent / out["path"]).exists() for out in outs if "path" in out):
+            missing.append(Path(name))
+    return missing
+
+
+def pull_inputs(logger: Any) -> list[Path]:
+    """`dvc pull` the ``.dvc``-tracked inputs missing from this clone; returns them."""
+    if not Path(".dvc").is_dir():
+        return []
+    missing = missing_inputs()
+    if not missing:
+        return []
+    logger.info("dvc pull: %s missing in this clone", ", ".join(map(str, missing)))
+    proc = _dvc("pull", "--quiet", *map(str, missing))
+    if proc.returncode != 0:
+        raise DvcPullError(f"dvc pull {' '.join(map(str, missing))}: {proc.stderr[-1000:]}")
+    return missing
+
+
+def publish_lock(logger: Any, flow_run_id: str = "") -> str | None:
+    """Commit ``dvc.lock`` and push it to the upstream when ``SEQ2SEQ_DVC_GIT_PUSH`` is
+    true; returns the new commit, or None. Only after a `dvc push` that succeeded (it is
+    a no-op when the flow pushed already), so a published lock never names missing data.
+    Failures are logged, not raised: the model is registered by then."""
+    if os.environ.get(GIT_PUSH_ENV, "").strip().lower() not in ("1", "true", "yes"):
+        return None
+    if not Path("dvc.lock").is_file():
+        return None
+    pushed = _dvc("push", "--quiet")
+    if pushed.returncode != 0:
+        logger.warning("not publishing dvc.lock: dvc push failed: %s", pushed.stderr[-500:])
+        return None
+    if not _run(["git", "status", "--porcelain", "--", "dvc.lock"]).stdout.strip():
+        logger.info("dvc.lock unchanged: nothing to publish")
+        return None
+    message = f"dvc.lock: outputs of flow run {flow_run_id or '(no id)'}"
+    for cmd in (["git", "add", "dvc.lock"],
+                ["git", "commit", "--quiet", "-m", message, "--", "dvc.lock"],
+                ["git", "push", "--quiet", "origin", "HEAD"]):  # fmt: skip
+        proc = _run(cmd)
+        if proc.returncode != 0:
+            logger.warning("publishing dvc.lock: git %s failed: %s", cmd[1], proc.stderr[-500:])
+            return None
+    commit = _run(["git", "rev-parse", "HEAD"]).stdout.strip()
+    logger.info("published dvc.lock as git commit %s", commit)
+    return commit
