@@ -385,6 +385,43 @@ def test_cron_schedules_create_scheduled_runs(
                 assert start.weekday() == weekday  # cron's 0 is Sunday, Python's is 6
 
 
+def test_deployed_and_served_deployments_agree(
+    prefect_stack: dict[str, Any], prefect_client_settings: None
+) -> None:
+    """What `prefect deploy` registered on the server from prefect.yaml equals what
+    `flows.deploy` serves: parameters, schedules, concurrency limit and event triggers."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    from flows.deploy import build_deployments
+
+    async def deployed(name: str) -> tuple[Any, list[Any]]:
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name(name)
+            automations = await client.read_resource_related_automations(
+                f"prefect.deployment.{deployment.id}"
+            )
+        return deployment, automations
+
+    for served in build_deployments():
+        name = f"{served.flow_name}/{served.name}"
+        deployment, automations = asyncio.run(deployed(name))
+        assert deployment.parameters == served.parameters, name
+        assert [s.schedule.cron for s in deployment.schedules] == [
+            s.schedule.cron for s in served.schedules
+        ]
+        assert deployment.global_concurrency_limit.limit == served.concurrency_limit == 1
+        assert (
+            deployment.concurrency_options.collision_strategy
+            == served.concurrency_options.collision_strategy
+        )
+        triggers = [a.trigger for a in automations]
+        assert [(t.expect, t.match_related.root) for t in triggers] == [
+            (t.expect, t.match_related.root) for t in served.triggers
+        ], name
+
+
 def test_served_deployments_match_prefect_yaml() -> None:
     from flows.deploy import build_deployments
 

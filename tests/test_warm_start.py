@@ -47,8 +47,13 @@ def _workspace(tmp_path: Path, source: Path, **sections: dict) -> PipelineConfig
     return _config(tmp_path, prepared=source / "prepared", **sections)
 
 
+def _warm(cfg: PipelineConfig) -> WarmStartSource | None:
+    """What the CLI and the pipeline pass the stages for ``train.init_from``."""
+    return local_source(cfg.train.init_from, cfg.train.reset_optimizer)
+
+
 def _first_valid_loss(cfg: PipelineConfig) -> float:
-    return stages.train(cfg).history[0]["valid_loss"]
+    return stages.train(cfg, warm_start=_warm(cfg)).history[0]["valid_loss"]
 
 
 def test_local_source_resolves_directories_and_refuses_registry_references(
@@ -73,7 +78,7 @@ def test_local_source_resolves_directories_and_refuses_registry_references(
 def test_vocab_stage_copies_the_source_vocabulary(source: Path, tmp_path: Path, caplog) -> None:
     cfg = _workspace(tmp_path, source, train={"init_from": str(source / "ckpt")})
     with caplog.at_level(logging.INFO, logger="seq2seq_core"):
-        result = stages.build_vocab(cfg)
+        result = stages.build_vocab(cfg, warm_start=_warm(cfg))
     for path in (source / "vocab").iterdir():
         if path.name != "coverage.json":
             assert (tmp_path / "vocab" / path.name).read_bytes() == path.read_bytes()
@@ -87,7 +92,7 @@ def test_warm_start_beats_scratch_and_a_resumable_run_wins_over_it(
 ) -> None:
     init = {"init_from": str(source / "ckpt")}
     cfg = _workspace(tmp_path, source, train=init)
-    stages.build_vocab(cfg)
+    stages.build_vocab(cfg, warm_start=_warm(cfg))
     scratch = _workspace(tmp_path, source)  # same workspace: its last.pt is not resumed
     scratch_loss = _first_valid_loss(scratch)
     with caplog.at_level(logging.INFO, logger="seq2seq_core"):
@@ -100,7 +105,8 @@ def test_warm_start_beats_scratch_and_a_resumable_run_wins_over_it(
     assert warm_loss < scratch_loss - 0.5 and warm_loss < source_losses[0]
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="seq2seq_core"):
-        again = stages.train(_workspace(tmp_path, source, train={**init, "max_epochs": 2}))
+        again_cfg = _workspace(tmp_path, source, train={**init, "max_epochs": 2})
+        again = stages.train(again_cfg, warm_start=_warm(again_cfg))
     assert "not warm-starting from" in caplog.text and "resuming this run's own" in caplog.text
     assert again.epochs == 2 and again.history[0]["valid_loss"] == warm_loss
 
@@ -111,9 +117,9 @@ def test_keeping_the_optimizer_continues_adams_steps(source: Path, tmp_path: Pat
     cfg = _workspace(
         tmp_path, source, train={"init_from": str(source / "ckpt"), "reset_optimizer": False}
     )
-    stages.build_vocab(cfg)
+    stages.build_vocab(cfg, warm_start=_warm(cfg))
     with caplog.at_level(logging.INFO, logger="seq2seq_core"):
-        result = stages.train(cfg)
+        result = stages.train(cfg, warm_start=_warm(cfg))
     assert f"continuing at step {source_step}" in caplog.text
     assert result.steps > source_step
     last = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
@@ -125,9 +131,9 @@ def test_another_architecture_is_refused_naming_both(source: Path, tmp_path: Pat
     cfg = _workspace(
         tmp_path, source, model={"hidden_size": 64}, train={"init_from": str(source / "ckpt")}
     )
-    stages.build_vocab(cfg)
+    stages.build_vocab(cfg, warm_start=_warm(cfg))
     with pytest.raises(WarmStartError) as error:
-        stages.train(cfg)
+        stages.train(cfg, warm_start=_warm(cfg))
     assert str(error.value) == (
         f"cannot warm-start from {source / 'ckpt' / 'best.pt'}: its model has "
         "model.hidden_size 32, params.yaml has 64"
@@ -147,7 +153,7 @@ def test_another_vocabulary_is_refused_naming_both(
     shutil.copytree(source / "ckpt", copy, ignore=shutil.ignore_patterns("vocab"))
     cfg = _workspace(tmp_path, source, vocab=vocab, train={"init_from": str(copy)})
     with pytest.raises(WarmStartError) as error:
-        stages.train(cfg)
+        stages.train(cfg, warm_start=_warm(cfg))
     ours, theirs = vocab_sha256(tmp_path / "vocab")[:8], vocab_sha256(source / "vocab")[:8]
     assert ours != theirs
     assert str(error.value) == (
