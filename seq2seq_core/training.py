@@ -32,7 +32,6 @@ from seq2seq_core.config import PipelineConfig
 from seq2seq_core.decoding import greedy_decode
 from seq2seq_core.distributed import any_rank, broadcast, init_distributed, shard, wrap
 from seq2seq_core.host_memory import retain_freed_host_memory
-from seq2seq_core.inference_weights import clear_inference_weights
 from seq2seq_core.optim import LearningRate, build_optimizer, teacher_forcing_ratio
 from seq2seq_core.precision import autocast
 from seq2seq_core.seq2seq import Seq2Seq, build_model
@@ -307,8 +306,8 @@ def forward_backward(
     goes through `forward` so that its gradient hooks run."""
     with autocast(batch.src.device, precision):
         loss = model(
-            batch.src, batch.src_len, batch.tgt_in, teacher_forcing,
-            tgt_out=batch.tgt_out, label_smoothing=tc.label_smoothing,
+            batch.src, batch.src_len, batch.tgt_in, tgt_out=batch.tgt_out,
+            teacher_forcing=teacher_forcing, label_smoothing=tc.label_smoothing,
         )  # fmt: skip
     loss = loss / batch.ntokens
     (loss / tc.accumulate_steps).backward()
@@ -326,7 +325,7 @@ def train_step(
 ) -> tuple[float, float]:
     """One plain update (no accumulation, no smoothing): (loss per token, grad norm)."""
     with autocast(batch.src.device, precision):
-        loss = model.loss(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out, teacher_forcing)
+        loss = model(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out, teacher_forcing)
     loss = loss / batch.ntokens
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -344,12 +343,11 @@ def evaluate_loss(
 ) -> float:
     """Teacher-forced loss per target token (nan when there are no batches)."""
     model.eval()
-    clear_inference_weights(model)
     total, tokens = 0.0, 0
     with torch.inference_mode(), autocast(device, precision):
         for batch in batches:
             b = batch.to(device)
-            total += float(model.loss(b.src, b.src_len, b.tgt_in, b.tgt_out))
+            total += float(model(b.src, b.src_len, b.tgt_in, tgt_out=b.tgt_out))
             tokens += b.ntokens
     return total / tokens if tokens else math.nan
 

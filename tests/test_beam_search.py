@@ -9,7 +9,7 @@ from conftest import DECODER_VARIANTS, random_model, random_sources, variant_id
 from seq2seq_core.beam_search import beam_search, length_penalty
 from seq2seq_core.config import ModelConfig
 from seq2seq_core.decoding import greedy_decode
-from seq2seq_core.seq2seq import EOS_ID
+from seq2seq_core.special_tokens import EOS_ID
 
 KW = {"max_len_ratio": 1.5, "max_len_extra": 3, "device": "cpu"}
 

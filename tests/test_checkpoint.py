@@ -34,14 +34,18 @@ def test_round_trip_rebuilds_the_same_model(tmp_path: Path, attention: str) -> N
     src, src_len = torch.tensor([[4, 5, 6], [7, 8, 0]]), torch.tensor([3, 2])
     tgt_in = torch.tensor([[2, 9, 10], [2, 11, 0]])
     with torch.no_grad():
-        torch.testing.assert_close(loaded(src, src_len, tgt_in), model(src, src_len, tgt_in))
+        torch.testing.assert_close(
+            loaded.logits(src, src_len, tgt_in), model.logits(src, src_len, tgt_in)
+        )
 
 
 def test_payload_loads_with_weights_only(tmp_path: Path) -> None:
     cfg = ModelConfig(emb_size=8, hidden_size=12, tie_embeddings="none")
     model = build_model(cfg, 20, 25)
     optimizer = torch.optim.Adam(model.parameters())
-    model(torch.tensor([[4, 5]]), torch.tensor([2]), torch.tensor([[2, 6]])).sum().backward()
+    model(
+        torch.tensor([[4, 5]]), torch.tensor([2]), torch.tensor([[2, 6]]), torch.tensor([[6, 3]])
+    ).backward()
     optimizer.step()
     payload = {
         **model_payload(model, cfg, 20, 25),

@@ -90,7 +90,7 @@ def test_label_smoothing_matches_torch(input_feeding: bool) -> None:
     src_len = torch.tensor([5, 4, 2])
     tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:].clone()
     tgt_out[2, 3:] = 0
-    logits = model(src, src_len, tgt_in)
+    logits = model.logits(src, src_len, tgt_in)
     expected = F.cross_entropy(
         logits.reshape(-1, 20), tgt_out.reshape(-1), ignore_index=0, reduction="sum",
         label_smoothing=0.1,
