@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from seq2seq_core.checkpoint import (
+    FORMAT_VERSION,
     CheckpointError,
     load_checkpoint,
     load_model,
@@ -66,6 +67,19 @@ def test_missing_or_foreign_files_raise(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="missing"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_format_version_is_checked_on_load(tmp_path: Path) -> None:
+    cfg = ModelConfig(emb_size=8, hidden_size=12, tie_embeddings="none")
+    payload = model_payload(build_model(cfg, 20, 25), cfg, 20, 25)
+    assert payload["format_version"] == FORMAT_VERSION
+    for version in (FORMAT_VERSION + 1, 0, "2"):
+        save_checkpoint(tmp_path / "new.pt", {**payload, "format_version": version})
+        with pytest.raises(CheckpointError, match=f"format_version {version!r} .*newer or unknown"):
+            load_model(tmp_path / "new.pt")
+    del payload["format_version"]  # written before the key existed: the first layout
+    save_checkpoint(tmp_path / "old.pt", payload)
+    assert load_model(tmp_path / "old.pt")[1]["src_vocab_size"] == 20
 
 
 def test_checkpoint_from_before_tying_existed_rebuilds_untied() -> None:
