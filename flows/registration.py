@@ -14,7 +14,7 @@ from typing import Any
 
 from flows import registry, tracking
 from seq2seq_core.config import PipelineConfig
-from seq2seq_core.stages import write_json
+from seq2seq_core.files import write_json
 
 
 class MissingStageOutputError(FileNotFoundError):
