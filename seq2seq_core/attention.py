@@ -16,14 +16,35 @@ from seq2seq_core.kernels import REFERENCE, Kernels
 from seq2seq_core.kernels.additive_scores import additive_scores
 
 
-def _attend(scores: Tensor, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """scores (B, T, S), values (B, S, K), mask (B, S) True at real tokens."""
-    scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
-    probs = torch.softmax(scores, dim=-1)  # (B, T, S)
-    return torch.bmm(probs, values), probs  # (B, T, K), (B, T, S)
+class Attention(nn.Module):
+    """Scores T queries against every source position and averages the values by the
+    softmax of the scores; a subclass says how a query and a key score."""
+
+    def project_keys(self, keys: Tensor) -> Tensor:
+        """Encoder outputs (B, S, K) -> what ``scores`` reads, once per batch."""
+        raise NotImplementedError
+
+    def scores(self, query: Tensor, proj_keys: Tensor, kernels: Kernels) -> Tensor:
+        """query (B, T, Q), proj_keys (B, S, .) -> scores (B, T, S)."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        query: Tensor,
+        proj_keys: Tensor,
+        values: Tensor,
+        mask: Tensor,
+        kernels: Kernels = REFERENCE,
+    ) -> tuple[Tensor, Tensor]:
+        """query (B, T, Q), values (B, S, K), mask (B, S) True at real tokens ->
+        context (B, T, K), probs (B, T, S)."""
+        scores = self.scores(query, proj_keys, kernels)  # (B, T, S)
+        scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+        probs = torch.softmax(scores, dim=-1)  # (B, T, S)
+        return torch.bmm(probs, values), probs  # (B, T, K), (B, T, S)
 
 
-class BahdanauAttention(nn.Module):
+class BahdanauAttention(Attention):
     """Additive (MLP) score v^T tanh(W_q q + W_k k) (Bahdanau et al., 2015)."""
 
     def __init__(self, query_size: int, key_size: int, attention_size: int) -> None:
@@ -35,24 +56,15 @@ class BahdanauAttention(nn.Module):
     def project_keys(self, keys: Tensor) -> Tensor:
         return self.key_layer(keys)  # (B, S, K) -> (B, S, A)
 
-    def forward(
-        self,
-        query: Tensor,
-        proj_keys: Tensor,
-        values: Tensor,
-        mask: Tensor,
-        kernels: Kernels = REFERENCE,
-    ) -> tuple[Tensor, Tensor]:
-        """query (B, T, Q) -> context (B, T, K), probs (B, T, S)."""
+    def scores(self, query: Tensor, proj_keys: Tensor, kernels: Kernels) -> Tensor:
         q = kernels.linear(query, self.query_layer)  # (B, T, A)
         v = self.energy_layer.weight.squeeze(0)  # (A,)
         # Under autocast q and the keys come out of bf16 matmuls: v joins them.
         keys, v = proj_keys.to(q.dtype), v.to(q.dtype)
-        scores = additive_scores(q, keys, v)  # (B, T, S): v . tanh(q + k) per query and key
-        return _attend(scores, values, mask)
+        return additive_scores(q, keys, v)  # (B, T, S): v . tanh(q + k) per query and key
 
 
-class LuongAttention(nn.Module):
+class LuongAttention(Attention):
     """Multiplicative score (Luong et al., 2015, section 3.1): "general" q^T W k, or "dot"
     q^T k (no parameters; keys and queries must have the same size)."""
 
@@ -70,18 +82,5 @@ class LuongAttention(nn.Module):
             return keys  # dot: the keys as they are
         return self.key_layer(keys)  # (B, S, K) -> (B, S, Q): W k once per batch
 
-    def forward(
-        self,
-        query: Tensor,
-        proj_keys: Tensor,
-        values: Tensor,
-        mask: Tensor,
-        kernels: Kernels = REFERENCE,
-    ) -> tuple[Tensor, Tensor]:
-        """query (B, T, Q) -> context (B, T, K), probs (B, T, S); no linear of its own here,
-        so ``kernels`` changes nothing."""
-        scores = torch.bmm(query, proj_keys.transpose(1, 2))  # (B, T, S)
-        return _attend(scores, values, mask)
-
-
-Attention = BahdanauAttention | LuongAttention
+    def scores(self, query: Tensor, proj_keys: Tensor, kernels: Kernels) -> Tensor:
+        return torch.bmm(query, proj_keys.transpose(1, 2))  # (B, T, S)

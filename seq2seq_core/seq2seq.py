@@ -139,16 +139,10 @@ class Seq2Seq(nn.Module):
 
 
 def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
-    encoder = RecurrentEncoder(
-        vocab_size=src_vocab_size,
-        emb_size=cfg.emb_size,
-        hidden_size=cfg.hidden_size,
-        cell=cfg.cell,
-        layers=cfg.layers,
-        bidirectional=cfg.bidirectional,
-        dropout=cfg.dropout,
-        pad_id=PAD_ID,
-    )
+    # What the encoder and the decoder share: sizes, cell, layers, dropout, padding id.
+    shared = {"emb_size": cfg.emb_size, "hidden_size": cfg.hidden_size, "cell": cfg.cell,
+              "layers": cfg.layers, "dropout": cfg.dropout, "pad_id": PAD_ID}  # fmt: skip
+    encoder = RecurrentEncoder(src_vocab_size, bidirectional=cfg.bidirectional, **shared)
     attention: Attention | None = None
     if cfg.attention == "bahdanau":
         attention = BahdanauAttention(cfg.hidden_size, cfg.hidden_size, cfg.hidden_size)
@@ -157,16 +151,11 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> S
     elif cfg.attention != "none":
         raise ValueError(f"model.attention: {cfg.attention!r} is not one of none, bahdanau, luong")
     decoder = RecurrentDecoder(
-        vocab_size=tgt_vocab_size,
-        emb_size=cfg.emb_size,
-        hidden_size=cfg.hidden_size,
-        cell=cfg.cell,
-        layers=cfg.layers,
-        dropout=cfg.dropout,
+        tgt_vocab_size,
         attention=attention,
         encoder_size=cfg.hidden_size,
         input_feeding=cfg.input_feeding,
-        pad_id=PAD_ID,
+        **shared,
     )
     _tie_embeddings(cfg, encoder, decoder, src_vocab_size, tgt_vocab_size)
     return Seq2Seq(encoder, decoder, context=cfg.context)
