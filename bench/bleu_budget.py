@@ -27,7 +27,6 @@ def ours(minutes: float, threads: int, overrides: list[str]) -> dict[str, Any]:
     """The pipeline's own train stage and test evaluation, in a scratch directory."""
     from seq2seq_core import stages
     from seq2seq_core.config import load_config
-    from seq2seq_core.evaluation import evaluate_split
 
     out = WORK / "ours"
     shutil.rmtree(out, ignore_errors=True)  # from scratch: no resume from an earlier run
@@ -45,7 +44,7 @@ def ours(minutes: float, threads: int, overrides: list[str]) -> dict[str, Any]:
     t0 = time.perf_counter()
     result = stages.train(cfg)
     train_s = time.perf_counter() - t0
-    metrics = evaluate_split(cfg)["metrics"]["test"]
+    metrics = stages.evaluate(cfg).metrics["test"]
     return {
         "system": "ours", "budget_min": minutes, "threads": threads,
         "train_s": round(train_s, 1), "epochs": result.epochs, "steps": result.steps,

@@ -35,7 +35,8 @@ from seq2seq_core.config import DataConfig, ModelConfig, VocabConfig  # noqa: E4
 from seq2seq_core.data import prepare_corpus, read_prepared_split  # noqa: E402
 from seq2seq_core.decoding import greedy_decode  # noqa: E402
 from seq2seq_core.host_memory import retain_freed_host_memory  # noqa: E402
-from seq2seq_core.seq2seq import EOS_ID, build_model  # noqa: E402
+from seq2seq_core.seq2seq import build_model  # noqa: E402
+from seq2seq_core.special_tokens import EOS_ID  # noqa: E402
 from seq2seq_core.tokenization import SubwordTokenizer  # noqa: E402
 
 CACHE = REPO / "bench" / ".cache"

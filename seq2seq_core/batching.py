@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
+from seq2seq_core.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
 
 class PairEncoder(Protocol):
@@ -77,16 +77,24 @@ def encode_pairs(
     return EncodedPairs(src, tgt, skipped_long=long, skipped_empty=empty)
 
 
+def pad_sources(sources: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+    """Non-empty id lists (no BOS/EOS) -> src (B, S) int64, PAD_ID after each sentence's
+    end, and src_len (B,) int64 on CPU: the encoder's input, in training and decoding."""
+    src_len = torch.tensor([len(s) for s in sources], dtype=torch.long)  # (B,)
+    src = torch.full((len(sources), int(src_len.max())), PAD_ID, dtype=torch.long)  # (B, S)
+    for row, s in enumerate(sources):
+        src[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return src, src_len
+
+
 def collate(src: Sequence[list[int]], tgt: Sequence[list[int]], indices: list[int]) -> Batch:
     batch = len(indices)
-    src_len = torch.tensor([len(src[i]) for i in indices], dtype=torch.long)  # (B,)
+    src_t, src_len = pad_sources([src[i] for i in indices])  # (B, S), (B,)
     tgt_len = [len(tgt[i]) + 1 for i in indices]  # +1 for BOS (in) / EOS (out)
-    src_t = torch.full((batch, int(src_len.max())), PAD_ID, dtype=torch.long)  # (B, S)
     tgt_in = torch.full((batch, max(tgt_len)), PAD_ID, dtype=torch.long)  # (B, T)
     tgt_out = torch.full_like(tgt_in, PAD_ID)
     for row, i in enumerate(indices):
-        s, t = src[i], tgt[i]
-        src_t[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+        t = tgt[i]
         tgt_in[row, 0] = BOS_ID
         tgt_in[row, 1 : len(t) + 1] = torch.tensor(t, dtype=torch.long)
         tgt_out[row, : len(t)] = torch.tensor(t, dtype=torch.long)

@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seq2seq_core.batching import pad_sources
 from seq2seq_core.decoder import DecoderState, Memory
-from seq2seq_core.inference_weights import clear_inference_weights
+from seq2seq_core.kernels import Kernels
 from seq2seq_core.precision import autocast
-from seq2seq_core.seq2seq import BOS_ID, EOS_ID, PAD_ID, Seq2Seq
+from seq2seq_core.seq2seq import Seq2Seq
+from seq2seq_core.special_tokens import BOS_ID, EOS_ID
 
 
 @dataclass(frozen=True)
@@ -62,14 +64,14 @@ def beam_search(
     order = sorted((i for i, s in enumerate(src_ids) if s), key=lambda i: -len(src_ids[i]))
     was_training = model.training
     model.eval()
-    clear_inference_weights(model)
     settings = _Settings(
         beam_size, max_len_ratio, max_len_extra, length_penalty_alpha, nbest, no_repeat_ngram
     )
     with torch.inference_mode(), autocast(device, precision):
+        kernels = model.select_kernels()  # this call's fast paths and packed weights
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            found = _search_batch(model, [src_ids[i] for i in rows], settings, device)
+            found = _search_batch(model, [src_ids[i] for i in rows], settings, device, kernels)
             for row, i in enumerate(rows):
                 results[i] = found[row]
     model.train(was_training)
@@ -87,17 +89,14 @@ class _Settings:
 
 
 def _search_batch(
-    model: Seq2Seq, sources: list[list[int]], s: _Settings, device: torch.device
+    model: Seq2Seq, sources: list[list[int]], s: _Settings, device: torch.device, kernels: Kernels
 ) -> list[list[Hypothesis]]:
     n_sent, k = len(sources), s.beam
-    src_len = torch.tensor([len(x) for x in sources], dtype=torch.long)
-    src = torch.full((n_sent, int(src_len.max())), PAD_ID, dtype=torch.long)
-    for row, x in enumerate(sources):
-        src[row, : len(x)] = torch.tensor(x, dtype=torch.long)
+    src, src_len = pad_sources(sources)  # (B, S), (B,)
     limits = torch.tensor(
         [max(1, int(s.max_len_ratio * len(x) + s.max_len_extra)) for x in sources], device=device
     )
-    memory, state = model.encode(src.to(device), src_len)
+    memory, state = model.encode(src.to(device), src_len, kernels)
     expand = torch.arange(n_sent, device=device).repeat_interleave(k)  # (B*K,)
     state = _select_state(state, expand)  # memory stays one row per sentence (see Memory)
 
@@ -111,7 +110,7 @@ def _search_batch(
     step = 0
     while active.numel():
         step += 1
-        logits, state, _ = model.decode_step(tokens, state, memory)  # (B'K, V)
+        logits, state, _ = model.decode_step(tokens, state, memory, kernels)  # (B'K, V)
         log_probs = F.log_softmax(logits.float(), dim=-1)
         if s.no_repeat_ngram:
             _block_repeats(log_probs, history, s.no_repeat_ngram)

@@ -23,6 +23,8 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing keys or was written by an incompatible version."""
 
 
+# The payload layout this code writes and reads. Bump it when a change would make older code
+# misread a new checkpoint; load_checkpoint refuses a version it does not know.
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("model_state", "model_config", "src_vocab_size", "tgt_vocab_size")
 
@@ -63,6 +65,12 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str,
     missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:
         raise CheckpointError(f"{path}: not a seq2seq checkpoint (missing {', '.join(missing)})")
+    version = payload.get("format_version", FORMAT_VERSION)  # absent: written before versions
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format_version {version!r} is not one this code reads "
+            f"(1 to {FORMAT_VERSION}); it was written by a newer or unknown version"
+        )
     return payload
 
 

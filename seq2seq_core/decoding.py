@@ -8,9 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from seq2seq_core.inference_weights import clear_inference_weights
+from seq2seq_core.batching import pad_sources
+from seq2seq_core.kernels import Kernels
 from seq2seq_core.precision import autocast
-from seq2seq_core.seq2seq import BOS_ID, EOS_ID, PAD_ID, Seq2Seq
+from seq2seq_core.seq2seq import Seq2Seq
+from seq2seq_core.special_tokens import BOS_ID, EOS_ID
 
 
 @dataclass
@@ -44,12 +46,12 @@ def greedy_decode(
     order = sorted((i for i, s in enumerate(src_ids) if s), key=lambda i: -len(src_ids[i]))
     was_training = model.training
     model.eval()
-    clear_inference_weights(model)
     with torch.inference_mode(), autocast(device, precision):
+        kernels = model.select_kernels()  # this call's fast paths and packed weights
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             out, probs = _decode_batch(
-                model, [src_ids[i] for i in rows], max_len_ratio, max_len_extra, device
+                model, [src_ids[i] for i in rows], max_len_ratio, max_len_extra, device, kernels
             )
             for row, i in enumerate(rows):
                 ids[i] = out[row]
@@ -65,22 +67,20 @@ def _decode_batch(
     max_len_ratio: float,
     max_len_extra: int,
     device: torch.device,
+    kernels: Kernels,
 ) -> tuple[list[list[int]], Tensor | None]:
     batch = len(sources)
-    src_len = torch.tensor([len(s) for s in sources], dtype=torch.long)  # (B,)
-    src = torch.full((batch, int(src_len.max())), PAD_ID, dtype=torch.long)  # (B, S)
-    for row, s in enumerate(sources):
-        src[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+    src, src_len = pad_sources(sources)  # (B, S), (B,)
     limits = [max(1, int(max_len_ratio * len(s) + max_len_extra)) for s in sources]
     limit_t = torch.tensor(limits, device=device)  # (B,)
 
-    memory, state = model.encode(src.to(device), src_len)
+    memory, state = model.encode(src.to(device), src_len, kernels)
     tokens = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)  # (B,)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     steps: list[Tensor] = []
     step_probs: list[Tensor] = []
     for t in range(max(limits)):
-        logits, state, probs = model.decode_step(tokens, state, memory)  # (B, V), (B, S)
+        logits, state, probs = model.decode_step(tokens, state, memory, kernels)  # (B, V)
         tokens = logits.float().argmax(dim=-1)  # (B,); bf16 argmax is ~10x slower on CPU
         steps.append(tokens)
         if probs is not None:

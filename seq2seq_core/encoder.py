@@ -1,6 +1,5 @@
-"""Recurrent encoder: embedding -> (bi)LSTM/GRU over packed sequences.
-
-On CPU the RNN runs through ``packed_rnn``: torch's results, faster there.
+"""Recurrent encoder: embedding -> (bi)LSTM/GRU over packed sequences (like Joey NMT's
+RecurrentEncoder).
 
 A bidirectional encoder uses ``hidden_size // 2`` units per direction, so its outputs and
 its final state (forward and backward concatenated per layer) have exactly the decoder's
@@ -12,7 +11,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from seq2seq_core.packed_rnn import packed_rnn, use_packed_rnn
+from seq2seq_core.kernels import REFERENCE, Kernels
+from seq2seq_core.kernels.packed_rnn import packed_rnn
 
 # An RNN state: GRU carries h, LSTM carries (h, c); each (layers, B, H).
 RNNState = Tensor | tuple[Tensor, Tensor]
@@ -51,7 +51,9 @@ class RecurrentEncoder(nn.Module):
             dropout=dropout if layers > 1 else 0.0,  # torch applies it between layers only
         )
 
-    def forward(self, src: Tensor, src_len: Tensor) -> tuple[Tensor, RNNState]:
+    def forward(
+        self, src: Tensor, src_len: Tensor, kernels: Kernels = REFERENCE
+    ) -> tuple[Tensor, RNNState]:
         """src (B, S) ids, src_len (B,) int64 on CPU (every length >= 1).
 
         Returns outputs (B, S, H), zero at padded positions, and the final state
@@ -59,7 +61,7 @@ class RecurrentEncoder(nn.Module):
         """
         emb = self.dropout(self.embedding(src))  # (B, S, E)
         packed = pack_padded_sequence(emb, src_len.cpu(), batch_first=True, enforce_sorted=False)
-        if use_packed_rnn(self.rnn, emb):
+        if kernels.packed_rnn:  # the same results as self.rnn's, faster on CPU
             packed_out, final = packed_rnn(self.rnn, packed)
         else:
             packed_out, final = self.rnn(packed)

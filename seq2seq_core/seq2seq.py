@@ -14,10 +14,11 @@ from torch import Tensor, nn
 
 from seq2seq_core.attention import Attention, BahdanauAttention, LuongAttention
 from seq2seq_core.config import ModelConfig
-from seq2seq_core.decoder import DecoderState, Memory, RecurrentDecoder, linear_cross_entropy
+from seq2seq_core.decoder import DecoderState, Memory, RecurrentDecoder
 from seq2seq_core.encoder import RecurrentEncoder, RNNState
-
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+from seq2seq_core.kernels import REFERENCE, Kernels, select
+from seq2seq_core.kernels.linear_cross_entropy import linear_cross_entropy
+from seq2seq_core.special_tokens import PAD_ID
 
 
 class Seq2Seq(nn.Module):
@@ -29,9 +30,70 @@ class Seq2Seq(nn.Module):
         self.decoder = decoder
         self.context = context
 
-    def encode(self, src: Tensor, src_len: Tensor) -> tuple[Memory, DecoderState]:
+    def forward(
+        self,
+        src: Tensor,
+        src_len: Tensor,
+        tgt_in: Tensor,
+        tgt_out: Tensor,
+        teacher_forcing: float = 1.0,
+        label_smoothing: float = 0.0,
+    ) -> Tensor:
+        """The training objective: cross-entropy summed over the real (non-pad) tokens of
+        tgt_out (B, T), against targets smoothed towards uniform by ``label_smoothing``
+        (Szegedy et al. 2016); an fp32 scalar. src (B, S), src_len (B,) on CPU,
+        tgt_in (B, T) = BOS + y. It is ``forward`` so that DistributedDataParallel, which
+        hooks ``forward``, sees the training computation.
+
+        Equal to ``F.cross_entropy(self.logits(src, src_len, tgt_in, teacher_forcing),
+        tgt_out, ignore_index=PAD_ID, reduction="sum")``; with teacher forcing 1.0 the output
+        layer runs once, on real tokens only, and never materialises the (B, T, V) logits.
+        """
+        kernels = self.select_kernels()
+        memory, state = self.encode(src, src_len, kernels)
+        if teacher_forcing < 1.0:
+            logits = self.forward_stepwise(tgt_in, state, memory, teacher_forcing, kernels)
+            return F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)),
+                tgt_out.reshape(-1),
+                ignore_index=PAD_ID,
+                reduction="sum",
+                label_smoothing=label_smoothing,
+            )
+        vectors = self.decoder.teacher_forced(tgt_in, state, memory, kernels)  # (B, T, H)
+        real = tgt_out != PAD_ID  # (B, T)
+        x = self.decoder.dropout(vectors[real])  # (N, H), N real target tokens
+        return linear_cross_entropy(
+            x, self.decoder.output_layer, tgt_out[real], label_smoothing=label_smoothing
+        )
+
+    def logits(
+        self, src: Tensor, src_len: Tensor, tgt_in: Tensor, teacher_forcing: float = 1.0
+    ) -> Tensor:
+        """src (B, S), src_len (B,) on CPU, tgt_in (B, T) = BOS + y -> logits (B, T, V).
+
+        With teacher_forcing < 1, one coin per step (torch's global RNG, shared by the whole
+        batch, as in the seed) decides whether the next input is the gold token or the
+        model's own argmax.
+        """
+        kernels = self.select_kernels()
+        memory, state = self.encode(src, src_len, kernels)
+        if teacher_forcing >= 1.0:
+            vectors = self.decoder.teacher_forced(tgt_in, state, memory, kernels)  # (B, T, H)
+            return self.decoder.logits(vectors, kernels)
+        return self.forward_stepwise(tgt_in, state, memory, teacher_forcing, kernels)
+
+    def select_kernels(self) -> Kernels:
+        """The fast paths for one call on this model (``kernels.select``), under the autocast
+        and inference mode in force now: a decoding call makes it once, inside them."""
+        weight = self.encoder.embedding.weight
+        return select(weight.device, weight.dtype)
+
+    def encode(
+        self, src: Tensor, src_len: Tensor, kernels: Kernels = REFERENCE
+    ) -> tuple[Memory, DecoderState]:
         """src (B, S), src_len (B,) -> attention memory and the decoder's initial state."""
-        outputs, final = self.encoder(src, src_len)  # (B, S, H), (layers, B, H)
+        outputs, final = self.encoder(src, src_len, kernels)  # (B, S, H), (layers, B, H)
         lengths = src_len.to(src.device)
         mask = torch.arange(src.size(1), device=src.device) < lengths.unsqueeze(1)  # (B, S)
         attention = self.decoder.attention
@@ -50,76 +112,25 @@ class Seq2Seq(nn.Module):
         return (h0, torch.zeros_like(h0)) if isinstance(final, tuple) else h0
 
     def decode_step(
-        self, prev_tokens: Tensor, state: DecoderState, memory: Memory
+        self, prev_tokens: Tensor, state: DecoderState, memory: Memory, kernels: Kernels = REFERENCE
     ) -> tuple[Tensor, DecoderState, Tensor | None]:
         """prev_tokens (B,) -> logits (B, V), next state, attention probs (B, S) or None."""
-        return self.decoder.step(prev_tokens, state, memory)
-
-    def forward(
-        self,
-        src: Tensor,
-        src_len: Tensor,
-        tgt_in: Tensor,
-        teacher_forcing: float = 1.0,
-        tgt_out: Tensor | None = None,
-        label_smoothing: float = 0.0,
-    ) -> Tensor:
-        """src (B, S), src_len (B,) on CPU, tgt_in (B, T) = BOS + y -> logits (B, T, V);
-        with `tgt_out` the summed loss instead (`loss`), so DistributedDataParallel, which
-        hooks `forward`, sees the training computation.
-
-        With teacher_forcing < 1, one coin per step (torch's global RNG, shared by the whole
-        batch, as in the seed) decides whether the next input is the gold token or the
-        model's own argmax.
-        """
-        if tgt_out is not None:
-            return self.loss(src, src_len, tgt_in, tgt_out, teacher_forcing, label_smoothing)
-        memory, state = self.encode(src, src_len)
-        if teacher_forcing >= 1.0:
-            vectors, _ = self.decoder.teacher_forced_states(tgt_in, state, memory)  # (B, T, H)
-            return self.decoder.logits(vectors)
-        return self.forward_stepwise(tgt_in, state, memory, teacher_forcing)
-
-    def loss(
-        self,
-        src: Tensor,
-        src_len: Tensor,
-        tgt_in: Tensor,
-        tgt_out: Tensor,
-        teacher_forcing: float = 1.0,
-        label_smoothing: float = 0.0,
-    ) -> Tensor:
-        """Cross-entropy summed over the real (non-pad) tokens of tgt_out (B, T), against
-        targets smoothed towards uniform by `label_smoothing` (Szegedy et al. 2016).
-
-        Equal to ``F.cross_entropy(self(src, src_len, tgt_in, teacher_forcing), tgt_out,
-        ignore_index=PAD_ID, reduction="sum")``; with teacher forcing 1.0 the output layer
-        runs once, on real tokens only, and never materialises the (B, T, V) logits.
-        """
-        memory, state = self.encode(src, src_len)
-        if teacher_forcing < 1.0:
-            logits = self.forward_stepwise(tgt_in, state, memory, teacher_forcing)
-            return F.cross_entropy(
-                logits.reshape(-1, logits.size(-1)),
-                tgt_out.reshape(-1),
-                ignore_index=PAD_ID,
-                reduction="sum",
-                label_smoothing=label_smoothing,
-            )
-        vectors, _ = self.decoder.teacher_forced_states(tgt_in, state, memory)  # (B, T, H)
-        real = tgt_out != PAD_ID  # (B, T)
-        x = self.decoder.dropout(vectors[real])  # (N, H), N real target tokens
-        return linear_cross_entropy(
-            x, self.decoder.output_layer, tgt_out[real], label_smoothing=label_smoothing
-        )
+        return self.decoder.step(prev_tokens, state, memory, kernels)
 
     def forward_stepwise(
-        self, tgt_in: Tensor, state: DecoderState, memory: Memory, teacher_forcing: float
+        self,
+        tgt_in: Tensor,
+        state: DecoderState,
+        memory: Memory,
+        teacher_forcing: float,
+        kernels: Kernels = REFERENCE,
     ) -> Tensor:
+        """One ``decode_step`` per target position, each input the gold token or (with
+        probability 1 - teacher_forcing) the previous argmax: tgt_in (B, T) -> (B, T, V)."""
         steps = []
         tokens = tgt_in[:, 0]  # (B,) BOS
         for t in range(tgt_in.size(1)):
-            logits, state, _ = self.decoder.step(tokens, state, memory)  # (B, V)
+            logits, state, _ = self.decoder.step(tokens, state, memory, kernels)  # (B, V)
             steps.append(logits)
             if t + 1 < tgt_in.size(1):
                 gold = teacher_forcing >= 1.0 or bool(torch.rand(()) < teacher_forcing)
@@ -128,16 +139,10 @@ class Seq2Seq(nn.Module):
 
 
 def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
-    encoder = RecurrentEncoder(
-        vocab_size=src_vocab_size,
-        emb_size=cfg.emb_size,
-        hidden_size=cfg.hidden_size,
-        cell=cfg.cell,
-        layers=cfg.layers,
-        bidirectional=cfg.bidirectional,
-        dropout=cfg.dropout,
-        pad_id=PAD_ID,
-    )
+    # What the encoder and the decoder share: sizes, cell, layers, dropout, padding id.
+    shared = {"emb_size": cfg.emb_size, "hidden_size": cfg.hidden_size, "cell": cfg.cell,
+              "layers": cfg.layers, "dropout": cfg.dropout, "pad_id": PAD_ID}  # fmt: skip
+    encoder = RecurrentEncoder(src_vocab_size, bidirectional=cfg.bidirectional, **shared)
     attention: Attention | None = None
     if cfg.attention == "bahdanau":
         attention = BahdanauAttention(cfg.hidden_size, cfg.hidden_size, cfg.hidden_size)
@@ -146,16 +151,11 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> S
     elif cfg.attention != "none":
         raise ValueError(f"model.attention: {cfg.attention!r} is not one of none, bahdanau, luong")
     decoder = RecurrentDecoder(
-        vocab_size=tgt_vocab_size,
-        emb_size=cfg.emb_size,
-        hidden_size=cfg.hidden_size,
-        cell=cfg.cell,
-        layers=cfg.layers,
-        dropout=cfg.dropout,
+        tgt_vocab_size,
         attention=attention,
         encoder_size=cfg.hidden_size,
         input_feeding=cfg.input_feeding,
-        pad_id=PAD_ID,
+        **shared,
     )
     _tie_embeddings(cfg, encoder, decoder, src_vocab_size, tgt_vocab_size)
     return Seq2Seq(encoder, decoder, context=cfg.context)

@@ -1,29 +1,45 @@
-"""The pipeline's five stages, one function each: files in, files out, a small result back.
+"""The pipeline's four stages in the ML library, one function each: ingest, build_vocab,
+train, evaluate. Files in, files out, a small result back.
 
 The Prefect flow, the DVC stage commands (through the CLI) and the tests all call these
-same functions; nothing else in the project re-implements a stage.
+same functions; nothing else in the project re-implements a stage. The fifth step of the
+pipeline, register, is MLflow through and through and lives in ``flows/registration.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
 
 from seq2seq_core.config import PipelineConfig
 from seq2seq_core.data import prepare_corpus, read_prepared_split
 from seq2seq_core.distributed import topology
+from seq2seq_core.files import write_json
 from seq2seq_core.host_memory import retain_freed_host_memory
 from seq2seq_core.tokenization import SubwordTokenizer
 from seq2seq_core.training import TrainCallback, TrainResult, train_model
 from seq2seq_core.warm_start import WarmStartSource, vocab_sha256
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from seq2seq_core.translator import Translator
+
+# The primary system's test translations and their references, one line per test pair in
+# test order: what the promotion gate's paired bootstrap compares between two models.
+HYPOTHESES_FILE = "test_hypotheses.txt"
+REFERENCES_FILE = "test_references.txt"
 
 
 @dataclass(frozen=True)
@@ -141,21 +157,155 @@ def train(
     return result
 
 
-def evaluate(cfg: PipelineConfig) -> EvaluateResult:
+def evaluate(cfg: PipelineConfig, split: str = "test") -> EvaluateResult:
+    """Decode a prepared split with the best checkpoint, greedy and (decode.beam_size > 1)
+    beam search; write metrics, hypotheses, per-length BLEU, samples and plots."""
     # Imported here so that ingest/vocab do not pay for matplotlib and sacrebleu.
-    from seq2seq_core.evaluation import evaluate_split
+    from seq2seq_core import eval_reports
+    from seq2seq_core.evaluation import bleu_tokenizer
 
     retain_freed_host_memory()  # greedy and beam decoding re-allocate per step, like training
-    return EvaluateResult(**evaluate_split(cfg))
+    reports_dir = Path(cfg.evaluate.reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    translator = _evaluation_translator(cfg)
+    df = read_prepared_split(Path(cfg.data.prepared_dir), split).rename(columns={"tgt": "ref"})
+    tokenize = bleu_tokenizer(_target_language(cfg))  # sacrebleu's, for the target language
+    metrics, primary = _decode_and_score(cfg, translator, df, split, tokenize)
+    metrics_path = reports_dir / "metrics.json"
+    write_json(metrics_path, metrics)
+    for name, lines in ((HYPOTHESES_FILE, df[primary]), (REFERENCES_FILE, df["ref"])):
+        (reports_dir / name).write_text(
+            "".join(line.replace("\n", " ") + "\n" for line in lines), encoding="utf-8"
+        )
+    length_rows = _length_bleu(cfg, df, primary, tokenize)
+    samples_path = eval_reports.write_samples(df, reports_dir, cfg.evaluate.samples)
+    plots = _evaluation_plots(cfg, translator, df["src"].tolist(), length_rows)
+    return EvaluateResult(
+        metrics_path=str(metrics_path),
+        metrics=metrics,
+        samples_path=str(samples_path),
+        plot_paths=[str(p) for p in plots if p],
+    )
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON atomically so a killed stage never leaves a half-written output."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+def _evaluation_translator(cfg: PipelineConfig) -> Translator:
+    from seq2seq_core.translator import Translator
+
+    # The input limit protects a server from abuse; the test set is scored whole.
+    decode = dataclasses.replace(cfg.decode, max_input_tokens=sys.maxsize)
+    return Translator.load(
+        Path(cfg.train.checkpoint_dir) / "best.pt", Path(cfg.vocab.out_dir), decode,
+        device="cpu", max_input_chars=sys.maxsize,
+    )  # fmt: skip
 
 
-def result_dict(result: Any) -> dict[str, Any]:
-    return asdict(result)
+def _target_language(cfg: PipelineConfig) -> str | None:
+    report = Path(cfg.data.prepared_dir) / "report.json"
+    if report.exists():
+        langs = json.loads(report.read_text(encoding="utf-8")).get("languages") or {}
+        if langs.get("tgt"):
+            return langs["tgt"]
+    return cfg.data.tgt_lang
+
+
+def _decode_and_score(
+    cfg: PipelineConfig, translator: Translator, df: pd.DataFrame, split: str, tokenize: str
+) -> tuple[dict[str, Any], str]:
+    """Adds a column of translations per system to ``df``; returns the metrics (the primary
+    system first, under ``split``) and the primary system's name."""
+    from seq2seq_core.evaluation import eval_set_digest, score_translations
+
+    sources, references = df["src"].tolist(), df["ref"].tolist()
+    digest = eval_set_digest(sources, references)
+    systems = {"greedy": 1} | ({"beam": cfg.decode.beam_size} if cfg.decode.beam_size > 1 else {})
+    metrics: dict[str, Any] = {}
+    for name, beam in systems.items():
+        start = time.perf_counter()
+        df[name] = translator.translate(sources, beam_size=beam) if sources else []
+        seconds = time.perf_counter() - start
+        metrics[f"{split}_{name}"] = {
+            **score_translations(df[name].tolist(), references, tokenize),
+            "sentences": len(df),
+            "test_set_sha256": digest,
+            "decode": {"method": name, "beam_size": beam, "seconds": round(seconds, 3)}
+            | ({"length_penalty": cfg.decode.length_penalty} if beam > 1 else {}),
+            "sentences_per_s": round(len(df) / seconds, 2) if seconds > 0 else None,
+        }
+    primary = "beam" if "beam" in systems else "greedy"
+    # `split` is the primary system, the one registered and compared by the promotion gate.
+    return {split: metrics[f"{split}_{primary}"], **metrics}, primary
+
+
+def _length_bleu(
+    cfg: PipelineConfig, df: pd.DataFrame, primary: str, tokenize: str
+) -> list[dict[str, Any]]:
+    """BLEU per source-length bucket of the primary system, also as length_bleu.csv."""
+    from seq2seq_core.evaluation import bleu_by_length
+
+    hypotheses, width = df[primary].tolist(), cfg.evaluate.length_bucket_width
+    rows = bleu_by_length(df["src"].tolist(), hypotheses, df["ref"].tolist(), width, tokenize)
+    pd.DataFrame(rows, columns=["bucket", "sentences", "bleu"]).to_csv(
+        Path(cfg.evaluate.reports_dir) / "length_bleu.csv", index=False
+    )
+    return rows
+
+
+def _evaluation_plots(
+    cfg: PipelineConfig, translator: Translator, sources: list[str], length_rows: list[dict]
+) -> list[Path | None]:
+    """Loss curve (and its table), per-length BLEU and attention heatmaps."""
+    from seq2seq_core import eval_reports
+
+    reports_dir = Path(cfg.evaluate.reports_dir)
+    plots_dir = reports_dir / "plots"
+    history_path = Path(cfg.train.checkpoint_dir) / "history.json"
+    history = json.loads(history_path.read_text()) if history_path.exists() else []
+    pd.DataFrame(history).to_csv(reports_dir / "train_history.csv", index=False)
+    plots = [eval_reports.save_loss_curve(history, plots_dir / "loss.png")]
+    if length_rows:
+        plots.append(eval_reports.save_length_plot(length_rows, plots_dir / "length_bleu.png"))
+    plots += _attention_heatmaps(translator, sources, cfg.evaluate.heatmap_sentences, plots_dir)
+    return plots
+
+
+def _attention_heatmaps(
+    translator: Translator, sources: list[str], n: int, out_dir: Path
+) -> list[Path]:
+    """Greedy attention for the first `n` test sentences of at most 40 tokens (a fixed
+    choice, so heatmaps of two runs show the same sentences)."""
+    from seq2seq_core import eval_reports
+    from seq2seq_core.cleaning import count_tokens
+    from seq2seq_core.decoding import greedy_decode
+
+    if n <= 0 or translator.model.decoder.attention is None:
+        return []
+    for stale in out_dir.glob("attention_*.png"):
+        stale.unlink()
+    tok = translator.tokenizer
+    chosen = [s for s in sources if count_tokens(s) <= 40][:n]
+    src_ids = tok.encode_src(chosen)
+    out = greedy_decode(
+        translator.model,
+        src_ids,
+        batch_size=len(chosen) or 1,
+        max_len_ratio=translator.decode.max_len_ratio,
+        max_len_extra=translator.decode.max_len_extra,
+        return_attention=True,
+        precision=translator.decode.precision,
+    )
+    paths = []
+    for i, (ids, out_ids, weights) in enumerate(
+        zip(src_ids, out.ids, out.attention or [], strict=False)
+    ):
+        if weights is None or not out_ids:
+            continue
+        paths.append(
+            eval_reports.save_attention_heatmap(
+                weights.numpy(),
+                tok.id_to_piece(ids, side="src"),
+                tok.id_to_piece(out_ids, side="tgt"),
+                out_dir / f"attention_{i + 1}.png",
+                chosen[i][:80],
+            )
+        )
+    return paths

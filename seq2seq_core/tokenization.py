@@ -1,9 +1,7 @@
 """Tokenizers behind one interface: SentencePiece subwords (unigram or BPE) and counted
 word or character vocabularies; one joint model for both sides or one per side.
 
-Special ids are fixed in every kind so that the vocabulary, the model's embedding rows
-and the decoder's stopping rule agree without looking anything up:
-pad 0, unk 1, bos 2, eos 3.
+Special ids are fixed in every kind (``special_tokens.py``: pad 0, unk 1, bos 2, eos 3).
 
 SentencePiece models use the `identity` normalisation rule: `data.py` has already
 NFC-normalised and whitespace-collapsed the text, and SentencePiece's default NFKC would
@@ -27,12 +25,8 @@ from typing import Any
 import sentencepiece as spm
 
 from seq2seq_core.config import VocabConfig
+from seq2seq_core.special_tokens import BOS_ID, EOS_ID, PAD_ID, SPECIALS, UNK_ID
 
-PAD_ID = 0
-UNK_ID = 1
-BOS_ID = 2
-EOS_ID = 3
-SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
 MANIFEST = "tokenizer.json"
 KINDS = ("sentencepiece", "word", "char")
 _MODEL_FILES = ("spm.model", "src.model", "tgt.model", "vocab.json", "src.json", "tgt.json")
@@ -167,13 +161,9 @@ _FILES = {
 
 
 class SubwordTokenizer:
-    """Source and target tokenizers (the same object when `joint`); `kind` in the
-    manifest says which: SentencePiece by default, or a counted word/char vocabulary."""
-
-    PAD_ID = PAD_ID
-    UNK_ID = UNK_ID
-    BOS_ID = BOS_ID
-    EOS_ID = EOS_ID
+    """The pipeline's tokenizer for every `vocab.kind`, despite its name: SentencePiece
+    subwords (unigram or BPE, the default) or a counted word or character vocabulary, as
+    the manifest records. Holds the source and target sides (one object when `joint`)."""
 
     def __init__(self, blobs: dict[str, bytes], settings: dict[str, Any], out_dir: Path):
         self.settings = settings

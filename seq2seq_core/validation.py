@@ -14,7 +14,6 @@ import torch
 from seq2seq_core.batching import Batch, encode_pairs, fixed_batches
 from seq2seq_core.config import PipelineConfig, TrainConfig
 from seq2seq_core.decoding import greedy_decode
-from seq2seq_core.inference_weights import clear_inference_weights
 from seq2seq_core.precision import autocast
 from seq2seq_core.seq2seq import Seq2Seq
 
@@ -51,7 +50,6 @@ def evaluate_loss(
 ) -> float:
     """Teacher-forced loss per target token (nan when there are no batches)."""
     model.eval()
-    clear_inference_weights(model)
     total, tokens = 0.0, 0
     with torch.inference_mode(), autocast(device, precision):
         for batch in batches:

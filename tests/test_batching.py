@@ -1,9 +1,6 @@
 import torch
 
 from seq2seq_core.batching import (
-    BOS_ID,
-    EOS_ID,
-    PAD_ID,
     EncodedPairs,
     collate,
     encode_pairs,
@@ -11,6 +8,7 @@ from seq2seq_core.batching import (
     fixed_batches,
     token_batches,
 )
+from seq2seq_core.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
 torch.set_num_threads(1)
 

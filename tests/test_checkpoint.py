@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from seq2seq_core.checkpoint import (
+    FORMAT_VERSION,
     CheckpointError,
     load_checkpoint,
     load_model,
@@ -36,11 +37,9 @@ def test_round_trip_rebuilds_the_same_model(tmp_path: Path, attention: str) -> N
         assert torch.equal(loaded.state_dict()[name], weight), name
     src, src_len = torch.tensor([[4, 5, 6], [7, 8, 0]]), torch.tensor([3, 2])
     tgt_in = torch.tensor([[2, 9, 10], [2, 11, 0]])
-    tgt_out = torch.tensor([[9, 10, 3], [11, 3, 0]])
     with torch.no_grad():
         torch.testing.assert_close(
-            loaded(src, src_len, tgt_in, tgt_out=tgt_out),
-            model(src, src_len, tgt_in, tgt_out=tgt_out),
+            loaded.logits(src, src_len, tgt_in), model.logits(src, src_len, tgt_in)
         )
 
 
@@ -48,8 +47,9 @@ def test_payload_loads_with_weights_only(tmp_path: Path) -> None:
     cfg = ModelConfig(emb_size=8, hidden_size=12, tie_embeddings="none")
     model = build_model(cfg, 20, 25)
     optimizer = torch.optim.Adam(model.parameters())
-    src, src_len = torch.tensor([[4, 5]]), torch.tensor([2])
-    model(src, src_len, torch.tensor([[2, 6]]), tgt_out=torch.tensor([[6, 3]])).backward()
+    model(
+        torch.tensor([[4, 5]]), torch.tensor([2]), torch.tensor([[2, 6]]), torch.tensor([[6, 3]])
+    ).backward()
     optimizer.step()
     payload = {
         **model_payload(model, cfg, 20, 25),
@@ -70,6 +70,19 @@ def test_missing_or_foreign_files_raise(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="missing"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_format_version_is_checked_on_load(tmp_path: Path) -> None:
+    cfg = ModelConfig(emb_size=8, hidden_size=12, tie_embeddings="none")
+    payload = model_payload(build_model(cfg, 20, 25), cfg, 20, 25)
+    assert payload["format_version"] == FORMAT_VERSION
+    for version in (FORMAT_VERSION + 1, 0, "2"):
+        save_checkpoint(tmp_path / "new.pt", {**payload, "format_version": version})
+        with pytest.raises(CheckpointError, match=f"format_version {version!r} .*newer or unknown"):
+            load_model(tmp_path / "new.pt")
+    del payload["format_version"]  # written before the key existed: the first layout
+    save_checkpoint(tmp_path / "old.pt", payload)
+    assert load_model(tmp_path / "old.pt")[1]["src_vocab_size"] == 20
 
 
 def test_checkpoint_from_before_tying_existed_rebuilds_untied() -> None:

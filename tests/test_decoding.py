@@ -4,7 +4,8 @@ from conftest import DECODER_VARIANTS, random_model, random_sources, variant_id
 
 from seq2seq_core.config import ModelConfig
 from seq2seq_core.decoding import greedy_decode
-from seq2seq_core.seq2seq import EOS_ID, build_model
+from seq2seq_core.seq2seq import build_model
+from seq2seq_core.special_tokens import EOS_ID
 
 torch.set_num_threads(1)
 

@@ -1,13 +1,82 @@
+"""The core imports no orchestration, and inside it imports point one way, without cycles:
+stages -> evaluation/engine/decoding -> model/data -> kernels -> config (and the small
+shared modules beside it)."""
+
+from __future__ import annotations
+
+import ast
 import subprocess
 import sys
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+
+CORE = Path(__file__).resolve().parents[1] / "seq2seq_core"
+
+# group -> (rank, modules); a module may import its own group, any group of lower rank, and
+# the other groups of the middle tier (rank 3: the engine decodes for validation BLEU, the
+# translator loads checkpoints).
+GROUPS: dict[str, tuple[int, set[str]]] = {
+    "config": (
+        0,
+        {"config", "special_tokens", "files", "precision", "host_memory", "host", "markdown"},
+    ),
+    "kernels": (1, {"kernels"}),  # and every kernels.* module
+    "model": (2, {"encoder", "attention", "decoder", "seq2seq"}),
+    "data": (
+        2,
+        {"data", "corpus_readers", "corpus_errors", "cleaning", "bible"}
+        | {"data_report", "tokenization", "batching"},
+    ),
+    "decoding": (3, {"decoding", "beam_search", "translator"}),
+    "engine": (
+        3,
+        {"training", "optim", "checkpoint", "distributed", "train_state", "resume"}
+        | {"train_log", "validation", "warm_start"},
+    ),
+    "evaluation": (3, {"evaluation", "eval_reports", "significance"}),
+    "stages": (4, {"stages"}),
+}
+MIDDLE_TIER = 3
+
+
+def core_imports() -> dict[str, set[str]]:
+    """Module (dotted, without ``seq2seq_core.``) -> the core modules it imports anywhere in
+    its source: at the top, inside functions, or for type checking."""
+    modules = {
+        ".".join(p.relative_to(CORE).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in CORE.rglob("*.py")
+    }
+    modules.pop("__init__", None)
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:  # `from seq2seq_core import stages` names a module
+                    full = f"{node.module}.{alias.name}"
+                    deps.add(full if full.removeprefix("seq2seq_core.") in modules else node.module)
+        graph[name] = {
+            d.removeprefix("seq2seq_core.") for d in deps if d.startswith("seq2seq_core.")
+        }
+    return graph
+
+
+def group_of(module: str) -> str:
+    top = module.split(".")[0]
+    for group, (_, members) in GROUPS.items():
+        if top in members:
+            return group
+    raise AssertionError(f"seq2seq_core.{module} belongs to no group: add it to GROUPS here")
 
 
 def test_core_imports_no_orchestration_or_tracking() -> None:
     """The ML library must stay usable without Prefect, MLflow or DVC installed."""
     code = (
         "import sys, importlib, pkgutil, seq2seq_core\n"
-        "for m in pkgutil.iter_modules(seq2seq_core.__path__):\n"
-        "    importlib.import_module('seq2seq_core.' + m.name)\n"
+        "for m in pkgutil.walk_packages(seq2seq_core.__path__, 'seq2seq_core.'):\n"
+        "    importlib.import_module(m.name)\n"
         "bad = sorted(n for n in ('prefect', 'mlflow', 'dvc') if n in sys.modules)\n"
         "print(','.join(bad))\n"
     )
@@ -15,3 +84,32 @@ def test_core_imports_no_orchestration_or_tracking() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert out == ""
+
+
+def test_core_has_no_import_cycles() -> None:
+    try:
+        tuple(TopologicalSorter(core_imports()).static_order())
+    except CycleError as err:
+        raise AssertionError(f"import cycle in seq2seq_core: {' -> '.join(err.args[1])}") from None
+
+
+def test_core_imports_point_one_way() -> None:
+    wrong = []
+    for module, deps in core_imports().items():
+        group = group_of(module)
+        rank = GROUPS[group][0]
+        for dep in deps:
+            dep_group = group_of(dep)
+            dep_rank = GROUPS[dep_group][0]
+            lateral = dep_rank == rank == MIDDLE_TIER
+            if dep_group != group and dep_rank >= rank and not lateral:
+                wrong.append(f"{module} ({group}) imports {dep} ({dep_group})")
+    assert wrong == []
+
+
+def test_kernels_import_no_model_decoding_engine_or_stages() -> None:
+    graph = core_imports()
+    kernels = [m for m in graph if group_of(m) == "kernels"]
+    assert {"kernels", "kernels.packed_rnn", "kernels.packed_weights"} <= set(kernels)
+    for module in kernels:
+        assert {group_of(dep) for dep in graph[module]} <= {"kernels", "config"}, module

@@ -82,16 +82,6 @@ def test_adamw_decouples_weight_decay() -> None:
     assert isinstance(build_optimizer([p], TrainConfig(optimizer="adam")), torch.optim.Adam)
 
 
-def _teacher_forced_logits(model, src, src_len, tgt_in) -> torch.Tensor:
-    """Step by step through the decoding API, independent of what `forward` returns."""
-    memory, state = model.encode(src, src_len)
-    steps = []
-    for t in range(tgt_in.size(1)):
-        logits, state, _ = model.decode_step(tgt_in[:, t], state, memory)  # (B, V)
-        steps.append(logits)
-    return torch.stack(steps, dim=1)
-
-
 @pytest.mark.parametrize("input_feeding", [False, True], ids=["fused", "stepwise"])
 def test_label_smoothing_matches_torch(input_feeding: bool) -> None:
     torch.manual_seed(0)
@@ -103,7 +93,7 @@ def test_label_smoothing_matches_torch(input_feeding: bool) -> None:
     src_len = torch.tensor([5, 4, 2])
     tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:].clone()
     tgt_out[2, 3:] = 0
-    logits = _teacher_forced_logits(model, src, src_len, tgt_in)  # (B, T, V)
+    logits = model.logits(src, src_len, tgt_in)
     expected = F.cross_entropy(
         logits.reshape(-1, 20), tgt_out.reshape(-1), ignore_index=0, reduction="sum",
         label_smoothing=0.1,

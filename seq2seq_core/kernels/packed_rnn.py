@@ -1,15 +1,26 @@
-"""LSTM/GRU over packed sequences for CPU training: torch's equations and gradients, faster.
+"""LSTM/GRU over packed sequences, with a hand-written backward: torch's results, faster on CPU.
 
-On CPU, ``nn.LSTM`` and ``nn.GRU`` over a PackedSequence leave oneDNN's fused kernel for a
-step-by-step loop that multiplies each step's inputs by W_ih separately and records a dozen
-autograd nodes per step; for the Joey-sized BiLSTM encoder that is ~1.8x the time of the fused
-kernel on the same tokens padded, which in turn computes (and differentiates) the padding.
-Here the input projection of every token and direction is one matmul; only ``h @ W_hh``
-and the cell's elementwise work stay in the time loop, which runs over the shrinking
-prefix of rows still active at each step (packed order: longest first), and the backward
-pass is written out by hand: one matmul and a few elementwise ops per step, with the
-weight gradient of W_hh as a single matmul over all steps afterwards. Outputs, final
-states and gradients equal torch's (tests compare them in float64).
+Computes: ``rnn(packed)`` for an ``nn.LSTM``/``nn.GRU`` with biases and no projections,
+batch-first or not, any number of layers, uni- or bidirectional: the same outputs (a
+PackedSequence), the same final state (in the batch's original order) and the same
+gradients for the inputs and every weight; dropout between layers as torch applies it.
+Torch reference: ``torch.nn.LSTM`` / ``torch.nn.GRU`` called on the same PackedSequence
+(``tests/kernels/test_packed_rnn.py`` compares them in float64 and float32).
+
+Why: on CPU, ``nn.LSTM`` and ``nn.GRU`` over a PackedSequence leave oneDNN's fused kernel for
+a step-by-step loop that multiplies each step's inputs by W_ih separately and records a dozen
+autograd nodes per step; for the Joey-sized BiLSTM encoder that is ~1.8x the time of the
+fused kernel on the same tokens padded, which in turn computes (and differentiates) the
+padding. Here the input projection of every token and direction is one matmul; only
+``h @ W_hh`` and the cell's elementwise work stay in the time loop, which runs over the
+shrinking prefix of rows still active at each step (packed order: longest first), and the
+backward pass is written out by hand: one matmul and a few elementwise ops per step, with the
+weight gradient of W_hh as a single matmul over all steps afterwards.
+
+Used: by the encoder when ``kernels.select`` says so: on CPU, float32/float64, outside
+autocast (training, validation and decoding alike). Falls back to torch's module on CUDA
+(cuDNN has its own fused kernels) and under autocast (torch's module keeps its own dtype
+handling).
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from seq2seq_core.inference_weights import PACK_ROWS, can_pack_weights
+from seq2seq_core.kernels.packed_weights import can_pack_weights, pack_weight, packed_linear
 
 
 class _LSTMDirection(torch.autograd.Function):
@@ -161,10 +172,10 @@ def _times_transposed(weight: Tensor) -> Callable[[Tensor], Tensor]:
     """x -> x @ weight.T for the time loop. A few rows per step times the same matrix
     is where oneDNN's layout matters: packed once per call, the step's product runs ~25%
     faster than ``torch.mm`` at 48 rows (2 threads). oneDNN has no float64."""
-    if weight.dtype != torch.float32 or not can_pack_weights(weight):
+    if weight.dtype != torch.float32 or not can_pack_weights(weight.device):
         return lambda x: x @ weight.t()
-    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS)
-    return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+    packed = pack_weight(weight)
+    return lambda x: packed_linear(x, packed, None)
 
 
 def _offsets(sizes: list[int]) -> list[int]:
@@ -195,6 +206,8 @@ def packed_rnn(
     and no projections: the same outputs and final state (in the batch's original order),
     the same gradients for the inputs and every weight; dropout between layers as torch
     applies it."""
+    if not isinstance(rnn, nn.LSTM | nn.GRU) or not rnn.bias or getattr(rnn, "proj_size", 0):
+        raise ValueError("packed_rnn needs an nn.LSTM or nn.GRU with biases and no projection")
     is_lstm = isinstance(rnn, nn.LSTM)
     sizes = packed.batch_sizes.tolist()
     suffixes = ["", "_reverse"][: 2 if rnn.bidirectional else 1]
@@ -238,16 +251,3 @@ def _direction_params(
     hidden = w_hh.size(1)
     b_rz, b_hn = b_hh.split([2 * hidden, hidden])
     return w_ih, b_ih + torch.cat([b_rz, torch.zeros_like(b_hn)]), w_hh, b_hn
-
-
-def use_packed_rnn(rnn: nn.RNNBase, x: Tensor) -> bool:
-    """Where this module's loops beat torch's: LSTM/GRU on CPU in full precision. CUDA has
-    cuDNN's packed kernels; under autocast torch's path keeps its own dtype handling."""
-    return (
-        isinstance(rnn, nn.LSTM | nn.GRU)
-        and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
-        and not torch.is_autocast_enabled("cpu")
-        and getattr(rnn, "proj_size", 0) == 0
-        and rnn.bias
-    )
