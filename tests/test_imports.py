@@ -10,7 +10,9 @@ import sys
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
-CORE = Path(__file__).resolve().parents[1] / "seq2seq_core"
+REPO = Path(__file__).resolve().parents[1]
+CORE = REPO / "seq2seq_core"
+FLOWS = REPO / "flows"
 
 # group -> (rank, modules); a module may import its own group, any group of lower rank, and
 # the other groups of the middle tier (rank 3: the engine decodes for validation BLEU, the
@@ -39,12 +41,12 @@ GROUPS: dict[str, tuple[int, set[str]]] = {
 MIDDLE_TIER = 3
 
 
-def core_imports() -> dict[str, set[str]]:
-    """Module (dotted, without ``seq2seq_core.``) -> the core modules it imports anywhere in
-    its source: at the top, inside functions, or for type checking."""
+def all_imports(package: Path) -> dict[str, set[str]]:
+    """Module (dotted, without the package name) -> every module it imports anywhere in its
+    source (at the top, inside functions, or for type checking), fully dotted."""
     modules = {
-        ".".join(p.relative_to(CORE).with_suffix("").parts).removesuffix(".__init__"): p
-        for p in CORE.rglob("*.py")
+        ".".join(p.relative_to(package).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in package.rglob("*.py")
     }
     modules.pop("__init__", None)
     graph: dict[str, set[str]] = {}
@@ -55,12 +57,23 @@ def core_imports() -> dict[str, set[str]]:
                 deps |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 for alias in node.names:  # `from seq2seq_core import stages` names a module
-                    full = f"{node.module}.{alias.name}"
-                    deps.add(full if full.removeprefix("seq2seq_core.") in modules else node.module)
-        graph[name] = {
-            d.removeprefix("seq2seq_core.") for d in deps if d.startswith("seq2seq_core.")
-        }
+                    deps |= {node.module, f"{node.module}.{alias.name}"}
+        graph[name] = deps
     return graph
+
+
+def internal_imports(package: Path) -> dict[str, set[str]]:
+    """The package's own modules each module imports, without the package prefix."""
+    graph = all_imports(package)
+    prefix = f"{package.name}."
+    return {
+        name: {d.removeprefix(prefix) for d in deps if d.removeprefix(prefix) in graph}
+        for name, deps in graph.items()
+    }
+
+
+def core_imports() -> dict[str, set[str]]:
+    return internal_imports(CORE)
 
 
 def group_of(module: str) -> str:
@@ -113,3 +126,36 @@ def test_kernels_import_no_model_decoding_engine_or_stages() -> None:
     assert {"kernels", "kernels.packed_rnn", "kernels.packed_weights"} <= set(kernels)
     for module in kernels:
         assert {group_of(dep) for dep in graph[module]} <= {"kernels", "config"}, module
+
+
+def test_flows_have_no_import_cycles_and_the_core_never_imports_flows() -> None:
+    try:
+        tuple(TopologicalSorter(internal_imports(FLOWS)).static_order())
+    except CycleError as err:
+        raise AssertionError(f"import cycle in flows: {' -> '.join(err.args[1])}") from None
+    into_flows = {
+        module: sorted(d for d in deps if d == "flows" or d.startswith("flows."))
+        for module, deps in all_imports(CORE).items()
+    }
+    assert {m: d for m, d in into_flows.items() if d} == {}
+
+
+def test_the_served_model_imports_only_the_core_and_mlflow() -> None:
+    """flows/pyfunc.py travels alone with every registered model (tracking._stage_code copies
+    seq2seq_core and this one file): it may import no other flows module and no Prefect."""
+    deps = all_imports(FLOWS)["pyfunc"]
+    bad = sorted(d for d in deps if d.startswith(("flows.", "prefect", "dvc")) or d == "flows")
+    assert bad == []
+
+
+def test_only_flows_talk_to_prefect_mlflow_and_dvc() -> None:
+    """Orchestration and tracking enter through flows/; the stage bodies stay in the core."""
+    tools = ("prefect", "mlflow", "dvc")
+    users = {
+        m for m, deps in all_imports(FLOWS).items() if any(d.split(".")[0] in tools for d in deps)
+    }
+    assert users  # flows does use them (a test that cannot fail is a defect)
+    core_users = {
+        m for m, deps in all_imports(CORE).items() if any(d.split(".")[0] in tools for d in deps)
+    }
+    assert core_users == set()
