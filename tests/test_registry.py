@@ -17,7 +17,7 @@ from conftest import GENESIS_TSV, REPO
 from mlflow import MlflowClient
 from test_significance import POOR, REFS
 
-from flows import registry, tracking
+from flows import gate, registry, registry_cli, tracking
 from seq2seq_core.config import PipelineConfig, RegisterConfig, config_from_dict
 from seq2seq_core.evaluation import score_translations
 from seq2seq_core.tokenization import SubwordTokenizer
@@ -127,7 +127,7 @@ def test_gate_sequence_force_rollback_and_history(store: Path) -> None:
     promoted = next(m for m in moves if m["alias"] == "champion" and m["to"] == "4")
     assert promoted["trigger"] == "test" and promoted["p_value"] < 0.05
     assert promoted["bleu_delta"] > 50 and "@" in promoted["by"]
-    table = registry.history_table(moves)
+    table = registry_cli.history_table(moves)
     assert "rollback from v4 to v1" in table and len(table.splitlines()) == 1 + len(moves)
 
 
@@ -144,7 +144,7 @@ def test_incomparable_scores_are_not_promoted(store: Path) -> None:
 def test_chrf_drop_blocks_promotion() -> None:
     tags = {"test.bleu": "20", "test.chrf": "40", "test.test_set_sha256": SHA}
     champion = {**tags, "test.bleu": "10", "test.chrf": "45"}
-    decision = registry.decide_promotion(
+    decision = gate.decide_promotion(
         tags, champion, champion_version=1, settings=RegisterConfig(max_chrf_drop=1.0)
     )
     assert not decision.promote and decision.reason == "chrF drops by 5.00 (> max_chrf_drop 1)"
