@@ -147,15 +147,7 @@ def promote(
         if already_champion:
             gate_says = GateDecision(False, f"v{version} is already the champion")
         else:
-            systems = _systems(name, champion, version) if champion is not None else None
-            gate_says = decide_promotion(
-                candidate.tags,
-                champion.tags if champion else None,
-                champion_version=champion.version if champion else None,
-                settings=cfg.register,
-                systems=systems,
-                resamples=resamples or cfg.evaluate.bootstrap_resamples,
-            )
+            gate_says = _judge(cfg, candidate, champion, resamples)
         decision = overrule(gate_says, force=force, already_champion=already_champion)
         now = _now()
         record = decision_tags(
@@ -180,6 +172,23 @@ def promote(
         reason=decision.reason,
         champion_version=int(holder.version) if holder else None,
         tags=record,
+    )
+
+
+def _judge(
+    cfg: PipelineConfig,
+    candidate: ModelVersion,
+    champion: ModelVersion | None,
+    resamples: int | None,
+) -> GateDecision:
+    """The gate on the two versions' score tags and test hypotheses."""
+    return decide_promotion(
+        candidate.tags,
+        champion.tags if champion else None,
+        champion_version=champion.version if champion else None,
+        settings=cfg.register,
+        systems=_systems(candidate.name, champion, candidate.version) if champion else None,
+        resamples=resamples or cfg.evaluate.bootstrap_resamples,
     )
 
 
