@@ -15,7 +15,6 @@ import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -104,9 +103,3 @@ def file_md5(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def version_lineage(tags: dict[str, Any]) -> dict[str, str]:
-    """The lineage subset of a run's or version's tags."""
-    prefixes = ("git.", "dvc.", "params.", "config.", "prefect.", "torch.", "python.", "host.")
-    return {k: str(v) for k, v in tags.items() if k.startswith(prefixes)}

@@ -1,16 +1,13 @@
-"""The model registry: register a version, the promotion gate, rollback, alias history.
+"""The model registry's I/O: register a version, run the promotion gate, roll back, list
+the alias history. The decision itself is flows/gate.py's, a pure function of two scored
+systems; this module reads them from MLflow and writes the outcome back.
 
-Every registered version gets the `challenger` alias. The gate gives it `champion` only
-when, on the same test set (sha256) scored the same way (sacrebleu signatures), its BLEU
-beats the champion's by at least `register.min_bleu_gain`, a paired bootstrap test on the
-two systems' test hypotheses gives p < `register.p_value`, and chrF drops by at most
-`register.max_chrf_drop`. `force` overrides and says so.
-
-Every alias move is written to the version that receives the alias as a tag
-`alias_move.<UTC time>` holding JSON (alias, from, to, trigger, deltas, p-value, reason),
-so `seq2seq registry history` can list them. Moves are serialised by a lock file next to
-the tracking store, and the champion is re-read under the lock: when two promotions
-race, the second re-decides against whatever the first left behind.
+Every registered version gets the `challenger` alias; the gate gives it `champion` (or
+`force` does, and says so). Every alias move is written to the version that receives the
+alias as a tag `alias_move.<UTC time>` holding JSON (alias, from, to, trigger, deltas,
+p-value, reason), so `seq2seq registry history` can list them. Moves are serialised by a
+lock file next to the tracking store, and the champion is re-read under the lock: when two
+promotions race, the second re-decides against whatever the first left behind.
 """
 
 from __future__ import annotations
@@ -33,9 +30,16 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
-from flows.tracking import MetricsFormatError, _retry, read_test_scores, store_lock
-from seq2seq_core.config import PipelineConfig, RegisterConfig
-from seq2seq_core.significance import IncomparableScoresError, paired_bootstrap
+from flows.gate import (
+    GateDecision,
+    Systems,
+    decide_promotion,
+    decision_tags,
+    overrule,
+    score_tags,
+)
+from flows.tracking import store_lock
+from seq2seq_core.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -61,119 +65,6 @@ class RegistrationResult:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class GateDecision:
-    promote: bool
-    reason: str
-    bleu_delta: float | None = None
-    chrf_delta: float | None = None
-    p_value: float | None = None
-
-
-# --------------------------------------------------------------------------- the gate
-
-
-def score_tags(metrics: Mapping[str, Any]) -> dict[str, str]:
-    """Model-version tags the gate reads back from the registry."""
-    test = read_test_scores(metrics)
-    tags = {
-        "test.bleu": str(float(test["bleu"])),
-        "test.chrf": str(float(test["chrf"])),
-        "test.ter": str(float(test["ter"])),
-        "test.test_set_sha256": str(test["test_set_sha256"]),
-    }
-    if "sentences" in test:
-        tags["test.sentences"] = str(test["sentences"])
-    for metric, sig in test["signatures"].items():
-        tags[f"test.signature.{metric}"] = str(sig)
-    return tags
-
-
-def _bleu_tokenize(signature: str) -> str:
-    parts = dict(p.split(":", 1) for p in signature.split("|") if ":" in p)
-    return parts.get("tok", "13a")
-
-
-def decide_promotion(
-    challenger: Mapping[str, str],
-    champion: Mapping[str, str] | None,
-    *,
-    champion_version: str | int | None,
-    settings: RegisterConfig,
-    systems: tuple[list[str], list[str], list[str]] | None = None,
-    resamples: int = 1000,
-) -> GateDecision:
-    """The gate on two versions' tags (as `score_tags` writes them) and, for the
-    significance test, `systems` = (champion hyps, challenger hyps, references)."""
-    if champion is None:
-        return GateDecision(True, "no champion yet")
-    who = f"champion v{champion_version}"
-    if "test.bleu" not in champion or "test.test_set_sha256" not in champion:
-        return GateDecision(False, f"not comparable: {who} has no recorded test BLEU/test set")
-    if champion["test.test_set_sha256"] != challenger["test.test_set_sha256"]:
-        return GateDecision(
-            False,
-            f"not comparable: different test set (sha256 {challenger['test.test_set_sha256'][:12]}"
-            f" vs {who}'s {champion['test.test_set_sha256'][:12]})",
-        )
-    for metric in ("bleu", "chrf", "ter"):
-        ours, theirs = (t.get(f"test.signature.{metric}") for t in (challenger, champion))
-        if ours != theirs:
-            return GateDecision(
-                False,
-                f"not comparable: different {metric.upper() if metric != 'chrf' else 'chrF'} "
-                f"signature ({ours!r} vs {who}'s {theirs!r})",
-            )
-    new, old = float(challenger["test.bleu"]), float(champion["test.bleu"])
-    bleu_delta = round(new - old, 4)
-    chrf_delta = round(float(challenger["test.chrf"]) - float(champion["test.chrf"]), 4)
-    deltas = {"bleu_delta": bleu_delta, "chrf_delta": chrf_delta}
-    if bleu_delta <= 0 or bleu_delta < settings.min_bleu_gain:
-        return GateDecision(
-            False,
-            f"test BLEU {new:.2f} vs {who}'s {old:.2f}: gain {bleu_delta:.2f} is not a gain of "
-            f"at least min_bleu_gain {settings.min_bleu_gain:g}",
-            **deltas,
-        )
-    if -chrf_delta > settings.max_chrf_drop:
-        return GateDecision(
-            False,
-            f"chrF drops by {-chrf_delta:.2f} (> max_chrf_drop {settings.max_chrf_drop:g})",
-            **deltas,
-        )
-    if systems is None:
-        return GateDecision(
-            False, f"no significance test possible: {who} has no test hypotheses", **deltas
-        )
-    try:
-        test = paired_bootstrap(
-            *systems,
-            resamples=resamples,
-            tokenize=_bleu_tokenize(challenger.get("test.signature.bleu", "")),
-        )
-    except IncomparableScoresError as exc:
-        return GateDecision(False, f"not comparable: {exc}", **deltas)
-    if not test.significant(settings.p_value):
-        return GateDecision(
-            False,
-            f"BLEU gain {bleu_delta:.2f} over {who} is not significant "
-            f"(paired bootstrap p={test.p_value:.4f} >= {settings.p_value:g})",
-            **deltas,
-            p_value=test.p_value,
-        )
-    return GateDecision(
-        True,
-        f"test BLEU {new:.2f} beats {who}'s {old:.2f} by {bleu_delta:.2f} "
-        f"(>= min_bleu_gain {settings.min_bleu_gain:g}; paired bootstrap p={test.p_value:.4f}"
-        f" < {settings.p_value:g}; chrF {chrf_delta:+.2f})",
-        **deltas,
-        p_value=test.p_value,
-    )
-
-
-# --------------------------------------------------------------------------- registry
-
-
 def register_and_promote(
     cfg: PipelineConfig,
     *,
@@ -191,24 +82,10 @@ def register_and_promote(
     `extra_tags` (fresh lineage, the inputs fingerprint) override the run's tags."""
     name = cfg.register.model_name
     client = MlflowClient()
-    _retry(_ensure_registered_model, client, name)
+    _ensure_registered_model(client, name)
     existing = version_of_run(client, name, run_id) if run_id else None
     if existing is None:
-        version_tags = score_tags(metrics)
-        if run_id:
-            run_tags = _retry(client.get_run, run_id).data.tags
-            version_tags |= {k: v for k, v in run_tags.items() if k.startswith(LINEAGE_PREFIXES)}
-            version_tags["source.run_id"] = run_id
-        version_tags |= dict(extra_tags or {})
-        created = _retry(
-            client.create_model_version,
-            name,
-            model_uri,
-            run_id=run_id,
-            tags=version_tags,
-            model_id=_model_id(model_uri),
-        )
-        version = str(created.version)
+        version = _create_version(client, name, model_uri, run_id, metrics, extra_tags)
     else:
         version = str(existing.version)
         log.info("run %s is already registered as %s v%s: reusing it", run_id, name, version)
@@ -217,7 +94,7 @@ def register_and_promote(
     with registry_lock():
         previous = alias_holder(client, name, CHALLENGER)
         if previous is None or str(previous.version) != version:
-            _retry(client.set_registered_model_alias, name, CHALLENGER, version)
+            client.set_registered_model_alias(name, CHALLENGER, version)
             _record_move(client, name, CHALLENGER, previous, version, trigger, "registered")
     return promote(
         cfg,
@@ -226,6 +103,27 @@ def register_and_promote(
         resamples=resamples or cfg.evaluate.bootstrap_resamples,
         client=client,
     )
+
+
+def _create_version(
+    client: MlflowClient,
+    name: str,
+    model_uri: str,
+    run_id: str | None,
+    metrics: Mapping[str, Any],
+    extra_tags: Mapping[str, str] | None,
+) -> str:
+    """A new version of `name` tagged with its test scores and the run's lineage."""
+    version_tags = score_tags(metrics)
+    if run_id:
+        run_tags = client.get_run(run_id).data.tags
+        version_tags |= {k: v for k, v in run_tags.items() if k.startswith(LINEAGE_PREFIXES)}
+        version_tags["source.run_id"] = run_id
+    version_tags |= dict(extra_tags or {})
+    created = client.create_model_version(
+        name, model_uri, run_id=run_id, tags=version_tags, model_id=_model_id(model_uri)
+    )
+    return str(created.version)
 
 
 def promote(
@@ -242,73 +140,80 @@ def promote(
     name = cfg.register.model_name
     client = client or MlflowClient()
     with registry_lock():
-        if version is None:
-            holder = alias_holder(client, name, CHALLENGER)
-            if holder is None:
-                raise RegistryError(f"{name}: no version has the {CHALLENGER!r} alias")
-            version = holder.version
-        version = str(version)
-        candidate = _retry(client.get_model_version, name, version)
+        version = str(_challenger_version(client, name) if version is None else version)
+        candidate = client.get_model_version(name, version)
         champion = alias_holder(client, name, CHAMPION)
-        if champion is not None and str(champion.version) == version:
-            decision = GateDecision(False, f"v{version} is already the champion")
+        already_champion = champion is not None and str(champion.version) == version
+        if already_champion:
+            gate_says = GateDecision(False, f"v{version} is already the champion")
         else:
-            systems = _systems(name, champion, version) if champion is not None else None
-            decision = decide_promotion(
-                candidate.tags,
-                champion.tags if champion else None,
-                champion_version=champion.version if champion else None,
-                settings=cfg.register,
-                systems=systems,
-                resamples=resamples or cfg.evaluate.bootstrap_resamples,
-            )
-        promote_now = decision.promote or (
-            force and (champion is None or str(champion.version) != version)
-        )
-        reason = decision.reason
-        if force and not decision.promote and promote_now:
-            reason = f"forced over the gate's decision: {decision.reason}"
+            gate_says = _judge(cfg, candidate, champion, resamples)
+        decision = overrule(gate_says, force=force, already_champion=already_champion)
         now = _now()
-        record = {
-            "promotion.decision": "promoted" if promote_now else "kept_challenger",
-            "promotion.reason": reason,
-            "promotion.at": now,
-            "promotion.previous_champion": str(champion.version) if champion else "none",
-            "promotion.min_bleu_gain": f"{cfg.register.min_bleu_gain:g}",
-            "promotion.p_value_threshold": f"{cfg.register.p_value:g}",
-            "promotion.forced": str(bool(force and promote_now and not decision.promote)).lower(),
-        }
-        for key in ("bleu_delta", "chrf_delta", "p_value"):
-            value = getattr(decision, key)
-            if value is not None:
-                record[f"promotion.{key}"] = f"{value:.4f}"
-        if trigger:
-            record["promotion.trigger"] = trigger
-        if promote_now:
-            _retry(client.set_registered_model_alias, name, CHAMPION, version)
-            if champion is not None:
-                for key, value in (("replaced_by", version), ("replaced_at", now)):
-                    _retry(
-                        client.set_model_version_tag,
-                        name,
-                        champion.version,
-                        f"promotion.{key}",
-                        value,
-                    )
-            _record_move(client, name, CHAMPION, champion, version, trigger, reason, decision)
+        record = decision_tags(
+            decision,
+            forced=decision.promote and not gate_says.promote,
+            previous_champion=str(champion.version) if champion else None,
+            settings=cfg.register,
+            trigger=trigger,
+            now=now,
+        )
+        if decision.promote:
+            _move_champion(client, name, champion, version, trigger, decision, now)
         for key, value in record.items():
-            _retry(client.set_model_version_tag, name, version, key, value)
-        final = _retry(client.get_model_version, name, version)
+            client.set_model_version_tag(name, version, key, value)
+        final = client.get_model_version(name, version)
         holder = alias_holder(client, name, CHAMPION)
     return RegistrationResult(
         model_name=name,
         version=int(version),
         aliases=sorted(final.aliases),
-        promoted=promote_now,
-        reason=reason,
+        promoted=decision.promote,
+        reason=decision.reason,
         champion_version=int(holder.version) if holder else None,
         tags=record,
     )
+
+
+def _judge(
+    cfg: PipelineConfig,
+    candidate: ModelVersion,
+    champion: ModelVersion | None,
+    resamples: int | None,
+) -> GateDecision:
+    """The gate on the two versions' score tags and test hypotheses."""
+    return decide_promotion(
+        candidate.tags,
+        champion.tags if champion else None,
+        champion_version=champion.version if champion else None,
+        settings=cfg.register,
+        systems=_systems(candidate.name, champion, candidate.version) if champion else None,
+        resamples=resamples or cfg.evaluate.bootstrap_resamples,
+    )
+
+
+def _challenger_version(client: MlflowClient, name: str) -> str:
+    holder = alias_holder(client, name, CHALLENGER)
+    if holder is None:
+        raise RegistryError(f"{name}: no version has the {CHALLENGER!r} alias")
+    return str(holder.version)
+
+
+def _move_champion(
+    client: MlflowClient,
+    name: str,
+    champion: ModelVersion | None,
+    version: str,
+    trigger: str,
+    decision: GateDecision,
+    now: str,
+) -> None:
+    """`champion` to `version`; the version it leaves learns what replaced it, and when."""
+    client.set_registered_model_alias(name, CHAMPION, version)
+    if champion is not None:
+        for key, value in (("replaced_by", version), ("replaced_at", now)):
+            client.set_model_version_tag(name, champion.version, f"promotion.{key}", value)
+    _record_move(client, name, CHAMPION, champion, version, trigger, decision.reason, decision)
 
 
 def _recorded_result(client: MlflowClient, version: ModelVersion) -> RegistrationResult:
@@ -340,14 +245,12 @@ def rollback(cfg: PipelineConfig, *, trigger: str = "") -> RegistrationResult:
             raise RegistryError(
                 f"{name}: champion v{champion.version} replaced no earlier champion"
             )
-        target = _retry(client.get_model_version, name, previous)
+        target = client.get_model_version(name, previous)
         reason = f"rollback from v{champion.version} to v{previous}"
-        _retry(client.set_registered_model_alias, name, CHAMPION, previous)
-        _retry(
-            client.set_model_version_tag, name, champion.version, "promotion.rolled_back_at", _now()
-        )
+        client.set_registered_model_alias(name, CHAMPION, previous)
+        client.set_model_version_tag(name, champion.version, "promotion.rolled_back_at", _now())
         _record_move(client, name, CHAMPION, champion, previous, trigger, reason)
-        final = _retry(client.get_model_version, name, previous)
+        final = client.get_model_version(name, previous)
     return RegistrationResult(
         model_name=name,
         version=int(target.version),
@@ -362,30 +265,11 @@ def history(model_name: str) -> list[dict[str, Any]]:
     """Every recorded alias move of `model_name`, oldest first."""
     client = MlflowClient()
     moves = []
-    for mv in _retry(client.search_model_versions, f"name='{model_name}'"):
+    for mv in client.search_model_versions(f"name='{model_name}'"):
         for key, value in mv.tags.items():
             if key.startswith("alias_move."):
                 moves.append(json.loads(value))
     return sorted(moves, key=lambda m: (m["at"], m["seq"]))
-
-
-def history_table(moves: list[dict[str, Any]]) -> str:
-    lines = [
-        f"{'when (UTC)':25} {'alias':10} {'from':>5} {'to':>4} {'dBLEU':>7} {'dchrF':>7} "
-        f"{'p':>7}  trigger / reason"
-    ]
-    for m in moves:
-        lines.append(
-            f"{m['at'][:25]:25} {m['alias']:10} {m['from'] or '-':>5} {m['to']:>4} "
-            f"{_num(m, 'bleu_delta', 2):>7} {_num(m, 'chrf_delta', 2):>7} "
-            f"{_num(m, 'p_value', 4):>7}  {m['trigger'] or '-'}: {m['reason']}"
-        )
-    return "\n".join(lines)
-
-
-def _num(move: Mapping[str, Any], key: str, digits: int) -> str:
-    value = move.get(key)
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _record_move(
@@ -413,12 +297,10 @@ def _record_move(
         "p_value": decision.p_value if decision else None,
     }
     key = f"alias_move.{at.replace(':', '-').replace('+', '_')}.{alias}"
-    _retry(client.set_model_version_tag, name, str(to_version), key, json.dumps(move))
+    client.set_model_version_tag(name, str(to_version), key, json.dumps(move))
 
 
-def _systems(
-    name: str, champion: ModelVersion, version: str
-) -> tuple[list[str], list[str], list[str]] | None:
+def _systems(name: str, champion: ModelVersion, version: str) -> Systems | None:
     """(champion hyps, challenger hyps, references) from the two models' artifacts."""
     try:
         base = _artifact_lines(f"models:/{name}/{champion.version}/{HYPOTHESES_ARTIFACT}")
@@ -487,7 +369,6 @@ def _who() -> str:
 
 
 __all__ = [
-    "CHALLENGER", "CHAMPION", "GateDecision", "MetricsFormatError", "RegistrationResult",
-    "RegistryError", "decide_promotion", "history", "history_table", "promote",
-    "register_and_promote", "registry_lock", "rollback", "score_tags",
+    "CHALLENGER", "CHAMPION", "RegistrationResult", "RegistryError", "alias_holder",
+    "history", "promote", "register_and_promote", "registry_lock", "rollback", "version_of_run",
 ]  # fmt: skip

@@ -10,8 +10,10 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from seq2seq_core.config import PipelineConfig
 
@@ -50,7 +52,27 @@ def cmd_history(args: argparse.Namespace, cfg: PipelineConfig) -> None:
     if args.json:
         print(json.dumps(moves, indent=2))
     else:
-        print(registry.history_table(moves))
+        print(history_table(moves))
+
+
+def history_table(moves: list[dict[str, Any]]) -> str:
+    """`registry.history`'s alias moves, one line each under a header."""
+    lines = [
+        f"{'when (UTC)':25} {'alias':10} {'from':>5} {'to':>4} {'dBLEU':>7} {'dchrF':>7} "
+        f"{'p':>7}  trigger / reason"
+    ]
+    for m in moves:
+        lines.append(
+            f"{m['at'][:25]:25} {m['alias']:10} {m['from'] or '-':>5} {m['to']:>4} "
+            f"{_num(m, 'bleu_delta', 2):>7} {_num(m, 'chrf_delta', 2):>7} "
+            f"{_num(m, 'p_value', 4):>7}  {m['trigger'] or '-'}: {m['reason']}"
+        )
+    return "\n".join(lines)
+
+
+def _num(move: Mapping[str, Any], key: str, digits: int) -> str:
+    value = move.get(key)
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def serve_command(cfg: PipelineConfig, alias: str, port: int, host: str) -> list[str]:

@@ -1,6 +1,6 @@
 """MLflow tracking: the store, one run per pipeline run, training metrics, artifacts and
-the pyfunc model. The registry and its gate are in flows/registry.py, lineage tags in
-flows/lineage.py.
+the pyfunc model. The registry is in flows/registry.py, its gate in flows/gate.py, lineage
+tags in flows/lineage.py.
 
 Nothing happens at import. ``configure_tracking`` picks the store (``MLFLOW_TRACKING_URI``
 or ``sqlite:///<root>/mlflow.db`` with artifacts in ``<root>/mlartifacts``), then:
@@ -27,10 +27,10 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
@@ -40,6 +40,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.types.schema import ColSpec, Schema
 
+from flows.gate import read_test_scores
 from flows.lineage import dist_version, lineage_tags
 from seq2seq_core.config import PipelineConfig
 
@@ -54,15 +55,9 @@ SYSTEM_METRICS_EVERY_S = 5
 # The run `pipeline_run` opened in this process, for callers in other threads.
 _pipeline_run_id: str | None = None
 
-T = TypeVar("T")
-
 
 class NoActiveRunError(RuntimeError):
     """A logging call found neither a run id, an active run, nor an open pipeline run."""
-
-
-class MetricsFormatError(ValueError):
-    """metrics.json lacks a key the registry needs; the message names it."""
 
 
 # --------------------------------------------------------------------------- store
@@ -93,7 +88,7 @@ def configure_tracking(root: Path | None = None, experiment: str = DEFAULT_EXPER
     # The first process to touch a fresh SQLite store creates its schema; a second one
     # doing the same at once failed with "table runs already exists".
     with store_lock(uri, "schema"):
-        experiment_id = _retry(_experiment_id, MlflowClient(uri), experiment, artifact_location)
+        experiment_id = _experiment_id(MlflowClient(uri), experiment, artifact_location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return uri
 
@@ -126,23 +121,6 @@ def _experiment_id(client: MlflowClient, name: str, artifact_location: str | Non
         if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
         return client.get_experiment_by_name(name).experiment_id
-
-
-def _retry(fn: Callable[..., T], *args: Any, attempts: int = 6, **kwargs: Any) -> T:
-    """Call ``fn``; retry with backoff (0.2 s doubling, ~6 s in all) while SQLite says
-    "database is locked" (another process is writing to the same mlflow.db)."""
-    delay = 0.2
-    for attempt in range(1, attempts):
-        try:
-            return fn(*args, **kwargs)
-        except MlflowException as exc:
-            if "database is locked" not in str(exc).lower():
-                raise
-            name = getattr(fn, "__name__", repr(fn))
-            log.warning("MLflow store busy (%s); retry %d/%d", name, attempt, attempts - 1)
-            time.sleep(delay)
-            delay *= 2
-    return fn(*args, **kwargs)
 
 
 def _resolve_run_id(run_id: str | None) -> str:
@@ -178,7 +156,7 @@ def pipeline_run(
             params = [Param(key, _param_value(v)) for key, v in cfg.flat().items()]
             client = MlflowClient()
             for start in range(0, len(params), 100):  # MLflow takes <= 100 params a batch
-                _retry(client.log_batch, run.info.run_id, params=params[start : start + 100])
+                client.log_batch(run.info.run_id, params=params[start : start + 100])
             yield run
         finally:
             _pipeline_run_id = previous
@@ -187,7 +165,7 @@ def pipeline_run(
 def set_tags(tags: Mapping[str, str], *, run_id: str | None = None) -> None:
     """Set (or overwrite) tags on the run, e.g. lineage read after the run started."""
     client, rid = MlflowClient(), _resolve_run_id(run_id)
-    _retry(client.log_batch, rid, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    client.log_batch(rid, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def _param_value(value: Any) -> str:
@@ -205,7 +183,7 @@ def log_metrics(
 
 def _log_metric_batch(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
     for start in range(0, len(metrics), 1000):  # MLflow takes <= 1000 metrics a batch
-        _retry(client.log_batch, run_id, metrics=metrics[start : start + 1000])
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
 def _now_ms() -> int:
@@ -271,27 +249,14 @@ def log_files(
             log.warning("not logging %s to MLflow: it does not exist", path)
             continue
         if path.is_dir():
-            _retry(client.log_artifacts, rid, str(path), artifact_path)
+            client.log_artifacts(rid, str(path), artifact_path)
         else:
-            _retry(client.log_artifact, rid, str(path), artifact_path)
+            client.log_artifact(rid, str(path), artifact_path)
         logged.append(path)
     return logged
 
 
 # --------------------------------------------------------------------------- model
-
-
-def read_test_scores(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``test`` block of metrics.json, checked for what the registry gate reads."""
-    test = metrics.get("test")
-    if not isinstance(test, Mapping):
-        raise MetricsFormatError("metrics: no 'test' section (run the evaluate stage)")
-    for key in ("bleu", "chrf", "ter", "signatures", "test_set_sha256"):
-        if key not in test:
-            raise MetricsFormatError(f"metrics: 'test.{key}' is missing")
-    if "bleu" not in test["signatures"]:
-        raise MetricsFormatError("metrics: 'test.signatures.bleu' is missing")
-    return dict(test)
 
 
 def log_translator_model(

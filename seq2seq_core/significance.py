@@ -80,17 +80,32 @@ def paired_bootstrap(
     )
 
 
-def check_comparable(baseline: Mapping[str, Any], candidate: Mapping[str, Any]) -> None:
-    """Raise unless both metric records (`metrics.json`'s `test` entries) were computed on
-    the same test set with the same metric signatures."""
+# How the metrics are named in messages (sacrebleu's own spelling).
+METRIC_LABELS = {"bleu": "BLEU", "chrf": "chrF", "ter": "TER"}
+
+
+def comparable(
+    baseline: Mapping[str, Any], candidate: Mapping[str, Any], *, baseline_name: str = "baseline"
+) -> str | None:
+    """Why two metric records (`metrics.json`'s `test` entries) cannot be compared, or None
+    when both were computed on the same test set (sha256) with the same metric signatures.
+    The reason names the candidate's value first, then `baseline_name`'s."""
     a_hash, b_hash = baseline.get("test_set_sha256"), candidate.get("test_set_sha256")
     if not a_hash or a_hash != b_hash:
-        raise IncomparableScoresError(
-            f"different test sets: test_set_sha256 {str(a_hash)[:12]} vs {str(b_hash)[:12]}"
+        return (
+            f"different test set (sha256 {str(b_hash)[:12]} vs {baseline_name}'s "
+            f"{str(a_hash)[:12]})"
         )
     a_sigs, b_sigs = baseline.get("signatures") or {}, candidate.get("signatures") or {}
-    for metric in ("bleu", "chrf", "ter"):
-        if a_sigs.get(metric) != b_sigs.get(metric):
-            raise IncomparableScoresError(
-                f"different {metric} signatures: {a_sigs.get(metric)!r} vs {b_sigs.get(metric)!r}"
-            )
+    for metric, label in METRIC_LABELS.items():
+        ours, theirs = b_sigs.get(metric), a_sigs.get(metric)
+        if ours != theirs:
+            return f"different {label} signature ({ours!r} vs {baseline_name}'s {theirs!r})"
+    return None
+
+
+def check_comparable(baseline: Mapping[str, Any], candidate: Mapping[str, Any]) -> None:
+    """Raise `IncomparableScoresError` with `comparable`'s reason when there is one."""
+    reason = comparable(baseline, candidate)
+    if reason is not None:
+        raise IncomparableScoresError(reason)

@@ -17,7 +17,7 @@ from conftest import GENESIS_TSV, REPO
 from mlflow import MlflowClient
 from test_significance import POOR, REFS
 
-from flows import registry, tracking
+from flows import gate, registry, registry_cli, tracking
 from seq2seq_core.config import PipelineConfig, RegisterConfig, config_from_dict
 from seq2seq_core.evaluation import score_translations
 from seq2seq_core.tokenization import SubwordTokenizer
@@ -127,7 +127,7 @@ def test_gate_sequence_force_rollback_and_history(store: Path) -> None:
     promoted = next(m for m in moves if m["alias"] == "champion" and m["to"] == "4")
     assert promoted["trigger"] == "test" and promoted["p_value"] < 0.05
     assert promoted["bleu_delta"] > 50 and "@" in promoted["by"]
-    table = registry.history_table(moves)
+    table = registry_cli.history_table(moves)
     assert "rollback from v4 to v1" in table and len(table.splitlines()) == 1 + len(moves)
 
 
@@ -144,7 +144,7 @@ def test_incomparable_scores_are_not_promoted(store: Path) -> None:
 def test_chrf_drop_blocks_promotion() -> None:
     tags = {"test.bleu": "20", "test.chrf": "40", "test.test_set_sha256": SHA}
     champion = {**tags, "test.bleu": "10", "test.chrf": "45"}
-    decision = registry.decide_promotion(
+    decision = gate.decide_promotion(
         tags, champion, champion_version=1, settings=RegisterConfig(max_chrf_drop=1.0)
     )
     assert not decision.promote and decision.reason == "chrF drops by 5.00 (> max_chrf_drop 1)"
@@ -152,15 +152,28 @@ def test_chrf_drop_blocks_promotion() -> None:
 
 RACER = textwrap.dedent(
     """
-    import json, sys
+    import json, sys, time
     sys.path.insert(0, sys.argv[1])
     from pathlib import Path
-    from flows import tracking
+    from flows import registry, tracking
     import test_registry as t
-    root = Path(sys.argv[2])
+    root, kind, barrier = Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
     tracking.configure_tracking(root)
-    hyps = t.REFS if sys.argv[3] == "refs" else [*t.REFS[:10], *t.POOR[10:]]
-    result = t.register(root, t.cfg_for("race"), hyps, trigger="racer-" + sys.argv[3])
+    promote = registry.promote
+
+    def promote_when_both_are_here(*args, **kwargs):
+        # Both racers have registered their version; neither has read the champion yet.
+        (barrier / kind).touch()
+        deadline = time.monotonic() + 180
+        while len(list(barrier.iterdir())) < 2:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the other racer never reached the barrier")
+            time.sleep(0.005)
+        return promote(*args, **kwargs)
+
+    registry.promote = promote_when_both_are_here
+    hyps = t.REFS if kind == "refs" else [*t.REFS[:10], *t.POOR[10:]]
+    result = t.register(root, t.cfg_for("race"), hyps, trigger="racer-" + kind)
     print(json.dumps({"version": result.version, "promoted": result.promoted,
                       "previous": result.tags["promotion.previous_champion"]}))
     """
@@ -168,14 +181,18 @@ RACER = textwrap.dedent(
 
 
 def test_racing_promotions_leave_one_consistent_champion(store: Path, tmp_path: Path) -> None:
+    """Two processes promote at once: they meet at a barrier just before `promote`, so
+    without the registry lock both would judge against v1 and both become champion."""
     cfg = cfg_for("race")
     register(store, cfg, POOR)  # v1, the champion both racers try to beat
     script = tmp_path / "racer.py"
     script.write_text(RACER, encoding="utf-8")
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'tests'}:{REPO}"}
     racers = [
         subprocess.Popen(
-            [sys.executable, str(script), str(REPO / "tests"), str(store), kind],
+            [sys.executable, str(script), str(REPO / "tests"), str(store), kind, str(barrier)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

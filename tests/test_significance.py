@@ -1,11 +1,14 @@
 """Paired bootstrap between two systems, and refusing incomparable scores."""
 
+import re
+
 import pytest
 
 from seq2seq_core.evaluation import score_translations
 from seq2seq_core.significance import (
     IncomparableScoresError,
     check_comparable,
+    comparable,
     paired_bootstrap,
 )
 
@@ -50,8 +53,31 @@ def test_unequal_lengths_are_refused() -> None:
 def test_mismatched_signatures_and_test_sets_are_refused() -> None:
     base = {**score_translations(POOR, REFS), "test_set_sha256": "a" * 64}
     check_comparable(base, dict(base))
-    with pytest.raises(IncomparableScoresError, match="different test sets: test_set_sha256"):
-        check_comparable(base, {**base, "test_set_sha256": "b" * 64})
+    assert comparable(base, dict(base)) is None
+    other_set = {**base, "test_set_sha256": "b" * 64}
+    reason = "different test set (sha256 bbbbbbbbbbbb vs baseline's aaaaaaaaaaaa)"
+    assert comparable(base, other_set) == reason
+    with pytest.raises(IncomparableScoresError, match=re.escape(reason)):
+        check_comparable(base, other_set)
     zh = {**score_translations(POOR, REFS, tokenize="zh"), "test_set_sha256": "a" * 64}
-    with pytest.raises(IncomparableScoresError, match=r"different bleu signatures: .*tok:13a"):
+    with pytest.raises(IncomparableScoresError, match=r"different BLEU signature \(.*tok:zh"):
         check_comparable(base, zh)
+    assert comparable(base, zh, baseline_name="champion v2").endswith(
+        f"vs champion v2's {base['signatures']['bleu']!r})"
+    )
+
+
+def test_each_signature_and_a_missing_test_set_are_named() -> None:
+    sigs = {"bleu": "b", "chrf": "c", "ter": "t"}
+    base = {"test_set_sha256": "a" * 64, "signatures": sigs}
+    assert comparable(base, {**base, "signatures": {**sigs, "chrf": "c2"}}) == (
+        "different chrF signature ('c2' vs baseline's 'c')"
+    )
+    assert comparable(base, {**base, "signatures": {**sigs, "ter": "t2"}}) == (
+        "different TER signature ('t2' vs baseline's 't')"
+    )
+    assert comparable(base, {**base, "signatures": {"bleu": "b", "chrf": "c"}}) == (
+        "different TER signature (None vs baseline's 't')"
+    )
+    # No recorded hash on either side is no evidence of the same test set.
+    assert comparable({}, {}) == "different test set (sha256 None vs baseline's None)"

@@ -19,9 +19,8 @@ import mlflow
 import pytest
 from conftest import GENESIS_TSV, REPO
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
-from flows import registry, tracking
+from flows import gate, registry, tracking
 from seq2seq_core.config import PipelineConfig, config_from_dict
 from seq2seq_core.tokenization import SubwordTokenizer
 from seq2seq_core.training import TrainResult, train_model
@@ -146,27 +145,6 @@ def test_import_has_no_side_effects(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_retry_waits_out_a_locked_database_and_nothing_else() -> None:
-    calls = []
-
-    def flaky() -> str:
-        calls.append(1)
-        if len(calls) < 3:
-            raise MlflowException("(sqlite3.OperationalError) database is locked")
-        return "ok"
-
-    assert tracking._retry(flaky) == "ok" and len(calls) == 3
-
-    def broken() -> None:
-        calls.append(1)
-        raise MlflowException("no such table: runs")
-
-    calls.clear()
-    with pytest.raises(MlflowException, match="no such table"):
-        tracking._retry(broken)
-    assert len(calls) == 1
-
-
 # --------------------------------------------------------------------------- runs
 
 
@@ -262,7 +240,7 @@ def test_register_refuses_metrics_without_a_test_set_hash(trained: Trained, stor
     metrics = scores(50.0)
     del metrics["test"]["test_set_sha256"]
     cfg = tiny_cfg(model_name="refused")
-    with pytest.raises(registry.MetricsFormatError, match=r"test\.test_set_sha256"):
+    with pytest.raises(gate.MetricsFormatError, match=r"test\.test_set_sha256"):
         registry.register_and_promote(
             cfg, model_uri=trained.model_uri, run_id=trained.run_id, metrics=metrics
         )
