@@ -105,3 +105,12 @@ def tiny_params_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(tiny_params()), encoding="utf-8")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _no_store_from_an_earlier_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI (and the registry's) to the
+    environment for child processes: without this, one test's store would read as the
+    user's choice in every later test and in the subprocesses they start."""
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(var, raising=False)
