@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seq2seq_core.attention import Attention
-from seq2seq_core.encoder import RNN_CLASSES, RNNState
+from seq2seq_core.encoder import RNNSpec, RNNState
 from seq2seq_core.kernels import REFERENCE, Kernels
 
 
@@ -53,30 +53,20 @@ class RecurrentDecoder(nn.Module):
     def __init__(
         self,
         vocab_size: int,
-        emb_size: int,
-        hidden_size: int,
-        cell: str,
-        layers: int,
-        dropout: float,
+        spec: RNNSpec,
         attention: Attention | None,
         encoder_size: int,
         input_feeding: bool,
-        pad_id: int = 0,
     ) -> None:
         super().__init__()
         if input_feeding and attention is None:
             raise ValueError("input feeding needs attention")
+        hidden_size = spec.hidden_size
         self.hidden_size = hidden_size
         self.input_feeding = input_feeding
-        self.embedding = nn.Embedding(vocab_size, emb_size, padding_idx=pad_id)
-        self.dropout = nn.Dropout(dropout)
-        self.rnn = RNN_CLASSES[cell](
-            emb_size + (hidden_size if input_feeding else 0),
-            hidden_size,
-            num_layers=layers,
-            batch_first=True,
-            dropout=dropout if layers > 1 else 0.0,
-        )
+        self.embedding = spec.embedding(vocab_size)
+        self.dropout = nn.Dropout(spec.dropout)
+        self.rnn = spec.rnn(spec.emb_size + (hidden_size if input_feeding else 0), hidden_size)
         self.attention = attention
         # Registered only with attention, so the plain seq2seq has no attention parameters.
         self.att_vector = (

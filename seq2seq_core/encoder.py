@@ -8,6 +8,8 @@ its final state (forward and backward concatenated per layer) have exactly the d
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -20,36 +22,48 @@ RNNState = Tensor | tuple[Tensor, Tensor]
 RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"gru": nn.GRU, "lstm": nn.LSTM}
 
 
-class RecurrentEncoder(nn.Module):
-    def __init__(
-        self,
-        vocab_size: int,
-        emb_size: int,
-        hidden_size: int,
-        cell: str,
-        layers: int,
-        bidirectional: bool,
-        dropout: float,
-        pad_id: int = 0,
-    ) -> None:
-        super().__init__()
-        if cell not in RNN_CLASSES:
-            raise ValueError(f"cell must be one of {', '.join(RNN_CLASSES)}, got {cell!r}")
-        if bidirectional and hidden_size % 2:
-            raise ValueError("a bidirectional encoder needs an even hidden_size")
-        self.hidden_size = hidden_size
-        self.layers = layers
-        self.bidirectional = bidirectional
-        self.embedding = nn.Embedding(vocab_size, emb_size, padding_idx=pad_id)
-        self.dropout = nn.Dropout(dropout)
-        self.rnn = RNN_CLASSES[cell](
-            emb_size,
-            hidden_size // 2 if bidirectional else hidden_size,
-            num_layers=layers,
+@dataclass(frozen=True)
+class RNNSpec:
+    """What the encoder and the decoder of one model share: the cell, the embedding and
+    hidden sizes, the depth, dropout and the padding id (`build_model` makes it once)."""
+
+    cell: str
+    emb_size: int
+    hidden_size: int
+    layers: int
+    dropout: float
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.cell not in RNN_CLASSES:
+            raise ValueError(f"cell must be one of {', '.join(RNN_CLASSES)}, got {self.cell!r}")
+
+    def embedding(self, vocab_size: int) -> nn.Embedding:
+        return nn.Embedding(vocab_size, self.emb_size, padding_idx=self.pad_id)
+
+    def rnn(self, input_size: int, hidden_size: int, bidirectional: bool = False) -> nn.RNNBase:
+        return RNN_CLASSES[self.cell](
+            input_size,
+            hidden_size,
+            num_layers=self.layers,
             batch_first=True,
             bidirectional=bidirectional,
-            dropout=dropout if layers > 1 else 0.0,  # torch applies it between layers only
+            dropout=self.dropout if self.layers > 1 else 0.0,  # torch: between layers only
         )
+
+
+class RecurrentEncoder(nn.Module):
+    def __init__(self, vocab_size: int, spec: RNNSpec, bidirectional: bool) -> None:
+        super().__init__()
+        if bidirectional and spec.hidden_size % 2:
+            raise ValueError("a bidirectional encoder needs an even hidden_size")
+        self.hidden_size = spec.hidden_size
+        self.layers = spec.layers
+        self.bidirectional = bidirectional
+        self.embedding = spec.embedding(vocab_size)
+        self.dropout = nn.Dropout(spec.dropout)
+        per_direction = spec.hidden_size // 2 if bidirectional else spec.hidden_size
+        self.rnn = spec.rnn(spec.emb_size, per_direction, bidirectional)
 
     def forward(
         self, src: Tensor, src_len: Tensor, kernels: Kernels = REFERENCE

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from seq2seq_core.attention import Attention, BahdanauAttention, LuongAttention
 from seq2seq_core.config import ModelConfig
 from seq2seq_core.decoder import DecoderState, Memory, RecurrentDecoder
-from seq2seq_core.encoder import RecurrentEncoder, RNNState
+from seq2seq_core.encoder import RecurrentEncoder, RNNSpec, RNNState
 from seq2seq_core.kernels import REFERENCE, Kernels, select
 from seq2seq_core.kernels.linear_cross_entropy import linear_cross_entropy
 from seq2seq_core.special_tokens import PAD_ID
@@ -139,10 +139,8 @@ class Seq2Seq(nn.Module):
 
 
 def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
-    # What the encoder and the decoder share: sizes, cell, layers, dropout, padding id.
-    shared = {"emb_size": cfg.emb_size, "hidden_size": cfg.hidden_size, "cell": cfg.cell,
-              "layers": cfg.layers, "dropout": cfg.dropout, "pad_id": PAD_ID}  # fmt: skip
-    encoder = RecurrentEncoder(src_vocab_size, bidirectional=cfg.bidirectional, **shared)
+    spec = RNNSpec(cfg.cell, cfg.emb_size, cfg.hidden_size, cfg.layers, cfg.dropout, PAD_ID)
+    encoder = RecurrentEncoder(src_vocab_size, spec, bidirectional=cfg.bidirectional)
     attention: Attention | None = None
     if cfg.attention == "bahdanau":
         attention = BahdanauAttention(cfg.hidden_size, cfg.hidden_size, cfg.hidden_size)
@@ -152,10 +150,10 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> S
         raise ValueError(f"model.attention: {cfg.attention!r} is not one of none, bahdanau, luong")
     decoder = RecurrentDecoder(
         tgt_vocab_size,
+        spec,
         attention=attention,
         encoder_size=cfg.hidden_size,
         input_feeding=cfg.input_feeding,
-        **shared,
     )
     _tie_embeddings(cfg, encoder, decoder, src_vocab_size, tgt_vocab_size)
     return Seq2Seq(encoder, decoder, context=cfg.context)

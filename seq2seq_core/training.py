@@ -123,10 +123,8 @@ def train_model(
     """Train until max_epochs, the time budget or early stopping; best.pt and last.pt in
     ``checkpoint_dir``. ``vocab_sha256`` identifies the tokenizer's files in checkpoints
     (``warm_start.vocab_sha256``); ``clock`` is the time budget's clock."""
-    run = set_up(
-        cfg, tokenizer, train_pairs, valid_pairs, Path(checkpoint_dir), callbacks,
-        warm_start, vocab_sha256, clock,
-    )  # fmt: skip
+    data = TrainingData.encode(tokenizer, train_pairs, valid_pairs, cfg.train)
+    run = set_up(cfg, data, Path(checkpoint_dir), callbacks, warm_start, vocab_sha256, clock)
     while True:
         if run.state.epoch >= cfg.train.max_epochs:
             stop = "max_epochs"
@@ -149,11 +147,31 @@ def train_model(
 # --- set-up -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """The pairs as the model sees them (subword ids, validation batches), and the raw
+    validation pairs the run fingerprint hashes."""
+
+    tokenizer: Tokenizer
+    train: EncodedPairs
+    valid: Validation
+    valid_pairs: list[tuple[str, str]]
+
+    @classmethod
+    def encode(
+        cls, tokenizer: Tokenizer, train_pairs: list[tuple[str, str]],
+        valid_pairs: list[tuple[str, str]], tc: TrainConfig,
+    ) -> TrainingData:  # fmt: skip
+        train = encode_pairs(tokenizer, train_pairs, tc.max_len)
+        if not len(train):
+            raise ValueError("no training pairs left after encoding and the max_len filter")
+        valid = Validation.from_pairs(tokenizer, valid_pairs, tc)
+        return cls(tokenizer, train, valid, list(valid_pairs))
+
+
 def set_up(
     cfg: PipelineConfig,
-    tokenizer: Tokenizer,
-    train_pairs: list[tuple[str, str]],
-    valid_pairs: list[tuple[str, str]],
+    data: TrainingData,
     checkpoint_dir: Path,
     callbacks: list[TrainCallback],
     warm_start: WarmStartSource | None,
@@ -167,10 +185,12 @@ def set_up(
     prepare_host(device, tc.threads)
     torch.manual_seed(tc.seed)
 
-    train_data = encode_pairs(tokenizer, train_pairs, tc.max_len)
-    if not len(train_data):
-        raise ValueError("no training pairs left after encoding and the max_len filter")
-    valid = Validation.from_pairs(tokenizer, valid_pairs, tc)
+    tokenizer, train_data, valid, valid_pairs = (
+        data.tokenizer,
+        data.train,
+        data.valid,
+        data.valid_pairs,
+    )
     src_vocab, tgt_vocab = tokenizer.src_vocab_size, tokenizer.tgt_vocab_size
     vocab = Vocabulary(cfg.vocab.out_dir, src_vocab, tgt_vocab, vocab_sha256)
     model = build_model(cfg.model, src_vocab, tgt_vocab).to(device)
