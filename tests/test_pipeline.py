@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -225,3 +226,42 @@ def test_two_pipelines_in_one_workspace_take_turns(tiny_params_file: Path) -> No
         filter_string="metrics.`test/bleu` >= 0",
     )
     assert len(scored) == 1  # one run trained and evaluated; the other trained nothing
+
+
+def test_a_killed_run_leaves_a_crash_note(prefect_server, tiny_params_file: Path) -> None:
+    """SIGTERM (a cancelled worker, a shutdown) crashes the flow run; its on_crashed hook
+    leaves the same `pipeline-failure` artifact an exception does."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.workspace_lock import workspace_lock
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env |= {"PREFECT_API_URL": PREFECT_API_URL.value(), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    seq2seq = str(Path(sys.executable).with_name("seq2seq"))
+    log = Path("killed.log")
+    with workspace_lock(timeout_min=0), log.open("w") as out:  # the run will wait on it
+        proc = subprocess.Popen(
+            [seq2seq, "pipeline", "--params", str(tiny_params_file), "--no-dvc-commit"],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 180
+        while "waiting up to" not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) != 0
+
+    async def notes() -> list[str]:
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["pipeline-failure"]))
+            )
+        return [a.data for a in found]
+
+    crashed = [n for n in asyncio.run(notes()) if "the run crashed" in n]
+    assert crashed, log.read_text()[-3000:]
+    assert "champion` alias was not touched" in crashed[-1]
