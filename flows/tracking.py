@@ -155,7 +155,8 @@ def pipeline_run(
     run_tags = {**lineage_tags(cfg), **{k: str(v) for k, v in (tags or {}).items() if v}}
     # CPU, memory and disk every few seconds as `system/*` metrics (psutil), so a slow or
     # swapping night shows in the run next to its loss curve.
-    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_EVERY_S)
+    if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):  # a user's choice wins
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_EVERY_S)
     with mlflow.start_run(run_name=run_name, tags=run_tags, log_system_metrics=True) as run:
         previous, _pipeline_run_id = _pipeline_run_id, run.info.run_id
         try:

@@ -28,12 +28,16 @@ def prefect_server():
         yield
 
 
-def test_flow_runs_all_stages_then_has_nothing_to_do(prefect_server, tiny_params_file: Path):
+def test_flow_runs_all_stages_then_has_nothing_to_do(
+    prefect_server, tiny_params_file: Path, monkeypatch: pytest.MonkeyPatch
+):
     from mlflow import MlflowClient
 
     from flows.pipeline import training_pipeline
     from flows.tracking import configure_tracking
 
+    # A tiny run lasts a few seconds: sample CPU and memory often enough to see them.
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
     first = training_pipeline(params_path=str(tiny_params_file), dvc_commit=False)
 
     assert first["status"] == "registered"
