@@ -35,6 +35,18 @@ def _dvc(*args: str) -> subprocess.CompletedProcess[str]:
     return _run([sys.executable, "-m", "dvc", *args])
 
 
+def run_dvc(logger: Any, *args: str) -> bool:
+    """Run `dvc ARGS` in a DVC project (skipped elsewhere); a failure is logged, not fatal:
+    the model is already trained and the lineage tags then say what dvc.lock holds."""
+    if not (Path("dvc.yaml").exists() and Path(".dvc").is_dir()):
+        return False
+    proc = _dvc(*args)
+    if proc.returncode != 0:
+        logger.warning("dvc %s failed: %s", " ".join(args), proc.stderr.strip()[-500:])
+        return False
+    return True
+
+
 def missing_inputs(root: Path = Path()) -> list[Path]:
     """The git-tracked ``*.dvc`` files (relative to ``root``) with an output missing."""
     listed = _run(["git", "-C", str(root), "ls-files", "*.dvc"])
@@ -67,16 +79,12 @@ def pull_inputs(logger: Any) -> list[Path]:
 
 def publish_lock(logger: Any, flow_run_id: str = "") -> str | None:
     """Commit ``dvc.lock`` and push it to the upstream when ``SEQ2SEQ_DVC_GIT_PUSH`` is
-    true; returns the new commit, or None. Only after a `dvc push` that succeeded (it is
-    a no-op when the flow pushed already), so a published lock never names missing data.
-    Failures are logged, not raised: the model is registered by then."""
+    true; returns the new commit, or None. The flow calls it only after its `dvc push`
+    succeeded, so a published lock never names missing data. Failures are logged, not
+    raised: the model is registered by then."""
     if os.environ.get(GIT_PUSH_ENV, "").strip().lower() not in ("1", "true", "yes"):
         return None
     if not Path("dvc.lock").is_file():
-        return None
-    pushed = _dvc("push", "--quiet")
-    if pushed.returncode != 0:
-        logger.warning("not publishing dvc.lock: dvc push failed: %s", pushed.stderr[-500:])
         return None
     if not _run(["git", "status", "--porcelain", "--", "dvc.lock"]).stdout.strip():
         logger.info("dvc.lock unchanged: nothing to publish")

@@ -8,8 +8,6 @@ Completed with nothing trained or registered and says "up to date with version N
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -102,9 +100,7 @@ def _run_pipeline(cfg: PipelineConfig, *, dvc_commit: bool, force: bool) -> dict
         return _up_to_date(cfg, done, logger)
     if done is not None:
         logger.info("force: running although version %s has these inputs", done.version)
-    warm = resolve_warm_start(cfg)
-    if warm is not None:
-        logger.info("warm start from %s (%s)", warm.label, warm.checkpoint)
+    warm = resolve_warm_start(cfg)  # the train stage logs what it starts from
     stages = _StageRunner(logger)
     flow_run_id = str(flow_run.id) if flow_run.id else ""
     tags = {"prefect.flow_run_id": flow_run_id, "trigger": "prefect"}
@@ -121,13 +117,12 @@ def _run_pipeline(cfg: PipelineConfig, *, dvc_commit: bool, force: bool) -> dict
         tracking.log_metrics({f"test/{k}": test[k] for k in ("bleu", "chrf", "ter")})
         log_stage_reports(cfg)
         if dvc_commit:  # lineage: the version's dvc.* tags are read from dvc.lock
-            _dvc_command(logger, "commit", "--force", "--quiet", *STAGES_BEFORE_REGISTER)
+            dvc_sync.run_dvc(logger, "commit", "--force", "--quiet", *STAGES_BEFORE_REGISTER)
         trigger = f"prefect:{flow_run_id}"
         registration = stages.run("register", register_task, cfg, run_id, trigger, fingerprint)
         tracking.log_metrics({f"seconds/{k}": v for k, v in stages.seconds.items()})
     _report_registration(logger, test, registration, stages.seconds)
-    if dvc_commit:
-        _record_in_dvc(logger)
+    if dvc_commit and _record_in_dvc(logger):
         dvc_sync.publish_lock(logger, flow_run_id)
     return {
         "status": "registered",
@@ -202,22 +197,9 @@ def _report_registration(
     create_markdown_artifact(key="promotion-decision", markdown=promotion_markdown(registration))
 
 
-def _record_in_dvc(logger: Any) -> None:
+def _record_in_dvc(logger: Any) -> bool:
     """Record the register stage in dvc.lock too (`dvc repro` then sees everything up to
-    date) and push the data to the default remote."""
-    if _dvc_command(logger, "commit", "--force", "--quiet", "register"):
-        _dvc_command(logger, "push", "--quiet")
-
-
-def _dvc_command(logger: Any, *args: str) -> bool:
-    """Run `dvc ARGS` in a DVC project (skipped elsewhere); a failure is logged, not fatal:
-    the model is already trained and the lineage tags then say what dvc.lock holds."""
-    if not (Path("dvc.yaml").exists() and Path(".dvc").is_dir()):
-        return False
-    proc = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], capture_output=True, text=True, check=False
+    date) and push the data to the default remote; whether both succeeded."""
+    return dvc_sync.run_dvc(logger, "commit", "--force", "--quiet", "register") and (
+        dvc_sync.run_dvc(logger, "push", "--quiet")
     )
-    if proc.returncode != 0:
-        logger.warning("dvc %s failed: %s", " ".join(args), proc.stderr.strip()[-500:])
-        return False
-    return True
