@@ -12,6 +12,7 @@ from: the run trains from scratch and says so.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -63,14 +64,20 @@ def _registered_source(name: str, ref: str, *, required: bool) -> WarmStartSourc
         return None
     target = CACHE_DIR / f"{name}-v{version.version}"
     if not (target / "MLmodel").is_file():
-        partial = target.with_name(target.name + ".partial")
+        # Each process downloads into a folder of its own (torchrun ranks on one host resolve
+        # the source at once) and renames it into place: complete or absent, never mixed.
+        partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{name}/{version.version}", dst_path=str(partial)
         )
-        shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)  # complete or absent: a killed download is not reused
+        if target.is_dir() and not (target / "MLmodel").is_file():
+            shutil.rmtree(target, ignore_errors=True)  # not a complete download
+        try:
+            partial.rename(target)
+        except OSError:  # another process put the same version in place first
+            shutil.rmtree(partial, ignore_errors=True)
     artifacts = _pyfunc_artifacts(target)
     label = f"{name} v{version.version}" + (f" ({ref})" if not ref.isdigit() else "")
     return WarmStartSource(
