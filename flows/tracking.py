@@ -52,10 +52,6 @@ EXAMPLE_SRC = "Im Anfang schuf Gott die Himmel und die Erde."
 # Distributions the served model imports (seq2seq_core travels as code with the model).
 MODEL_REQUIREMENTS = ("mlflow", "torch", "sentencepiece", "pandas", "pyyaml")
 SYSTEM_METRICS_EVERY_S = 5
-# The SQLite default this process picked last: `mlflow.set_tracking_uri` exports it as
-# MLFLOW_TRACKING_URI (for child processes), which must not read as the user's setting when
-# this process configures another root.
-_default_uri: str | None = None
 # The run `pipeline_run` opened in this process, for callers in other threads.
 _pipeline_run_id: str | None = None
 
@@ -81,14 +77,9 @@ def configure_tracking(root: Path | None = None, experiment: str = DEFAULT_EXPER
         from mlflow.telemetry import set_telemetry_client
 
         set_telemetry_client()
-    global _default_uri
     root = Path(root or Path.cwd()).resolve()
     env_uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if env_uri == _default_uri:  # MLflow exported our own earlier default: not a choice
-        env_uri = ""
     uri = env_uri or f"sqlite:///{root / 'mlflow.db'}"
-    if not env_uri:
-        _default_uri = uri
     mlflow.set_tracking_uri(uri)
     artifact_location = None if env_uri else (root / "mlartifacts").as_uri()
     # The first process to touch a fresh SQLite store creates its schema; a second one
