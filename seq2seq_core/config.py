@@ -145,13 +145,19 @@ class TrainConfig:
     optimizer: str = "adamw"
     lr: float = 0.002
     weight_decay: float = 0.0
-    # constant | plateau (on validation BLEU) | inverse_sqrt; all after linear warmup.
+    # constant | plateau (on validation BLEU) | inverse_sqrt | budget_linear | budget_cosine
+    # (from lr to min_lr over the time budget or max_epochs, whichever ends first); all
+    # after linear warmup.
     lr_schedule: str = "constant"
     warmup_steps: int = 0
     plateau_factor: float = 0.5
     plateau_patience: int = 1
     min_lr: float = 1.0e-5
     label_smoothing: float = 0.0
+    # Average the last this many weight snapshots of the budget's final quarter and keep
+    # the average as best.pt when its validation BLEU is at least the best single's
+    # (0 or 1 = off; snapshots are taken with each last.pt, see snapshots.py).
+    average_checkpoints: int = 0
     # Optimizer step every this many batches (effective batch = batch_tokens * this).
     accumulate_steps: int = 1
     clip_grad: float = 1.0
@@ -190,7 +196,15 @@ class TrainConfig:
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))
         _choice("train.precision", self.precision, ("fp32", "bf16"))
         _choice("train.optimizer", self.optimizer, ("adam", "adamw"))
-        _choice("train.lr_schedule", self.lr_schedule, ("constant", "plateau", "inverse_sqrt"))
+        _choice(
+            "train.lr_schedule",
+            self.lr_schedule,
+            ("constant", "plateau", "inverse_sqrt", "budget_linear", "budget_cosine"),
+        )
+        if self.average_checkpoints < 0:
+            raise ConfigError("train.average_checkpoints must be >= 0 (0 or 1 = off)")
+        if self.min_lr < 0:
+            raise ConfigError("train.min_lr must be >= 0")
         _choice(
             "train.teacher_forcing_schedule",
             self.teacher_forcing_schedule,

@@ -63,6 +63,16 @@ def any_rank(flag: bool, topo: Topology, device: torch.device) -> bool:
     return bool(value.item())
 
 
+def max_over_ranks(value: float, topo: Topology, device: torch.device) -> float:
+    """The largest ``value`` of any rank, on every rank (e.g. the time spent: one clock for
+    the budget check and the budget LR schedules, so that replicas use the same LR)."""
+    if not topo.distributed:
+        return value
+    box = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return float(box.item())
+
+
 def broadcast(value: T, topo: Topology) -> T:
     """Rank 0's `value` on every rank (validation results, the stop decision)."""
     if not topo.distributed:

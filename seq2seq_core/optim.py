@@ -7,11 +7,14 @@ last.pt through `torch.load(weights_only=True)` and a resumed run continues them
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
+from seq2seq_core.budget import BUDGET_SCHEDULES, Horizon, budget_decay
 from seq2seq_core.config import TrainConfig
+
+SCHEDULES = ("constant", "plateau", "inverse_sqrt", *BUDGET_SCHEDULES)
 
 
 def build_optimizer(params: list[torch.nn.Parameter], tc: TrainConfig) -> torch.optim.Optimizer:
@@ -35,7 +38,11 @@ class LearningRate:
     """lr(step) = base x warmup x decay. Warmup is linear over `warmup_steps`; decay is
     constant, inverse-sqrt after warmup, or plateau: x `plateau_factor` after
     `plateau_patience` validations without a better BLEU. Never below `min_lr` (except
-    during warmup)."""
+    during warmup). The budget schedules (``budget.py``) go from `base` to `min_lr` over the
+    ``horizon``'s fraction of the budget spent, which ``at`` takes as (step, elapsed seconds).
+
+    The ``horizon`` comes from the config and the data at every set-up, not from last.pt
+    (``state_dict`` leaves it out): a rerun with a larger budget stretches the decay."""
 
     base: float
     schedule: str
@@ -46,19 +53,27 @@ class LearningRate:
     plateau_scale: float = 1.0
     best_metric: float = -math.inf
     bad_validations: int = 0
+    horizon: Horizon | None = field(default=None, compare=False)
 
     @classmethod
-    def from_config(cls, tc: TrainConfig) -> LearningRate:
-        if tc.lr_schedule not in ("constant", "plateau", "inverse_sqrt"):
+    def from_config(cls, tc: TrainConfig, horizon: Horizon | None = None) -> LearningRate:
+        if tc.lr_schedule not in SCHEDULES:
             raise ValueError(f"train.lr_schedule: {tc.lr_schedule!r} is not supported")
         return cls(
             tc.lr, tc.lr_schedule, tc.warmup_steps, tc.plateau_factor, tc.plateau_patience,
-            tc.min_lr,
+            tc.min_lr, horizon=horizon,
         )  # fmt: skip
 
-    def at(self, step: int) -> float:
-        """The learning rate for optimizer step `step` (1-based)."""
+    def at(self, step: int, elapsed: float = 0.0) -> float:
+        """The learning rate for optimizer step `step` (1-based), taken when `elapsed`
+        seconds of the time budget are spent (the budget schedules use both; the others
+        only `step`)."""
         warm = min(1.0, step / self.warmup_steps) if self.warmup_steps > 0 else 1.0
+        if self.schedule in BUDGET_SCHEDULES:
+            if self.horizon is None:
+                raise ValueError(f"train.lr_schedule {self.schedule}: no budget horizon set")
+            fraction = self.horizon.fraction(step - 1, elapsed)
+            return budget_decay(self.schedule, fraction, self.base, self.min_lr) * warm
         if self.schedule == "inverse_sqrt":
             decay = math.sqrt(max(self.warmup_steps, 1) / max(step, self.warmup_steps, 1))
         elif self.schedule == "plateau":
@@ -80,18 +95,19 @@ class LearningRate:
             self.plateau_scale *= self.plateau_factor
             self.bad_validations = 0
 
-    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
-        lr = self.at(step)
+    def apply(self, optimizer: torch.optim.Optimizer, step: int, elapsed: float = 0.0) -> float:
+        lr = self.at(step, elapsed)
         for group in optimizer.param_groups:
             group["lr"] = lr
         return lr
 
     def state_dict(self) -> dict[str, float | int | str]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "horizon"}
 
     def load_state_dict(self, state: dict[str, float | int | str]) -> None:
         for key, value in state.items():
-            setattr(self, key, value)
+            if key != "horizon":
+                setattr(self, key, value)
 
 
 def teacher_forcing_ratio(tc: TrainConfig, step: int) -> float:

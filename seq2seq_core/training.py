@@ -17,6 +17,7 @@ through ``TrainCallback``s only (MLflow attaches there; the core never imports i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -30,14 +31,23 @@ from typing import Any, Protocol
 import torch
 
 from seq2seq_core.batching import Batch, EncodedPairs, encode_pairs, epoch_batches
+from seq2seq_core.budget import Horizon
 from seq2seq_core.checkpoint import model_payload, save_checkpoint
 from seq2seq_core.config import PipelineConfig, TrainConfig
-from seq2seq_core.distributed import Topology, any_rank, broadcast, init_distributed, shard, wrap
+from seq2seq_core.distributed import (
+    Topology,
+    broadcast,
+    init_distributed,
+    max_over_ranks,
+    shard,
+    wrap,
+)
 from seq2seq_core.host import prepare_host
 from seq2seq_core.optim import LearningRate, build_optimizer, teacher_forcing_ratio
 from seq2seq_core.precision import autocast
 from seq2seq_core.resume import resume, resume_payload, run_fingerprint
 from seq2seq_core.seq2seq import Seq2Seq, build_model
+from seq2seq_core.snapshots import CheckpointChoice, Snapshots, choose_checkpoint
 from seq2seq_core.train_log import StepProgress, duration, epoch_line
 from seq2seq_core.train_state import EpochPosition, TimeBudget, TrainState
 from seq2seq_core.validation import Validation, evaluate_loss, validation_bleu
@@ -77,6 +87,8 @@ class TrainResult:
     seconds: float
     skipped_long: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    kept_checkpoint: str = "single"  # what best.pt holds: "single" | "averaged"
+    averaging: dict[str, Any] | None = None  # CheckpointChoice (train.average_checkpoints)
 
 
 @dataclass
@@ -97,6 +109,8 @@ class Run:
     fingerprint: str
     vocab: Vocabulary
     callbacks: list[TrainCallback]
+    horizon: Horizon  # where the budget ends, for the budget LR schedules and averaging
+    snapshots: Snapshots  # train.average_checkpoints
     state: TrainState
     budget: TimeBudget
 
@@ -195,15 +209,19 @@ def set_up(
     vocab = Vocabulary(cfg.vocab.out_dir, src_vocab, tgt_vocab, vocab_sha256)
     model = build_model(cfg.model, src_vocab, tgt_vocab).to(device)
     optimizer = build_optimizer(list(model.parameters()), tc)
-    schedule = LearningRate.from_config(tc)
+    horizon = Horizon.of(tc, train_data, topo.world)
+    schedule = LearningRate.from_config(tc, horizon)
     identity = source_identity(warm_start, tc.reset_optimizer)
     fingerprint = run_fingerprint(cfg, src_vocab, tgt_vocab, train_data, valid_pairs, identity)
+    snapshots = Snapshots(checkpoint_dir, tc.average_checkpoints, fingerprint)
     run = Run(
         cfg, topo, device, model, wrap(model, topo, device), optimizer, schedule, tokenizer,
-        train_data, valid, checkpoint_dir, fingerprint, vocab, callbacks,
+        train_data, valid, checkpoint_dir, fingerprint, vocab, callbacks, horizon, snapshots,
         state=TrainState(), budget=TimeBudget(tc.time_budget_min, 0.0, clock),
     )  # fmt: skip
     run.state = starting_state(run, warm_start)
+    if topo.is_main:  # snapshots of steps this run trains (again) or of another run go
+        snapshots.forget_after(run.state.step if run.state.elapsed > 0 else 0)
     # The budget counts the seconds that earlier runs of this one (resumed) already spent.
     run.budget = TimeBudget(tc.time_budget_min, run.state.elapsed, clock)
     return run
@@ -254,11 +272,13 @@ def train_epoch(run: Run) -> EpochOutcome:
     )  # fmt: skip
     t0 = time.monotonic() - pos.seconds
     while pos.batch < len(batches):
-        if any_rank(run.budget.exhausted(), run.topo, run.device):
+        # One clock for every rank (the latest): the budget LR schedules read it too.
+        spent = max_over_ranks(run.budget.spent(), run.topo, run.device)
+        if spent >= run.budget.seconds:
             break
         end = min(len(batches), (pos.batch // tc.accumulate_steps + 1) * tc.accumulate_steps)
         group = [b.to(run.device) for b in batches[pos.batch : end]]
-        ratio, lr = teacher_forcing_ratio(tc, state.step), run.schedule.at(state.step + 1)
+        ratio, lr = teacher_forcing_ratio(tc, state.step), run.schedule.at(state.step + 1, spent)
         losses, grad_norm = train_step(
             run.model, run.optimizer, group, teacher_forcing=ratio, lr=lr, tc=tc,
             trainer=run.trainer,
@@ -346,7 +366,7 @@ def validate(run: Run) -> dict[str, float]:
             "valid_bleu": valid_bleu,
             "epoch_seconds": pos.seconds + time.monotonic() - t0,
             "tokens_per_s": pos.tokens * run.topo.world / max(pos.seconds, 1e-9),
-            "lr": run.schedule.at(max(state.step, 1)),
+            "lr": run.schedule.at(max(state.step, 1), run.budget.spent()),
         }
     return broadcast(metrics, run.topo)
 
@@ -402,8 +422,10 @@ def save_last(run: Run) -> None:
     """last.pt: the model, optimizer, LR schedule, RNG and state, to resume exactly here."""
     run.state.elapsed = run.budget.spent()
     if run.topo.is_main:
+        payload, fraction = _payload(run), run.horizon.fraction(run.state.step, run.state.elapsed)
+        run.snapshots.take(run.state.step, fraction, payload)  # before last.pt: forget_after
         resumable = resume_payload(run.optimizer, run.schedule, run.state, run.fingerprint)
-        save_checkpoint(run.checkpoint_dir / "last.pt", {**_payload(run), **resumable})
+        save_checkpoint(run.checkpoint_dir / "last.pt", {**payload, **resumable})
         _write_json(run.checkpoint_dir / "history.json", run.state.history)
 
 
@@ -446,6 +468,7 @@ def finish(run: Run, stop: str) -> TrainResult:
     for cb in run.callbacks:
         if hasattr(cb, "on_train_end"):
             cb.on_train_end(run.model)
+    choice = average_snapshots(run)
     return TrainResult(
         best_checkpoint=str(run.checkpoint_dir / "best.pt"),
         last_checkpoint=str(run.checkpoint_dir / "last.pt"),
@@ -458,7 +481,19 @@ def finish(run: Run, stop: str) -> TrainResult:
         seconds=run.budget.spent(),
         skipped_long=run.train_data.skipped_long,
         history=state.history,
+        kept_checkpoint=choice.kept_checkpoint if choice else "single",
+        averaging=dataclasses.asdict(choice) if choice else None,
     )
+
+
+def average_snapshots(run: Run) -> CheckpointChoice | None:
+    """train.average_checkpoints: best.pt becomes the snapshots' average if it validates
+    at least as well as the best single checkpoint (rank 0 decides, every rank hears)."""
+    choice = None
+    if run.topo.is_main and run.snapshots.enabled:
+        best = run.checkpoint_dir / "best.pt"
+        choice = choose_checkpoint(run.snapshots, best, run.state.best.valid_bleu, run)
+    return broadcast(choice, run.topo)
 
 
 def stop_message(run: Run, stop: str) -> str:

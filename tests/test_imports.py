@@ -33,7 +33,7 @@ GROUPS: dict[str, tuple[int, set[str]]] = {
     "engine": (
         3,
         {"training", "optim", "checkpoint", "distributed", "train_state", "resume"}
-        | {"train_log", "validation", "warm_start"},
+        | {"train_log", "validation", "warm_start", "budget", "snapshots", "averaging"},
     ),
     "evaluation": (3, {"evaluation", "eval_reports", "significance"}),
     "stages": (4, {"stages"}),
