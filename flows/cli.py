@@ -162,6 +162,17 @@ def cmd_translate(args: argparse.Namespace) -> None:
             out.close()
 
 
+def cmd_average(args: argparse.Namespace) -> None:
+    """Average checkpoints of one architecture and vocabulary into --out (no optimizer:
+    for translating and evaluating, not for resuming)."""
+    from seq2seq_core.averaging import average_checkpoints
+    from seq2seq_core.checkpoint import save_checkpoint
+
+    out = Path(args.out)
+    save_checkpoint(out, average_checkpoints([Path(p) for p in args.checkpoints]))
+    _print_json({"out": str(out), "averaged_from": args.checkpoints})
+
+
 def _load_translator(cfg: PipelineConfig, model: str | None) -> Any:
     """A `Translator` from a local checkpoint (.pt, with the vocab of the params) or a
     registry/run URI (the pyfunc model's own checkpoint, vocab and decode settings)."""
@@ -222,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, help="beam size (default decode.beam_size; 1 = greedy)")
     p.add_argument("--nbest", type=int, help="print the n best hypotheses: i ||| text ||| score")
     p.add_argument("--batch-size", type=int, help="sentences per batch (decode.batch_size)")
+    p = sub.add_parser("average", help="average checkpoints' weights into one checkpoint")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoints (.pt) to average")
+    p.add_argument("--out", required=True, help="where to write the averaged checkpoint")
+    p.set_defaults(fn=cmd_average)
     return parser
 
 

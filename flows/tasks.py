@@ -83,8 +83,9 @@ def train_task(
     cfg: PipelineConfig, run_id: str, warm_start: WarmStartSource | None = None
 ) -> dict[str, Any]:
     callback = tracking.MlflowTrainCallback(run_id, flush_every_steps=cfg.train.log_every_steps)
-    result = stages.train(cfg, callbacks=[callback], warm_start=warm_start)
-    return asdict(result)
+    result = asdict(stages.train(cfg, callbacks=[callback], warm_start=warm_start))
+    tracking.log_checkpoint_choice(result, run_id=run_id)
+    return result
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

@@ -234,6 +234,24 @@ class MlflowTrainCallback:
         self._last_flush = time.monotonic()
 
 
+def log_checkpoint_choice(result: Mapping[str, Any], *, run_id: str | None = None) -> None:
+    """What best.pt holds after training (a ``TrainResult`` as a dict): tag
+    ``kept_checkpoint`` (``averaged`` | ``single``), and with train.average_checkpoints on,
+    metrics ``averaging/valid_bleu_averaged``, ``averaging/valid_bleu_single`` and
+    ``averaging/snapshots`` (K itself is the logged param ``train.average_checkpoints``)."""
+    set_tags({"kept_checkpoint": str(result.get("kept_checkpoint", "single"))}, run_id=run_id)
+    choice = result.get("averaging")
+    if not choice:
+        return
+    metrics = {
+        "averaging/valid_bleu_single": choice["single_valid_bleu"],
+        "averaging/snapshots": choice["snapshots"],
+    }
+    if choice["averaged_valid_bleu"] is not None:
+        metrics["averaging/valid_bleu_averaged"] = choice["averaged_valid_bleu"]
+    log_metrics(metrics, run_id=run_id)
+
+
 def log_files(
     paths: Iterable[str | Path], artifact_path: str, *, run_id: str | None = None
 ) -> list[Path]:

@@ -245,3 +245,21 @@ def test_register_refuses_metrics_without_a_test_set_hash(trained: Trained, stor
             cfg, model_uri=trained.model_uri, run_id=trained.run_id, metrics=metrics
         )
     assert MlflowClient().search_model_versions("name='refused'") == []
+
+
+def test_checkpoint_choice_is_a_tag_and_metrics(store: Path) -> None:
+    choice = {"kept_checkpoint": "averaged", "average_checkpoints": 5, "snapshots": 4,
+              "averaged_valid_bleu": 21.5, "single_valid_bleu": 20.25}  # fmt: skip
+    with mlflow.start_run() as run:
+        tracking.log_checkpoint_choice({"kept_checkpoint": "averaged", "averaging": choice})
+    logged = MlflowClient().get_run(run.info.run_id).data
+    assert logged.tags["kept_checkpoint"] == "averaged"
+    assert logged.metrics == {
+        "averaging/valid_bleu_averaged": 21.5,
+        "averaging/valid_bleu_single": 20.25,
+        "averaging/snapshots": 4,
+    }
+    with mlflow.start_run() as off:
+        tracking.log_checkpoint_choice({"kept_checkpoint": "single", "averaging": None})
+    logged = MlflowClient().get_run(off.info.run_id).data
+    assert logged.tags["kept_checkpoint"] == "single" and logged.metrics == {}
