@@ -60,7 +60,7 @@ def ours(name: str, minutes: float, threads: int, overrides: list[str]) -> dict[
         "system": "ours", "config": name, "params": str(CONFIGS[name].relative_to(REPO)),
         "budget_min": minutes, "threads": threads, "train_s": round(train_s, 1),
         "epochs": result.epochs, "steps": result.steps, "stop": result.stop_reason,
-        "train_tokens_per_s": round(result.train_tokens_per_s, 1),
+        "train_tokens_per_s": round(_tokens_per_s(result), 1),
         "lr_schedule": cfg.train.lr_schedule, "average_checkpoints": cfg.train.average_checkpoints,
         "kept_checkpoint": result.kept_checkpoint, "averaging": result.averaging,
         "best_valid_bleu": result.best_valid_bleu,
@@ -70,6 +70,13 @@ def ours(name: str, minutes: float, threads: int, overrides: list[str]) -> dict[
         "beam_size": cfg.decode.beam_size, "sentences": greedy["sentences"],
         "overrides": overrides,
     }  # fmt: skip
+
+
+def _tokens_per_s(result: Any) -> float:
+    """Over completed epochs; a budget shorter than one epoch has only the partial one's."""
+    if result.epochs or not result.history:
+        return result.train_tokens_per_s
+    return float(result.history[-1]["tokens_per_s"])
 
 
 def joey(minutes: float, threads: int, valid_freq: int) -> dict[str, Any]:

@@ -221,7 +221,7 @@ def set_up(
     )  # fmt: skip
     run.state = starting_state(run, warm_start)
     if topo.is_main:  # snapshots of steps this run trains (again) or of another run go
-        snapshots.forget_after(run.state.step if run.state.elapsed > 0 else 0)
+        snapshots.forget_after(run.state.step)
     # The budget counts the seconds that earlier runs of this one (resumed) already spent.
     run.budget = TimeBudget(tc.time_budget_min, run.state.elapsed, clock)
     return run
