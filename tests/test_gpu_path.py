@@ -1,0 +1,194 @@
+"""The GPU path's contracts, checked on CPU: what the RNN cells are given, which device
+evaluation decodes on, and the validation BLEU's tokenizer."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+import pytest
+import sacrebleu
+import torch
+
+from seq2seq_core.config import ModelConfig, PipelineConfig
+from seq2seq_core.decoding import GreedyResult, greedy_decode
+from seq2seq_core.seq2seq import build_model
+
+torch.set_num_threads(1)
+
+V = 30
+
+
+def _cfg(cell: str, feed: bool, layers: int = 2) -> ModelConfig:
+    return ModelConfig(
+        cell=cell,
+        attention="bahdanau",
+        bidirectional=True,
+        input_feeding=feed,
+        emb_size=8,
+        hidden_size=12,
+        layers=layers,
+        dropout=0.1,
+        tie_embeddings="none",
+    )
+
+
+def _batch() -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    src_len = torch.tensor([7, 3, 5])
+    src = torch.randint(4, V, (3, 7), generator=g)
+    src[torch.arange(7) >= src_len.unsqueeze(1)] = 0
+    tgt_in = torch.randint(4, V, (3, 6), generator=g)
+    tgt_out = torch.randint(4, V, (3, 6), generator=g)
+    return src, src_len, tgt_in, tgt_out
+
+
+# --- 1. the cell contract -------------------------------------------------------------------
+
+
+class CellSpy:
+    """Wraps torch's cell functions: records each call's biases, then calls the real one."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[str, torch.Size, torch.Size]] = []
+        for name in ("lstm_cell", "gru_cell"):
+            real = getattr(torch, name)
+            monkeypatch.setattr(torch, name, self._wrap(name, real))
+
+    def _wrap(self, name, real):
+        def spy(x, hidden, w_ih, w_hh, b_ih=None, b_hh=None):
+            self.calls.append((name, b_ih.shape, b_hh.shape))
+            return real(x, hidden, w_ih, w_hh, b_ih, b_hh)
+
+        return spy
+
+
+@pytest.mark.parametrize(
+    ("cell", "feed"), list(itertools.product(("lstm", "gru"), (False, True)))
+)
+def test_rnn_cells_get_one_dimensional_biases_of_b_hh_shape(
+    cell: str, feed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's CUDA cells (``_thnn_fused_*_cell``) take 1-D biases of b_hh's size only
+    (aten/src/ATen/native/cuda/RNN.cu, checkSizes): a (B, G) b_ih crashes there."""
+    spy = CellSpy(monkeypatch)
+    torch.manual_seed(0)
+    model = build_model(_cfg(cell, feed), V, V).train()
+    src, src_len, tgt_in, tgt_out = _batch()
+    model(src, src_len, tgt_in, tgt_out).backward()  # teacher-forced training
+    model(src, src_len, tgt_in, tgt_out, teacher_forcing=0.5).backward()  # step by step
+    greedy_decode(model, [[5, 6, 7], [8, 9]], batch_size=2, max_len_ratio=1.0, max_len_extra=3)
+    assert spy.calls
+    for name, b_ih, b_hh in spy.calls:
+        assert len(b_ih) == 1 and b_ih == b_hh, f"{name}: b_ih {tuple(b_ih)}, b_hh {tuple(b_hh)}"
+
+
+# --- 3. one device for evaluation -----------------------------------------------------------
+
+
+class StubTokenizer:
+    def encode_src(self, texts: list[str]) -> list[list[int]]:
+        return [[4 + len(w) % 20 for w in t.split()] for t in texts]
+
+    def decode_tgt(self, ids: list[list[int]]) -> list[str]:
+        return [" ".join(f"w{i}" for i in seq) for seq in ids]
+
+    def id_to_piece(self, ids: list[int], side: str = "tgt") -> list[str]:
+        return [f"p{i}" for i in ids]
+
+
+def _translator():
+    from seq2seq_core.config import DecodeConfig
+    from seq2seq_core.translator import Translator
+
+    torch.manual_seed(0)
+    model = build_model(_cfg("gru", True, layers=1), V, V)
+    decode = DecodeConfig(beam_size=3, max_len_extra=3, max_len_ratio=1.0)
+    return Translator(model, StubTokenizer(), decode, device="cpu")  # type: ignore[arg-type]
+
+
+def test_evaluation_decodes_every_sentence_on_the_translators_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every decode of the evaluate stage (greedy, beam, the heatmaps) runs on the
+    translator's device: a spy records the device asked for, then decodes on CPU."""
+    import seq2seq_core.beam_search as beam_module
+    import seq2seq_core.decoding as decoding_module
+    import seq2seq_core.translator as translator_module
+    from seq2seq_core import stages
+
+    asked: list[torch.device] = []
+
+    def spying(real):
+        def spy(*args, device="cpu", **kwargs):
+            asked.append(torch.device(device))
+            return real(*args, device="cpu", **kwargs)
+
+        return spy
+
+    for module, name in (
+        (decoding_module, "greedy_decode"),
+        (translator_module, "greedy_decode"),
+        (translator_module, "beam_search"),
+        (beam_module, "beam_search"),
+    ):
+        monkeypatch.setattr(module, name, spying(getattr(module, name)))
+    translator = _translator()
+    translator.device = torch.device("meta")  # tensors made without it would not mix
+    cfg = PipelineConfig()
+    cfg = dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, beam_size=3))
+    import pandas as pd
+
+    df = pd.DataFrame({"src": ["a bb ccc", "dddd e"], "ref": ["w1 w2", "w3"]})
+    stages._decode_and_score(cfg, translator, df, "test", "13a")
+    paths = stages._attention_heatmaps(translator, df["src"].tolist(), 2, tmp_path)
+    assert paths and len(asked) == 3  # greedy, beam, heatmaps
+    assert set(asked) == {torch.device("meta")}, asked
+
+
+def test_evaluation_loads_the_model_on_the_configured_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """train.device: auto on a machine with CUDA evaluates on cuda:0, not on the CPU."""
+    from seq2seq_core import stages
+    from seq2seq_core.translator import Translator
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
+    loaded: list[torch.device] = []
+
+    def load(cls, checkpoint, vocab_dir, decode=None, device="cpu", max_input_chars=2000):
+        loaded.append(torch.device(device))
+        return "translator"
+
+    monkeypatch.setattr(Translator, "load", classmethod(load))
+    cfg = PipelineConfig()
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device="auto"))
+    stages._evaluation_translator(cfg)
+    assert loaded == [torch.device("cuda", 0)]
+
+
+# --- 17.6. validation BLEU with the target language's tokenizer ----------------------------
+
+
+def test_zh_validation_bleu_uses_the_zh_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unsegmented Chinese is one 13a token per sentence: BLEU ~ 0 for any hypothesis
+    short of a perfect one. tok:zh splits characters, as the evaluation does."""
+    from seq2seq_core import validation
+
+    refs = ["我喜欢吃苹果和香蕉。", "今天天气很好，我们去公园散步吧。"]
+    hyps = ["我喜欢吃苹果和橘子。", "今天天气很好，我们去公园走走吧。"]
+    monkeypatch.setattr(validation, "greedy_decode", lambda *a, **k: GreedyResult([[1], [2]]))
+
+    class Tok:
+        def decode_tgt(self, ids):
+            return hyps
+
+    cfg = PipelineConfig()
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tgt_lang="zh"))
+    score = validation.validation_bleu(None, Tok(), [[5], [6]], refs, cfg, torch.device("cpu"))  # type: ignore[arg-type]
+    zh = sacrebleu.corpus_bleu(hyps, [refs], tokenize="zh").score
+    assert sacrebleu.corpus_bleu(hyps, [refs]).score < 1.0  # 13a
+    assert score == pytest.approx(zh) and score > 20.0
