@@ -64,9 +64,7 @@ class CellSpy:
         return spy
 
 
-@pytest.mark.parametrize(
-    ("cell", "feed"), list(itertools.product(("lstm", "gru"), (False, True)))
-)
+@pytest.mark.parametrize(("cell", "feed"), list(itertools.product(("lstm", "gru"), (False, True))))
 def test_rnn_cells_get_one_dimensional_biases_of_b_hh_shape(
     cell: str, feed: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -192,3 +190,100 @@ def test_zh_validation_bleu_uses_the_zh_tokenizer(monkeypatch: pytest.MonkeyPatc
     zh = sacrebleu.corpus_bleu(hyps, [refs], tokenize="zh").score
     assert sacrebleu.corpus_bleu(hyps, [refs]).score < 1.0  # 13a
     assert score == pytest.approx(zh) and score > 20.0
+
+
+# --- 1./7. the CUDA branch of the cells, run on CPU -----------------------------------------
+
+
+def _checked(gi: torch.Tensor, gh: torch.Tensor, state: torch.Tensor, factor: int) -> None:
+    # aten/src/ATen/native/cuda/RNN.cu checkSizes, for a call without biases
+    assert gi.dim() == 2 and gi.shape == gh.shape
+    assert state.dim() == 2 and state.numel() == gi.size(0) * gi.size(1) // factor
+
+
+def _cpu_fused_lstm(gi, gh, c):
+    _checked(gi, gh, c, 4)
+    i, f, g, o = (gi + gh).chunk(4, dim=1)
+    cy = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(cy), cy, gi.new_empty(0)
+
+
+def _cpu_fused_gru(gi, gh, h):
+    _checked(gi, gh, h, 3)
+    i_r, i_z, i_n = gi.chunk(3, 1)
+    h_r, h_z, h_n = gh.chunk(3, 1)
+    r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return n + z * (h - n), gi.new_empty(0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cuda_kernels_compute_what_the_cpu_ones_do(
+    cell: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CUDA's choice (plain attention, fused cells fed precomputed gates) gives the CPU's
+    loss and gradients; torch's fused kernels are stood in for by their equations."""
+    from seq2seq_core.kernels import Kernels, cells
+
+    monkeypatch.setattr(cells, "fused_lstm_cell", _cpu_fused_lstm)
+    monkeypatch.setattr(cells, "fused_gru_cell", _cpu_fused_gru)
+    cfg = dataclasses.replace(_cfg(cell, True), dropout=0.0)
+    src, src_len, tgt_in, tgt_out = _batch()
+    results = []
+    for kernels in (None, Kernels(packed_rnn=False, chunked_scores=False, fused_cells=True)):
+        torch.manual_seed(0)
+        model = build_model(cfg, V, V).double().train()
+        if kernels is not None:
+            monkeypatch.setattr(model, "select_kernels", lambda k=kernels: k)
+        loss = model(src, src_len, tgt_in, tgt_out)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (cpu_loss, cpu_grads), (cuda_loss, cuda_grads) = results
+    torch.testing.assert_close(cuda_loss, cpu_loss)
+    for a, b in zip(cuda_grads, cpu_grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+# --- 2. bf16 really bf16 --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cell", "feed"), [("lstm", True), ("gru", False), ("gru", True)])
+def test_rnns_run_in_the_autocast_dtype_and_cat_mixes_none(
+    cell: str, feed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CUDA's bf16 choice (``rnn_dtype``), on CPU: every RNN output and every tensor the
+    decoder concatenates is bf16; nothing is promoted to fp32 by a mixed cat."""
+    from seq2seq_core.kernels import Kernels
+
+    kernels = Kernels(packed_rnn=False, chunked_scores=False, rnn_dtype=torch.bfloat16)
+    torch.manual_seed(0)
+    model = build_model(_cfg(cell, feed), V, V).train()
+    monkeypatch.setattr(model, "select_kernels", lambda: kernels)
+    rnn_dtypes: list[torch.dtype] = []
+    for rnn in (model.encoder.rnn, model.decoder.rnn):
+        rnn.register_forward_hook(
+            lambda m, i, out: rnn_dtypes.append(
+                out[0].data.dtype if hasattr(out[0], "batch_sizes") else out[0].dtype
+            )
+        )
+    cat_dtypes: list[set[torch.dtype]] = []
+    real_cat = torch.cat
+
+    def cat(tensors, *args, **kwargs):
+        cat_dtypes.append({t.dtype for t in tensors if t.is_floating_point()})
+        return real_cat(tensors, *args, **kwargs)
+
+    src, src_len, tgt_in, tgt_out = _batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        monkeypatch.setattr(torch, "cat", cat)
+        memory, state = model.encode(src, src_len, kernels)
+        vectors = model.decoder.teacher_forced(tgt_in, state, memory, kernels)
+        logits, _, _ = model.decode_step(tgt_in[:, 0], state, memory, kernels)
+        monkeypatch.setattr(torch, "cat", real_cat)
+    assert rnn_dtypes and set(rnn_dtypes) == {torch.bfloat16}
+    assert vectors.dtype == torch.bfloat16 and logits.dtype == torch.bfloat16
+    assert cat_dtypes and all(len(d) <= 1 for d in cat_dtypes), cat_dtypes
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(src, src_len, tgt_in, tgt_out)
+    loss.backward()  # fp32 gradients through the casts
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
