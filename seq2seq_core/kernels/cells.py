@@ -30,9 +30,8 @@ as ATen's CPU cell does it (``linear_hh(hx).add_(linear_ih(input))``); on CUDA
 from __future__ import annotations
 
 import torch
-from torch import Tensor
-
 import torch.nn.functional as F
+from torch import Tensor
 
 from seq2seq_core.kernels.packed_weights import PackedWeights
 
