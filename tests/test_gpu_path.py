@@ -146,12 +146,17 @@ def test_evaluation_decodes_every_sentence_on_the_translators_device(
 
 
 def test_evaluation_loads_the_model_on_the_configured_device(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """train.device: auto on a machine with CUDA evaluates on cuda:0, not on the CPU."""
-    from seq2seq_core import stages
+    """train.device: auto on a machine with CUDA evaluates on cuda:0, not on the CPU, and
+    says so once; TF32 follows train.tf32."""
+    from seq2seq_core import device as device_module
+    from seq2seq_core import precision, stages
     from seq2seq_core.translator import Translator
 
+    monkeypatch.setattr(device_module, "_logged", set())
+    tf32: list[tuple[torch.device, bool]] = []
+    monkeypatch.setattr(precision, "set_tf32", lambda device, on: tf32.append((device, on)))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
@@ -164,14 +169,34 @@ def test_evaluation_loads_the_model_on_the_configured_device(
     monkeypatch.setattr(Translator, "load", classmethod(load))
     cfg = PipelineConfig()
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device="auto"))
+    caplog.set_level("INFO")
     stages._evaluation_translator(cfg)
     assert loaded == [torch.device("cuda", 0)]
+    assert "device: cuda:0 (Fake GPU)" in caplog.messages
+    assert tf32 == [(torch.device("cuda", 0), True)]  # train.tf32 defaults to on
+
+
+def test_device_auto_without_cuda_says_so_and_cuda_without_it_fails(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from seq2seq_core import device as device_module
+
+    monkeypatch.setattr(device_module, "_logged", set())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    caplog.set_level("INFO")
+    assert device_module.resolve_device("auto") == torch.device("cpu")
+    assert device_module.resolve_device("auto") == torch.device("cpu")
+    assert caplog.messages.count("device: cpu (no CUDA available)") == 1
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        device_module.resolve_device("cuda")
 
 
 # --- 17.6. validation BLEU with the target language's tokenizer ----------------------------
 
 
-def test_zh_validation_bleu_uses_the_zh_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_zh_validation_bleu_uses_the_zh_tokenizer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Unsegmented Chinese is one 13a token per sentence: BLEU ~ 0 for any hypothesis
     short of a perfect one. tok:zh splits characters, as the evaluation does."""
     from seq2seq_core import validation
@@ -185,7 +210,8 @@ def test_zh_validation_bleu_uses_the_zh_tokenizer(monkeypatch: pytest.MonkeyPatc
             return hyps
 
     cfg = PipelineConfig()
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tgt_lang="zh"))
+    data = dataclasses.replace(cfg.data, tgt_lang="zh", prepared_dir=str(tmp_path))
+    cfg = dataclasses.replace(cfg, data=data)
     score = validation.validation_bleu(None, Tok(), [[5], [6]], refs, cfg, torch.device("cpu"))  # type: ignore[arg-type]
     zh = sacrebleu.corpus_bleu(hyps, [refs], tokenize="zh").score
     assert sacrebleu.corpus_bleu(hyps, [refs]).score < 1.0  # 13a
