@@ -182,7 +182,10 @@ def _load_translator(cfg: PipelineConfig, model: str | None) -> Any:
         checkpoint = Path(model)
         if checkpoint.is_dir():
             checkpoint = checkpoint / "best.pt"
-        return Translator.load(checkpoint, cfg.vocab.out_dir, cfg.decode)
+        from seq2seq_core.device import resolve_device
+
+        device = resolve_device(cfg.train.device)
+        return Translator.load(checkpoint, cfg.vocab.out_dir, cfg.decode, device=device)
     import mlflow.pyfunc
 
     from flows import tracking

@@ -42,6 +42,7 @@ class TranslatorModel(mlflow.pyfunc.PythonModel):
         # Imported here: importing this module (tracking does, to log it) stays light;
         # torch and SentencePiece load with a model only.
         from seq2seq_core.config import DecodeConfig
+        from seq2seq_core.device import resolve_device
         from seq2seq_core.translator import Translator
 
         settings = json.loads(Path(context.artifacts["config"]).read_text(encoding="utf-8"))
@@ -51,7 +52,9 @@ class TranslatorModel(mlflow.pyfunc.PythonModel):
             context.artifacts["checkpoint"],
             context.artifacts["vocab"],
             decode,
-            device="cpu",
+            # The serving machine's GPU when it has one (CUDA_VISIBLE_DEVICES="" keeps the
+            # CPU); the decision is logged.
+            device=resolve_device("auto"),
             max_input_chars=int(settings[MAX_INPUT_KEY]),
         )
 

@@ -13,7 +13,6 @@ import torch
 from torch import Tensor, nn
 
 from seq2seq_core.kernels import REFERENCE, Kernels
-from seq2seq_core.kernels.additive_scores import additive_scores
 
 
 class Attention(nn.Module):
@@ -61,7 +60,7 @@ class BahdanauAttention(Attention):
         v = self.energy_layer.weight.squeeze(0)  # (A,)
         # Under autocast q and the keys come out of bf16 matmuls: v joins them.
         keys, v = proj_keys.to(q.dtype), v.to(q.dtype)
-        return additive_scores(q, keys, v)  # (B, T, S): v . tanh(q + k) per query and key
+        return kernels.additive_scores(q, keys, v)  # (B, T, S): v . tanh(q + k) per query, key
 
 
 class LuongAttention(Attention):

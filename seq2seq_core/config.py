@@ -173,6 +173,8 @@ class TrainConfig:
     # 0 = the number of idle cores, at least 1 (see training.pick_threads).
     threads: int = 0
     device: str = "auto"
+    # CUDA only: TF32 tensor cores for fp32 matmuls and cuDNN (Ampere+); no effect on CPU.
+    tf32: bool = True
     # bf16 autocast for the forward pass (weights, optimizer and softmax stay fp32).
     precision: str = "fp32"
     # Validation BLEU is decoded on at most this many validation pairs per epoch.

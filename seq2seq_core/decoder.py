@@ -85,7 +85,10 @@ class RecurrentDecoder(nn.Module):
         """One step: prev_tokens (B,) -> logits (B, V), next state, probs (B, S) or None."""
         rnn_in = self.dropout(self.embedding(prev_tokens))  # (B, E)
         if self.input_feeding:
-            rnn_in = torch.cat([rnn_in, state.att_vector], dim=-1)  # (B, E + H)
+            att_vector = state.att_vector
+            if kernels.rnn_dtype is not None:  # one dtype, not a cat promoted to fp32
+                rnn_in, att_vector = rnn_in.to(kernels.rnn_dtype), att_vector.to(kernels.rnn_dtype)
+            rnn_in = torch.cat([rnn_in, att_vector], dim=-1)  # (B, E + H)
         hidden = self._rnn_step(rnn_in, state.hidden, kernels)
         vector, probs = self._attentional(_top(hidden).unsqueeze(1), memory, kernels)  # (B, 1, H)
         logits = self.logits(vector.squeeze(1), kernels)  # (B, V)
@@ -104,7 +107,7 @@ class RecurrentDecoder(nn.Module):
         """
         emb = self.dropout(self.embedding(tgt_in))  # (B, T, E)
         if not self.input_feeding:
-            rnn_out, _ = self.rnn(emb, state.hidden)  # (B, T, H)
+            rnn_out, _ = kernels.rnn(self.rnn, emb, state.hidden)  # (B, T, H)
             return self._attentional(rnn_out, memory, kernels)[0]
         w_emb, w_feed = self.rnn.weight_ih_l0.split([emb.size(-1), self.hidden_size], dim=1)
         emb_gates = F.linear(emb, w_emb, self.rnn.bias_ih_l0)  # (B, T, G), G = gates x H
@@ -139,6 +142,8 @@ class RecurrentDecoder(nn.Module):
         )
         context = context.view(rows, -1, context.size(-1))  # (B, T, K)
         probs = probs.view(rows, -1, probs.size(-1))  # (B, T, S)
+        if kernels.rnn_dtype is not None:  # cuDNN's own dtype, not a cat promoted to fp32
+            context = context.to(rnn_out.dtype)
         combined = torch.cat([rnn_out, context], dim=-1)  # (B, T, H + K)
         return torch.tanh(kernels.linear(combined, self.att_vector)), probs
 
@@ -153,20 +158,22 @@ class RecurrentDecoder(nn.Module):
         per layer: calling the nn.LSTM module for a single step costs a oneDNN weight
         reorder per call, ~2 ms at batch 1.
 
-        With ``first_layer`` = (w_ih columns for ``rnn_in``, a (B, G) bias holding the
-        embeddings' precomputed gate share plus bias_ih) ``rnn_in`` holds only the rest of
-        the first layer's input.
+        With ``first_layer`` = (w_ih columns for ``rnn_in``, the (B, G) precomputed input
+        gates: the embeddings' share plus bias_ih) ``rnn_in`` holds only the rest of the
+        first layer's input. The (B, G) term goes to the cell as ``input_gates``, never as
+        b_ih: torch's CUDA cells take 1-D biases only (``kernels.cells``).
         """
         rnn, is_lstm = self.rnn, isinstance(hidden, tuple)
         states_h, states_c = [], []
         for layer in range(rnn.num_layers):
             w_ih, b_ih = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"bias_ih_l{layer}")
+            input_gates = None
             if layer == 0 and first_layer is not None:
-                w_ih, b_ih = first_layer
+                w_ih, input_gates = first_layer
             w_hh, b_hh = getattr(rnn, f"weight_hh_l{layer}"), getattr(rnn, f"bias_hh_l{layer}")
             h = hidden[0][layer] if is_lstm else hidden[layer]  # (B, H)
             c = hidden[1][layer] if is_lstm else None
-            h, c = kernels.cell(rnn_in, h, c, (w_ih, w_hh, b_ih, b_hh))
+            h, c = kernels.cell(rnn_in, h, c, (w_ih, w_hh, b_ih, b_hh), input_gates)
             states_h.append(h)
             if c is not None:
                 states_c.append(c)

@@ -78,7 +78,7 @@ class RecurrentEncoder(nn.Module):
         if kernels.packed_rnn:  # the same results as self.rnn's, faster on CPU
             packed_out, final = packed_rnn(self.rnn, packed)
         else:
-            packed_out, final = self.rnn(packed)
+            packed_out, final = kernels.rnn(self.rnn, packed)
         # total_length keeps S even when the longest sentence is shorter than the padding.
         outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=src.size(1))
         if self.bidirectional:

@@ -9,6 +9,8 @@ BLEU number without both cannot be compared with another one (Post, 2018).
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 from typing import Any
 
 import sacrebleu
@@ -22,6 +24,17 @@ _BLEU_TOKENIZERS = {"zh": "zh", "ja": "char", "ko": "char", "th": "char"}
 
 def bleu_tokenizer(lang: str | None) -> str:
     return _BLEU_TOKENIZERS.get((lang or "").lower(), "13a")
+
+
+def target_language(prepared_dir: Path, configured: str | None) -> str | None:
+    """The target language the prepare stage detected (its report.json), else the
+    configured ``data.tgt_lang``: what ``bleu_tokenizer`` is asked about."""
+    report = prepared_dir / "report.json"
+    if report.exists():
+        langs = json.loads(report.read_text(encoding="utf-8")).get("languages") or {}
+        if langs.get("tgt"):
+            return langs["tgt"]
+    return configured
 
 
 def eval_set_digest(sources: list[str], references: list[str]) -> str:

@@ -189,23 +189,24 @@ def evaluate(cfg: PipelineConfig, split: str = "test") -> EvaluateResult:
 
 
 def _evaluation_translator(cfg: PipelineConfig) -> Translator:
+    from seq2seq_core.device import resolve_device
+    from seq2seq_core.precision import set_tf32
     from seq2seq_core.translator import Translator
 
+    device = resolve_device(cfg.train.device)
+    set_tf32(device, cfg.train.tf32)
     # The input limit protects a server from abuse; the test set is scored whole.
     decode = dataclasses.replace(cfg.decode, max_input_tokens=sys.maxsize)
     return Translator.load(
         Path(cfg.train.checkpoint_dir) / "best.pt", Path(cfg.vocab.out_dir), decode,
-        device="cpu", max_input_chars=sys.maxsize,
+        device=device, max_input_chars=sys.maxsize,
     )  # fmt: skip
 
 
 def _target_language(cfg: PipelineConfig) -> str | None:
-    report = Path(cfg.data.prepared_dir) / "report.json"
-    if report.exists():
-        langs = json.loads(report.read_text(encoding="utf-8")).get("languages") or {}
-        if langs.get("tgt"):
-            return langs["tgt"]
-    return cfg.data.tgt_lang
+    from seq2seq_core.evaluation import target_language
+
+    return target_language(Path(cfg.data.prepared_dir), cfg.data.tgt_lang)
 
 
 def _decode_and_score(
@@ -291,6 +292,7 @@ def _attention_heatmaps(
         max_len_ratio=translator.decode.max_len_ratio,
         max_len_extra=translator.decode.max_len_extra,
         return_attention=True,
+        device=translator.device,
         precision=translator.decode.precision,
     )
     paths = []

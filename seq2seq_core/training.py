@@ -34,6 +34,7 @@ from seq2seq_core.batching import Batch, EncodedPairs, encode_pairs, epoch_batch
 from seq2seq_core.budget import Horizon
 from seq2seq_core.checkpoint import model_payload, save_checkpoint
 from seq2seq_core.config import PipelineConfig, TrainConfig
+from seq2seq_core.device import resolve_device
 from seq2seq_core.distributed import (
     Topology,
     broadcast,
@@ -44,7 +45,7 @@ from seq2seq_core.distributed import (
 )
 from seq2seq_core.host import prepare_host
 from seq2seq_core.optim import LearningRate, build_optimizer, teacher_forcing_ratio
-from seq2seq_core.precision import autocast
+from seq2seq_core.precision import autocast, set_tf32
 from seq2seq_core.resume import resume, resume_payload, run_fingerprint
 from seq2seq_core.seq2seq import Seq2Seq, build_model
 from seq2seq_core.snapshots import CheckpointChoice, Snapshots, choose_checkpoint
@@ -197,6 +198,7 @@ def set_up(
     if topo.is_main:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     prepare_host(device, tc.threads)
+    set_tf32(device, tc.tf32)
     torch.manual_seed(tc.seed)
 
     tokenizer, train_data, valid, valid_pairs = (
@@ -250,9 +252,7 @@ def starting_state(run: Run, warm_start: WarmStartSource | None) -> TrainState:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return resolve_device(name)  # the one device decision, logged once
 
 
 # --- train --------------------------------------------------------------------------------

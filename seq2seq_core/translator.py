@@ -52,7 +52,7 @@ class Translator:
         checkpoint: str | Path,
         vocab_dir: str | Path,
         decode: DecodeConfig | None = None,
-        device: str = "cpu",
+        device: str | torch.device = "cpu",
         max_input_chars: int = 2000,
     ) -> Translator:
         model, _meta = load_model(Path(checkpoint), device=device)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import sacrebleu
@@ -14,6 +15,7 @@ import torch
 from seq2seq_core.batching import Batch, encode_pairs, fixed_batches
 from seq2seq_core.config import PipelineConfig, TrainConfig
 from seq2seq_core.decoding import greedy_decode
+from seq2seq_core.evaluation import bleu_tokenizer, target_language
 from seq2seq_core.precision import autocast
 from seq2seq_core.seq2seq import Seq2Seq
 
@@ -78,4 +80,7 @@ def validation_bleu(
         device=device,
         precision=cfg.decode.precision,
     )
-    return float(sacrebleu.corpus_bleu(tokenizer.decode_tgt(out.ids), [refs]).score)
+    # The evaluation's tokenizer for the target language: 13a on unsegmented zh/ja is ~0.
+    tokenize = bleu_tokenizer(target_language(Path(cfg.data.prepared_dir), cfg.data.tgt_lang))
+    hypotheses = tokenizer.decode_tgt(out.ids)
+    return float(sacrebleu.corpus_bleu(hypotheses, [refs], tokenize=tokenize).score)

@@ -11,19 +11,31 @@ tested against it, values and gradients, in ``tests/kernels/``:
 | ``linear_cross_entropy`` | summed CE of a linear layer | ``F.cross_entropy(F.linear(...))`` |
 | ``packed_weights`` | ``F.linear`` from weights packed per call | ``F.linear`` |
 
-``additive_scores`` and ``linear_cross_entropy`` run on every device; the other three depend
-on the device, dtype, autocast and inference mode of the call, and ``select`` decides them
-once per forward pass or decoding call. Nothing here imports the model.
+``linear_cross_entropy`` runs on every device; the others depend on the device, dtype,
+autocast and inference mode of the call, and ``select`` decides them once per forward pass
+or decoding call. Nothing here imports the model.
+
+On CUDA ``select`` takes torch's own paths, the ones its GPU kernels are written for: cuDNN
+RNNs, plain autograd attention scores (the chunking and the per-sentence backward of
+``additive_scores`` are tuned for a CPU's caches) and torch's fused cell kernels. Under CUDA
+autocast the RNNs run outside autocast in its dtype (``rnn_dtype``): torch's autocast
+wrapper for cuDNN RNNs casts to fp16 whatever the autocast dtype
+(aten/src/ATen/cudnn/AutocastRNN.cpp, ``_cudnn_rnn_cast_reflatten``:
+``cached_cast(at::kHalf, input)``), so bf16 autocast would run them in fp16.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
+from seq2seq_core.kernels.additive_scores import additive_scores
 from seq2seq_core.kernels.cells import CellWeights, recurrent_cell
 from seq2seq_core.kernels.packed_weights import PackedWeights, can_pack_weights
 
@@ -38,6 +50,9 @@ class Kernels:
 
     packed_rnn: bool  # the encoder's RNN through kernels.packed_rnn, not torch's module
     weights: PackedWeights | None = None  # linears and cells from packed weights (decoding)
+    chunked_scores: bool = True  # additive_scores' CPU kernel, else plain autograd
+    fused_cells: bool = False  # precomputed input gates through torch's fused CUDA cells
+    rnn_dtype: torch.dtype | None = None  # RNNs and cells outside autocast, in this dtype
 
     def linear(self, x: Tensor, layer: nn.Linear) -> Tensor:
         """``layer(x)``: x (..., in) -> (..., out)."""
@@ -46,10 +61,32 @@ class Kernels:
         return self.weights.linear(x, layer.weight, layer.bias)
 
     def cell(
-        self, x: Tensor, h: Tensor, c: Tensor | None, weights: CellWeights
+        self,
+        x: Tensor,
+        h: Tensor,
+        c: Tensor | None,
+        weights: CellWeights,
+        input_gates: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """One LSTM (c given) or GRU step: x (B, in), h (B, H) -> h', c' (None for GRU)."""
-        return recurrent_cell(x, h, c, weights, self.weights)
+        """One LSTM (c given) or GRU step: x (B, in), h (B, H) -> h', c' (None for GRU).
+
+        ``input_gates`` (B, G): a precomputed share of the input gates, b_ih included (the
+        embeddings' share under input feeding); ``weights`` then hold w_ih for x only."""
+        return recurrent_cell(
+            x, h, c, weights, self.weights, input_gates, self.fused_cells, self.rnn_dtype
+        )
+
+    def rnn(self, module: nn.RNNBase, x: Tensor | PackedSequence, hx: Any = None) -> Any:
+        """``module(x, hx)``; in ``rnn_dtype`` outside autocast when that is set."""
+        if self.rnn_dtype is None:
+            return module(x, hx)
+        return rnn_in_dtype(module, x, hx, self.rnn_dtype)
+
+    def additive_scores(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """v . tanh(q + k) per query and key: q (B, T, A), k (B, S, A), v (A,) -> (B, T, S)."""
+        if self.chunked_scores:
+            return additive_scores(q, k, v)
+        return torch.tanh(q.unsqueeze(2) + k.unsqueeze(1)) @ v  # the torch reference
 
 
 # torch's modules and functions only: what each fast path must equal.
@@ -63,10 +100,42 @@ def select(device: torch.device, dtype: torch.dtype) -> Kernels:
     packed_rnn: CPU, float32/float64, no autocast (cuDNN is faster on CUDA; under autocast
     torch's module keeps its own dtype handling). Packed weights and the fused cell: under
     inference mode on a CPU with oneDNN, float32 parameters; never where gradients flow.
+    chunked_scores: CPU (and the CPU-like devices). fused_cells: CUDA. rnn_dtype: the
+    autocast dtype under CUDA autocast (bf16 really bf16, not cuDNN's fp16).
     """
     cpu = device.type == "cpu"
+    cuda = device.type == "cuda"
     packed_rnn = cpu and dtype in (torch.float32, torch.float64)
     packed_rnn = packed_rnn and not torch.is_autocast_enabled("cpu")
     decoding = torch.is_inference_mode_enabled() and dtype == torch.float32
     weights = PackedWeights() if decoding and can_pack_weights(device) else None
-    return Kernels(packed_rnn=packed_rnn, weights=weights)
+    rnn_dtype = (
+        torch.get_autocast_dtype("cuda") if cuda and torch.is_autocast_enabled("cuda") else None
+    )
+    return Kernels(
+        packed_rnn=packed_rnn,
+        weights=weights,
+        chunked_scores=not cuda,
+        fused_cells=cuda,
+        rnn_dtype=rnn_dtype,
+    )
+
+
+def rnn_in_dtype(
+    module: nn.RNNBase, x: Tensor | PackedSequence, hx: Any, dtype: torch.dtype
+) -> Any:
+    """``module(x, hx)`` outside autocast, with its input, state and weights cast to ``dtype``
+    (casts autograd differentiates: the fp32 parameters get fp32 gradients)."""
+    if isinstance(x, PackedSequence):
+        x = PackedSequence(x.data.to(dtype), x.batch_sizes, x.sorted_indices, x.unsorted_indices)
+    else:
+        x = x.to(dtype)
+    if hx is not None:
+        hx = tuple(t.to(dtype) for t in hx) if isinstance(hx, tuple) else hx.to(dtype)
+    params = {name: p.to(dtype) for name, p in module.named_parameters()}
+    device_type = next(iter(params.values())).device.type
+    with torch.autocast(device_type, enabled=False), warnings.catch_warnings():
+        # The cast weights are not cuDNN's one flat buffer: cuDNN copies them once per call,
+        # as torch's own autocast wrapper for cuDNN RNNs does.
+        warnings.filterwarnings("ignore", message=".*not part of single contiguous chunk")
+        return torch.func.functional_call(module, params, (x, hx))

@@ -16,8 +16,10 @@ Two tricks, both exact up to float rounding:
   cache) and, with gradients, rebuilt in backward instead of kept: 2.2x faster forward +
   backward on CPU, 5x faster scoring when decoding.
 
-Used: by ``BahdanauAttention`` always, on every device and under autocast (the scores come
-out in q's dtype, as the reference's would). With gradients it runs the autograd Function
+Used: by ``BahdanauAttention`` where ``kernels.select`` chooses it (CPU), under autocast too
+(the scores come out in q's dtype, as the reference's would). On CUDA the tricks are
+CPU-specific (cache-sized chunks, a Python loop per sentence in backward) and the reference
+itself runs instead. With gradients it runs the autograd Function
 ``AdditiveScores``; without, the chunked forward alone.
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from seq2seq_core.kernels import REFERENCE, select
+from seq2seq_core.kernels import REFERENCE, Kernels, select
 
 CPU = torch.device("cpu")
 
@@ -32,6 +32,16 @@ def test_autocast_other_dtypes_and_cuda_fall_back_to_torch() -> None:
         with torch.inference_mode():
             assert select(CPU, torch.float32).weights is not None  # packed in bf16
     assert not select(CPU, torch.bfloat16).packed_rnn
+    cuda = Kernels(packed_rnn=False, chunked_scores=False, fused_cells=True)
     with torch.inference_mode():
-        assert select(torch.device("cuda"), torch.float32) == REFERENCE
-    assert select(torch.device("cuda"), torch.float32) == REFERENCE
+        assert select(torch.device("cuda"), torch.float32) == cuda
+    assert select(torch.device("cuda"), torch.float32) == cuda
+
+
+def test_cpu_keeps_its_kernels_and_cuda_takes_torchs() -> None:
+    """The CPU-tuned attention kernel on CPU only; torch's fused cells on CUDA only."""
+    cpu = select(CPU, torch.float32)
+    assert cpu.chunked_scores and not cpu.fused_cells and cpu.rnn_dtype is None
+    cuda = select(torch.device("cuda"), torch.float32)
+    assert not cuda.chunked_scores and cuda.fused_cells and not cuda.packed_rnn
+    assert REFERENCE.chunked_scores and not REFERENCE.fused_cells
