@@ -53,10 +53,12 @@ def greedy_decode(
             out, probs = _decode_batch(
                 model, [src_ids[i] for i in rows], max_len_ratio, max_len_extra, device, kernels
             )
+            if return_attention and probs is not None:
+                probs = probs.float().cpu()  # once per batch, not once per sentence
             for row, i in enumerate(rows):
                 ids[i] = out[row]
                 if return_attention and probs is not None:
-                    attention[i] = probs[row, : len(out[row]), : len(src_ids[i])].float().cpu()
+                    attention[i] = probs[row, : len(out[row]), : len(src_ids[i])].clone()
     model.train(was_training)
     return GreedyResult(ids, attention if return_attention else None)
 
