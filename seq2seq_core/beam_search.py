@@ -56,7 +56,8 @@ def beam_search(
 ) -> list[list[Hypothesis]]:
     """The `nbest` best hypotheses per source (best first); an empty source gives one
     empty hypothesis. `batch_size` counts sentences (each takes `beam_size` rows).
-    ``precision="bf16"`` runs the matmuls under bf16 autocast; scores are summed in fp32."""
+    ``precision="bf16"`` runs the matmuls under bf16 autocast, ``"int8"`` the decoder's from
+    int8 weights (CPU only); scores are summed in fp32."""
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"nbest must be in [1, beam_size={beam_size}], got {nbest}")
     device = torch.device(device)
@@ -68,7 +69,8 @@ def beam_search(
         beam_size, max_len_ratio, max_len_extra, length_penalty_alpha, nbest, no_repeat_ngram
     )
     with torch.inference_mode(), autocast(device, precision):
-        kernels = model.select_kernels()  # this call's fast paths and packed weights
+        # This call's fast paths and packed weights (int8 ones for int8 decoding).
+        kernels = model.select_kernels(int8=precision == "int8")
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             found = _search_batch(model, [src_ids[i] for i in rows], settings, device, kernels)

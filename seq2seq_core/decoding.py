@@ -37,7 +37,8 @@ def greedy_decode(
     """Decode each source (subword ids, no BOS/EOS) by argmax, at most
     ``int(max_len_ratio * len(src) + max_len_extra)`` tokens. An empty source gives an
     empty output. The model is put in eval mode for the call and restored afterwards.
-    ``precision="bf16"`` runs the matmuls under bf16 autocast (argmax over fp32 logits).
+    ``precision="bf16"`` runs the matmuls under bf16 autocast (argmax over fp32 logits);
+    ``"int8"`` multiplies the decoder's inputs by int8 weights (CPU only).
     """
     device = torch.device(device)
     ids: list[list[int]] = [[] for _ in src_ids]
@@ -47,7 +48,8 @@ def greedy_decode(
     was_training = model.training
     model.eval()
     with torch.inference_mode(), autocast(device, precision):
-        kernels = model.select_kernels()  # this call's fast paths and packed weights
+        # This call's fast paths and packed weights (int8 ones for int8 decoding).
+        kernels = model.select_kernels(int8=precision == "int8")
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             out, probs = _decode_batch(

@@ -10,6 +10,7 @@ tested against it, values and gradients, in ``tests/kernels/``:
 | ``additive_scores`` | v . tanh(q + k) per query and key | ``torch.tanh(q + k) @ v`` |
 | ``linear_cross_entropy`` | summed CE of a linear layer | ``F.cross_entropy(F.linear(...))`` |
 | ``packed_weights`` | ``F.linear`` from weights packed per call | ``F.linear`` |
+| ``int8_linear`` | ``F.linear`` from int8 weights (int8 decoding) | ``F.linear``, approximately |
 
 ``additive_scores`` and ``linear_cross_entropy`` run on every device; the other three depend
 on the device, dtype, autocast and inference mode of the call, and ``select`` decides them
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seq2seq_core.kernels.cells import CellWeights, recurrent_cell
+from seq2seq_core.kernels.int8_linear import can_use_int8
 from seq2seq_core.kernels.packed_weights import PackedWeights, can_pack_weights
 
 
@@ -56,17 +58,21 @@ class Kernels:
 REFERENCE = Kernels(packed_rnn=False)
 
 
-def select(device: torch.device, dtype: torch.dtype) -> Kernels:
+def select(device: torch.device, dtype: torch.dtype, int8: bool = False) -> Kernels:
     """The fast paths for a model with parameters of this device and dtype, under the
     autocast and inference mode in force now: call it inside the call's contexts.
 
     packed_rnn: CPU, float32/float64, no autocast (cuDNN is faster on CUDA; under autocast
     torch's module keeps its own dtype handling). Packed weights and the fused cell: under
     inference mode on a CPU with oneDNN, float32 parameters; never where gradients flow.
+    ``int8`` (int8 decoding): those packed weights are int8 (``int8_linear``); a ValueError
+    where torch has no int8 kernels for the device.
     """
     cpu = device.type == "cpu"
     packed_rnn = cpu and dtype in (torch.float32, torch.float64)
     packed_rnn = packed_rnn and not torch.is_autocast_enabled("cpu")
     decoding = torch.is_inference_mode_enabled() and dtype == torch.float32
-    weights = PackedWeights() if decoding and can_pack_weights(device) else None
+    if int8 and not (decoding and can_use_int8(device)):
+        raise ValueError(f"int8 decoding needs float32 parameters on a CPU, not {device} {dtype}")
+    weights = PackedWeights(int8) if decoding and can_pack_weights(device) else None
     return Kernels(packed_rnn=packed_rnn, weights=weights)
