@@ -194,14 +194,16 @@ def latency_ms(tok: SubwordTokenizer, sources: list[str], threads: int) -> dict:
     }  # fmt: skip
 
 
-def trained_bleu(checkpoint: Path, tok: SubwordTokenizer, precisions: list[str]) -> list[dict]:
+def trained_bleu(
+    checkpoint: Path, tok: SubwordTokenizer, precisions: list[str], sentences: int | None
+) -> list[dict]:
     """Test-split BLEU and tokens/s of a trained model per precision, greedy and beam 5 at
     batch 64, decoded as the evaluate stage does (its default decode settings)."""
     if not checkpoint.exists():
         print(json.dumps({"setting": "trained_bleu", "skipped": f"{checkpoint} missing"}))
         return []
     prepared = REPO / "data" / "prepared"
-    test = read_prepared_split(prepared, "test")
+    test = read_prepared_split(prepared, "test")[:sentences]
     model, _ = load_model(checkpoint)
     rows = []
     for beam in (1, 5):
@@ -227,6 +229,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="64 sentences: a smoke test")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--model", type=Path, default=TRAINED_MODEL, help="for test BLEU")
+    parser.add_argument("--bleu-sentences", type=int, help="the first N test pairs only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     retain_freed_host_memory()  # as the evaluate stage does
@@ -247,7 +250,7 @@ def main() -> None:
     theirs = {(r["beam"], r["batch_size"]): r for r in joey(src_ids, vocab, settings, args.threads)}
     ours(ModelConfig(dropout=0.0), "default", src_ids, vocab, settings)
     print(json.dumps(latency_ms(tok, sources, args.threads)))
-    trained = trained_bleu(args.model, tok, precisions)
+    trained = trained_bleu(args.model, tok, precisions, args.bleu_sentences)
     bleu = {f"beam{r['beam']}_{r['precision']}": r for r in trained}
     ratios = {}
     for a in mine:
