@@ -4,9 +4,17 @@ Both systems decode the same test-split sources (SentencePiece ids) with randoml
 initialised models of the same architecture (issue 5's Joey configuration: BiLSTM 256 per
 direction, LSTM decoder 512, Bahdanau attention with input feeding, emb 256) and `</s>`
 suppressed, so every hypothesis runs to its length limit (1.5 x source length) and the
-two do the same work per token. Prints one JSON line per (system, setting), then the
-single-sentence latency of the default model, then the fp32 matmul peak used for the
-FLOP/s fractions. Run `python bench/decode_speed.py [--quick]` from the repo root.
+two do the same work per token. Ours runs in fp32, bf16 (where the CPU has it natively)
+and int8 (`decode.precision`). Prints one JSON line per (system, setting, precision), then
+the single-sentence latency of the default model, then the test-split BLEU and tokens/s of
+each precision for a trained model (`--model`, default the checkpoint `make run` leaves),
+then the ratios against Joey, with the fp32 matmul peak used for the FLOP/s fractions.
+Run `python bench/decode_speed.py [--quick] [--model PATH]` from the repo root.
+
+Lengths: with `</s>` suppressed ours stops each sentence at 1.5 x its own source length;
+Joey stops a batch at 1.5 x its longest source, padding the shorter ones' outputs. At batch
+64 Joey therefore decodes more steps than it returns tokens: compare tokens/s (the ratio
+lines give both systems' token counts), not sentences/s.
 """
 
 from __future__ import annotations
@@ -31,13 +39,16 @@ sys.path.insert(0, str(REPO / "bench"))
 from machine import cpu_has_bf16, matmul_peak_gflops  # noqa: E402
 
 from seq2seq_core.beam_search import beam_search  # noqa: E402
-from seq2seq_core.config import DataConfig, ModelConfig, VocabConfig  # noqa: E402
+from seq2seq_core.checkpoint import load_model  # noqa: E402
+from seq2seq_core.config import DataConfig, DecodeConfig, ModelConfig, VocabConfig  # noqa: E402
 from seq2seq_core.data import prepare_corpus, read_prepared_split  # noqa: E402
 from seq2seq_core.decoding import greedy_decode  # noqa: E402
+from seq2seq_core.evaluation import score_translations  # noqa: E402
 from seq2seq_core.host_memory import retain_freed_host_memory  # noqa: E402
 from seq2seq_core.seq2seq import build_model  # noqa: E402
 from seq2seq_core.special_tokens import EOS_ID  # noqa: E402
 from seq2seq_core.tokenization import SubwordTokenizer  # noqa: E402
+from seq2seq_core.translator import Translator  # noqa: E402
 
 CACHE = REPO / "bench" / ".cache"
 JOEY_PYTHON = CACHE / "joey-venv" / "bin" / "python"
@@ -57,6 +68,7 @@ JOEY_MODEL_CFG = {
     },
 }  # fmt: skip
 MAX_LEN_RATIO = 1.5
+TRAINED_MODEL = REPO / "models" / "checkpoints" / "best.pt"  # what `make run` trains
 BATCH1_SENTENCES = 100  # batch size 1 is slow for both systems: a fixed subset
 
 
@@ -182,10 +194,42 @@ def latency_ms(tok: SubwordTokenizer, sources: list[str], threads: int) -> dict:
     }  # fmt: skip
 
 
+def trained_bleu(
+    checkpoint: Path, tok: SubwordTokenizer, precisions: list[str], sentences: int | None
+) -> list[dict]:
+    """Test-split BLEU and tokens/s of a trained model per precision, greedy and beam 5 at
+    batch 64, decoded as the evaluate stage does (its default decode settings)."""
+    if not checkpoint.exists():
+        print(json.dumps({"setting": "trained_bleu", "skipped": f"{checkpoint} missing"}))
+        return []
+    prepared = REPO / "data" / "prepared"
+    test = read_prepared_split(prepared, "test")[:sentences]
+    model, _ = load_model(checkpoint)
+    rows = []
+    for beam in (1, 5):
+        for precision in precisions:
+            decode = DecodeConfig(beam_size=beam, batch_size=64, precision=precision)
+            translator = Translator(model, tok, decode, max_input_chars=100_000)
+            start = time.perf_counter()
+            hyps = translator.translate(test["src"].tolist())
+            seconds = time.perf_counter() - start
+            tokens = sum(map(len, tok.encode_tgt(hyps)))
+            rows.append({
+                "setting": "trained_bleu", "model": str(checkpoint), "beam": beam,
+                "precision": precision, "sentences": len(hyps),
+                "bleu": round(score_translations(hyps, test["tgt"].tolist())["bleu"], 2),
+                "tgt_tokens": tokens, "tgt_tokens_per_s": round(tokens / seconds, 1),
+            })  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="64 sentences: a smoke test")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--model", type=Path, default=TRAINED_MODEL, help="for test BLEU")
+    parser.add_argument("--bleu-sentences", type=int, help="the first N test pairs only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     retain_freed_host_memory()  # as the evaluate stage does
@@ -196,14 +240,18 @@ def main() -> None:
     settings = [{"beam": b, "batch_size": n} for b in (1, 5) for n in (1, 64)]
     if args.quick:
         settings = [s for s in settings if s["batch_size"] == 64]
-    mine = ours(JOEY_ARCH, "joey-arch", src_ids, vocab, settings)
-    if cpu_has_bf16():  # autocast would only emulate bf16 elsewhere
-        mine += ours(JOEY_ARCH, "joey-arch", src_ids, vocab, settings, precision="bf16")
-    else:
+    precisions = ["fp32", "bf16", "int8"]
+    if not cpu_has_bf16():  # autocast would only emulate bf16 elsewhere
+        precisions.remove("bf16")
         print(json.dumps({"precision": "bf16", "skipped": "no native bf16 on this CPU"}))
+    mine = []
+    for precision in precisions:
+        mine += ours(JOEY_ARCH, "joey-arch", src_ids, vocab, settings, precision=precision)
     theirs = {(r["beam"], r["batch_size"]): r for r in joey(src_ids, vocab, settings, args.threads)}
     ours(ModelConfig(dropout=0.0), "default", src_ids, vocab, settings)
     print(json.dumps(latency_ms(tok, sources, args.threads)))
+    trained = trained_bleu(args.model, tok, precisions, args.bleu_sentences)
+    bleu = {f"beam{r['beam']}_{r['precision']}": r for r in trained}
     ratios = {}
     for a in mine:
         b = theirs.get((a["beam"], a["batch_size"]))
@@ -214,9 +262,16 @@ def main() -> None:
             "tokens_per_s_ratio": round(a["tgt_tokens_per_s"] / b["tgt_tokens_per_s"], 2),
             "sentences_per_s_ratio": round(a["sentences_per_s"] / b["sentences_per_s"], 2),
             "ours_fraction_of_peak": round(a["decoder_gflop_per_s"] / peak, 3),
+            "tgt_tokens_ours_joey": [a["tgt_tokens"], b["tgt_tokens"]],
         }
+        fp32 = next(r for r in mine if r["precision"] == "fp32" and r["beam"] == a["beam"]
+                    and r["batch_size"] == a["batch_size"])  # fmt: skip
+        ratios[key]["tokens_per_s_vs_fp32"] = round(
+            a["tgt_tokens_per_s"] / fp32["tgt_tokens_per_s"], 2
+        )
+    test_bleu = {key: r["bleu"] for key, r in bleu.items()}
     print(json.dumps({"matmul_peak_gflops": round(peak, 1), "threads": args.threads,
-                      "ours_vs_joey": ratios}))  # fmt: skip
+                      "ours_vs_joey": ratios, "trained_test_bleu": test_bleu}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ def beam_search(
 ) -> list[list[Hypothesis]]:
     """The `nbest` best hypotheses per source (best first); an empty source gives one
     empty hypothesis. `batch_size` counts sentences (each takes `beam_size` rows).
-    ``precision="bf16"`` runs the matmuls under bf16 autocast; scores are summed in fp32."""
+    ``precision="bf16"`` runs the matmuls under bf16 autocast, ``"int8"`` the decoder's from
+    int8 weights (CPU only); scores are summed in fp32."""
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"nbest must be in [1, beam_size={beam_size}], got {nbest}")
     device = torch.device(device)
@@ -68,7 +69,8 @@ def beam_search(
         beam_size, max_len_ratio, max_len_extra, length_penalty_alpha, nbest, no_repeat_ngram
     )
     with torch.inference_mode(), autocast(device, precision):
-        kernels = model.select_kernels()  # this call's fast paths and packed weights
+        # This call's fast paths and packed weights (int8 ones for int8 decoding).
+        kernels = model.select_kernels(int8=precision == "int8")
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             found = _search_batch(model, [src_ids[i] for i in rows], settings, device, kernels)
@@ -93,20 +95,24 @@ def _search_batch(
 ) -> list[list[Hypothesis]]:
     n_sent, k = len(sources), s.beam
     src, src_len = pad_sources(sources)  # (B, S), (B,)
-    limits = torch.tensor(
-        [max(1, int(s.max_len_ratio * len(x) + s.max_len_extra)) for x in sources], device=device
+    host_limits = [max(1, int(s.max_len_ratio * len(x) + s.max_len_extra)) for x in sources]
+    limits = torch.tensor(host_limits, device=device)
+    # The penalty at each sentence's length limit, in Python floats as the scores are.
+    limit_lp = torch.tensor(
+        [float(length_penalty(n, s.alpha)) for n in host_limits], dtype=torch.float64, device=device
     )
     memory, state = model.encode(src.to(device), src_len, kernels)
     expand = torch.arange(n_sent, device=device).repeat_interleave(k)  # (B*K,)
     state = _select_state(state, expand)  # memory stays one row per sentence (see Memory)
 
-    finished: list[list[Hypothesis]] = [[] for _ in sources]
+    finished = _Finished(n_sent, k, max(host_limits), device)
     active = torch.arange(n_sent, device=device)  # sentence index of each live row group
     scores = torch.full((n_sent, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # step 0: expand only the first of K identical beams
     tokens = torch.full((n_sent * k,), BOS_ID, dtype=torch.long, device=device)
     history = torch.empty((n_sent * k, 0), dtype=torch.long, device=device)
     positions = torch.arange(2 * k, device=device)
+    first_limit, any_finished = min(host_limits), False
     step = 0
     while active.numel():
         step += 1
@@ -122,8 +128,9 @@ def _search_batch(
         at_limit = limits[active] <= step  # (B',)
         is_eos = top_token == EOS_ID
         finishing = (is_eos | at_limit.unsqueeze(1)) & (positions < k)
-        if bool(finishing.any()):
-            _collect(finishing, top_beam, top_token, top_scores, history, active, step, s, finished)
+        if step >= first_limit or bool(finishing.any()):  # the step's one sync, mostly
+            finished.add(finishing, top_beam, top_token, top_scores, history, active, step, s)
+            any_finished = True
         # The K best continuations that did not just end (there are always K: at most one
         # `</s>` per beam among the 2K candidates).
         rank = is_eos.long() * (2 * k) + positions  # ended ones sort last
@@ -135,62 +142,115 @@ def _search_batch(
         history = torch.cat([history.index_select(0, rows), tokens.unsqueeze(1)], dim=1)
         state = _select_state(state, rows)
 
-        done = at_limit | _no_live_hope(scores, active, limits, finished, s)
-        if bool(done.any()):
-            alive = (~done).nonzero().squeeze(1)
+        if not any_finished:  # no sentence can be done before one of its hypotheses ends
+            continue
+        done = at_limit | _no_live_hope(
+            scores.max(dim=1).values,
+            finished.scores.index_select(0, active),
+            finished.count.index_select(0, active),
+            limit_lp.index_select(0, active),
+            s,
+        )
+        alive = (~done).nonzero().squeeze(1)  # the step's second sync
+        if alive.numel() < n_live:
             alive_rows = (alive.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
             active, scores = active[alive], scores[alive]
             tokens, history = tokens[alive_rows], history.index_select(0, alive_rows)
             state = _select_state(state, alive_rows)
             memory = _select_memory(memory, alive)
-    return [sorted(hyps, key=lambda h: -h.score)[: s.nbest] for hyps in finished]
+    return finished.to_host(s)
 
 
-def _collect(
-    finishing: Tensor,
-    top_beam: Tensor,
-    top_token: Tensor,
-    top_scores: Tensor,
-    history: Tensor,
-    active: Tensor,
-    step: int,
-    s: _Settings,
-    finished: list[list[Hypothesis]],
-) -> None:
-    lp = length_penalty(step, s.alpha)
-    k = s.beam
-    for live, j in finishing.nonzero().tolist():
-        row = live * k + int(top_beam[live, j])
-        ids = history[row].tolist()
-        token = int(top_token[live, j])
-        if token != EOS_ID:  # stopped by the length limit: the token is part of the output
-            ids.append(token)
-        log_prob = float(top_scores[live, j])
-        if log_prob == float("-inf"):  # a copy of an unexpanded first-step beam
-            continue
-        finished[int(active[live])].append(Hypothesis(ids, log_prob / lp, log_prob, step))
+class _Finished:
+    """The finished hypotheses of one batch, kept on the device: slot j of sentence i is
+    its j-th finished hypothesis, in the order they ended (so that a stable sort by score at
+    the end breaks ties as the search found them). Adding them costs no host sync; they
+    reach the host once, when the batch is done.
+
+    A live sentence has fewer than K finished (else it is done) and at most K end in one
+    step: 2K slots suffice. One more slot per sentence takes the writes of candidates that
+    did not end, so that every step writes the same fixed number of rows.
+    """
+
+    def __init__(self, n_sent: int, k: int, max_len: int, device: torch.device) -> None:
+        self.slots = 2 * k + 1  # the last one is the discard slot
+        shape = (n_sent, self.slots)
+        self.log_prob = torch.full(shape, float("-inf"), device=device)
+        # log_prob / lp(steps) in float64, as the host computes the scores; -inf when empty.
+        self._scores = torch.full(shape, float("-inf"), dtype=torch.float64, device=device)
+        self.steps = torch.zeros(shape, dtype=torch.long, device=device)
+        self.eos = torch.zeros(shape, dtype=torch.bool, device=device)
+        self.ids = torch.zeros((n_sent, self.slots, max_len), dtype=torch.long, device=device)
+        self.count = torch.zeros(n_sent, dtype=torch.long, device=device)
+
+    @property
+    def scores(self) -> Tensor:
+        """(n_sent, 2K) float64: what the stop rule compares, -inf in empty slots."""
+        return self._scores[:, : self.slots - 1]
+
+    def add(
+        self,
+        finishing: Tensor,
+        top_beam: Tensor,
+        top_token: Tensor,
+        top_scores: Tensor,
+        history: Tensor,
+        active: Tensor,
+        step: int,
+        s: _Settings,
+    ) -> None:
+        """Store the candidates of this step that end (`finishing`, (B', 2K), only in the
+        first K columns): `</s>` or the length limit."""
+        k = s.beam
+        log_prob = top_scores[:, :k]  # (B', K)
+        # A -inf candidate is a copy of an unexpanded first-step beam: never a hypothesis.
+        ends = finishing[:, :k] & (log_prob > float("-inf"))
+        slot = self.count.index_select(0, active).unsqueeze(1) + ends.long().cumsum(1) - 1
+        slot = torch.where(ends, slot, self.slots - 1)
+        flat = (active.unsqueeze(1) * self.slots + slot).view(-1)  # (B'K,)
+        rows = (torch.arange(active.numel(), device=active.device).unsqueeze(1) * k).view(-1, 1)
+        rows = (rows + top_beam[:, :k]).view(-1)
+        token = top_token[:, :k].reshape(-1, 1)
+        seqs = torch.cat([history.index_select(0, rows), token], dim=1)  # (B'K, step)
+        self.ids.view(-1, self.ids.size(2))[:, :step].index_copy_(0, flat, seqs)
+        self.log_prob.view(-1).index_copy_(0, flat, log_prob.reshape(-1))
+        lp = float(length_penalty(step, s.alpha))
+        self._scores.view(-1).index_copy_(0, flat, log_prob.reshape(-1).double() / lp)
+        self.steps.view(-1).index_fill_(0, flat, step)
+        self.eos.view(-1).index_copy_(0, flat, (token.view(-1) == EOS_ID))
+        self.count.index_add_(0, active, ends.sum(dim=1))
+
+    def to_host(self, s: _Settings) -> list[list[Hypothesis]]:
+        """Per sentence, its n-best, best first (ties in the order they ended)."""
+        count, log_prob = self.count.tolist(), self.log_prob.tolist()
+        steps, eos, ids = self.steps.tolist(), self.eos.tolist(), self.ids.tolist()
+        results = []
+        for i, n in enumerate(count):
+            hyps = [
+                Hypothesis(
+                    ids[i][j][: steps[i][j] - eos[i][j]],
+                    log_prob[i][j] / length_penalty(steps[i][j], s.alpha),
+                    log_prob[i][j],
+                    steps[i][j],
+                )
+                for j in range(n)
+            ]
+            results.append(sorted(hyps, key=lambda h: -h.score)[: s.nbest])
+        return results
 
 
 def _no_live_hope(
-    scores: Tensor, active: Tensor, limits: Tensor, finished: list[list[Hypothesis]], s: _Settings
+    best_live: Tensor, finished: Tensor, count: Tensor, limit_lp: Tensor, s: _Settings
 ) -> Tensor:
     """Per live sentence: K hypotheses finished, or none of the live ones can still beat
     the n-th best finished one. Log-probs only fall as a hypothesis grows, so the best a
-    live one can reach is its current log-prob over the penalty at the length limit."""
-    done = []
-    best_live = scores.max(dim=1).values.tolist()
-    for live, sentence in enumerate(active.tolist()):
-        hyps = finished[sentence]
-        if len(hyps) >= s.beam:
-            done.append(True)
-            continue
-        if len(hyps) < s.nbest:
-            done.append(False)
-            continue
-        nth = sorted((h.score for h in hyps), reverse=True)[s.nbest - 1]
-        bound = best_live[live] / length_penalty(int(limits[sentence]), s.alpha)
-        done.append(nth >= bound)
-    return torch.tensor(done, dtype=torch.bool, device=scores.device)
+    live one can reach is its current log-prob over the penalty at the length limit.
+
+    best_live (B',) the best live log-prob; finished (B', slots) finished scores, -inf in
+    empty slots; count (B',) how many finished; limit_lp (B',) float64 lp(length limit)."""
+    nth = finished.topk(s.nbest, dim=1).values[:, -1]  # (B',)
+    bound = best_live.double() / limit_lp
+    return (count >= s.beam) | ((count >= s.nbest) & (nth >= bound))
 
 
 def _block_repeats(log_probs: Tensor, history: Tensor, n: int) -> None:

@@ -242,8 +242,9 @@ class DecodeConfig:
     max_len_extra: int = 10
     # Served/translated inputs longer than this many source tokens are rejected.
     max_input_tokens: int = 256
-    # bf16 autocast for decoding: ~2x faster where the CPU has AVX512_BF16/AMX or on CUDA,
-    # and translations may differ from fp32's in a few tokens.
+    # fp32 | bf16 | int8. bf16 autocast for decoding: ~2x faster where the CPU has
+    # AVX512_BF16/AMX or on CUDA, and translations may differ from fp32's in a few tokens.
+    # int8 (CPU only): the decoder's weights quantized to int8, activations per step.
     precision: str = "fp32"
 
     def validate(self) -> None:
@@ -255,7 +256,7 @@ class DecodeConfig:
             raise ConfigError("decode.length_penalty and decode.no_repeat_ngram must be >= 0")
         _positive("decode.batch_size", self.batch_size)
         _positive("decode.max_input_tokens", self.max_input_tokens)
-        _choice("decode.precision", self.precision, ("fp32", "bf16"))
+        _choice("decode.precision", self.precision, ("fp32", "bf16", "int8"))
 
 
 @dataclass(frozen=True)

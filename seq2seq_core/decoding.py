@@ -37,7 +37,8 @@ def greedy_decode(
     """Decode each source (subword ids, no BOS/EOS) by argmax, at most
     ``int(max_len_ratio * len(src) + max_len_extra)`` tokens. An empty source gives an
     empty output. The model is put in eval mode for the call and restored afterwards.
-    ``precision="bf16"`` runs the matmuls under bf16 autocast (argmax over fp32 logits).
+    ``precision="bf16"`` runs the matmuls under bf16 autocast (argmax over fp32 logits);
+    ``"int8"`` multiplies the decoder's inputs by int8 weights (CPU only).
     """
     device = torch.device(device)
     ids: list[list[int]] = [[] for _ in src_ids]
@@ -47,16 +48,19 @@ def greedy_decode(
     was_training = model.training
     model.eval()
     with torch.inference_mode(), autocast(device, precision):
-        kernels = model.select_kernels()  # this call's fast paths and packed weights
+        # This call's fast paths and packed weights (int8 ones for int8 decoding).
+        kernels = model.select_kernels(int8=precision == "int8")
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             out, probs = _decode_batch(
                 model, [src_ids[i] for i in rows], max_len_ratio, max_len_extra, device, kernels
             )
+            if return_attention and probs is not None:
+                probs = probs.float().cpu()  # once per batch, not once per sentence
             for row, i in enumerate(rows):
                 ids[i] = out[row]
                 if return_attention and probs is not None:
-                    attention[i] = probs[row, : len(out[row]), : len(src_ids[i])].float().cpu()
+                    attention[i] = probs[row, : len(out[row]), : len(src_ids[i])].clone()
     model.train(was_training)
     return GreedyResult(ids, attention if return_attention else None)
 

@@ -83,11 +83,12 @@ class Seq2Seq(nn.Module):
             return self.decoder.logits(vectors, kernels)
         return self.forward_stepwise(tgt_in, state, memory, teacher_forcing, kernels)
 
-    def select_kernels(self) -> Kernels:
+    def select_kernels(self, int8: bool = False) -> Kernels:
         """The fast paths for one call on this model (``kernels.select``), under the autocast
-        and inference mode in force now: a decoding call makes it once, inside them."""
+        and inference mode in force now: a decoding call makes it once, inside them.
+        ``int8``: the decoder's linears and cells from int8 weights (int8 decoding)."""
         weight = self.encoder.embedding.weight
-        return select(weight.device, weight.dtype)
+        return select(weight.device, weight.dtype, int8)
 
     def encode(
         self, src: Tensor, src_len: Tensor, kernels: Kernels = REFERENCE

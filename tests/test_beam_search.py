@@ -176,12 +176,16 @@ def test_no_live_hope_is_the_best_reachable_score_at_the_length_limit() -> None:
     """A live hypothesis with log-prob p can at best end as p / lp(limit): log-probs only
     fall, and the penalty only grows. A sentence stops when its n-th best finished score
     reaches that bound for the best live one, or when K hypotheses have finished."""
-    live = torch.tensor([[-2.0, -3.0, -9.0]])  # one sentence, K = 3; the best live is -2
+    best_live = torch.tensor([-2.0])  # one sentence, K = 3; the best live is -2
     limit = 7  # lp(7) = 2 at alpha 1, so the best reachable is -1.0
-    one, limits = torch.tensor([0]), torch.tensor([limit])
 
     def stops(finished: list[Hypothesis], **settings) -> bool:
-        return bool(search._no_live_hope(live, one, limits, [finished], _settings(**settings)))
+        s = _settings(**settings)
+        scores = [h.score for h in finished] + [float("-inf")] * (2 * s.beam - len(finished))
+        lp = torch.tensor([length_penalty(limit, s.alpha)], dtype=torch.float64)
+        count = torch.tensor([len(finished)])
+        table = torch.tensor([scores], dtype=torch.float64)
+        return bool(search._no_live_hope(best_live, table, count, lp, s))
 
     assert stops(_hyps(-0.99)) and stops(_hyps(-1.0))  # the bound is reached
     assert not stops(_hyps(-1.01))  # -2 / lp(7) = -1.0 could still win
@@ -205,16 +209,13 @@ def test_stopping_early_changes_no_result(variant: int, eos_bias: float, monkeyp
     rule = search._no_live_hope
     early_stops = []
 
-    def counted(scores, active, limits, finished, s):
-        done = rule(scores, active, limits, finished, s)
-        early_stops.extend(
-            sentence for sentence, d in zip(active.tolist(), done.tolist(), strict=True)
-            if d and len(finished[sentence]) < s.beam
-        )  # fmt: skip
+    def counted(best_live, finished, count, limit_lp, s):
+        done = rule(best_live, finished, count, limit_lp, s)
+        early_stops.append(int((done & (count < s.beam)).sum()))
         return done
 
-    def k_finished_only(scores, active, limits, finished, s):
-        return torch.tensor([len(finished[i]) >= s.beam for i in active.tolist()])
+    def k_finished_only(best_live, finished, count, limit_lp, s):
+        return count >= s.beam
 
     for alpha, nbest in ((1.0, 1), (0.6, 2), (0.0, 1)):
         monkeypatch.setattr(search, "_no_live_hope", counted)
@@ -222,4 +223,4 @@ def test_stopping_early_changes_no_result(variant: int, eos_bias: float, monkeyp
         monkeypatch.setattr(search, "_no_live_hope", k_finished_only)
         full = beam_search(model, sources, nbest=nbest, length_penalty_alpha=alpha, **kw)
         assert early == full
-    assert early_stops  # the rule did stop sentences before K finished
+    assert sum(early_stops)  # the rule did stop sentences before K finished

@@ -10,6 +10,7 @@ tested against it, values and gradients, in ``tests/kernels/``:
 | ``additive_scores`` | v . tanh(q + k) per query and key | ``torch.tanh(q + k) @ v`` |
 | ``linear_cross_entropy`` | summed CE of a linear layer | ``F.cross_entropy(F.linear(...))`` |
 | ``packed_weights`` | ``F.linear`` from weights packed per call | ``F.linear`` |
+| ``int8_linear`` | ``F.linear`` from int8 weights (int8 decoding) | ``F.linear``, approximately |
 
 ``linear_cross_entropy`` runs on every device; the others depend on the device, dtype,
 autocast and inference mode of the call, and ``select`` decides them once per forward pass
@@ -37,6 +38,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from seq2seq_core.kernels.additive_scores import additive_scores
 from seq2seq_core.kernels.cells import CellWeights, recurrent_cell
+from seq2seq_core.kernels.int8_linear import can_use_int8
 from seq2seq_core.kernels.packed_weights import PackedWeights, can_pack_weights
 
 
@@ -93,7 +95,7 @@ class Kernels:
 REFERENCE = Kernels(packed_rnn=False)
 
 
-def select(device: torch.device, dtype: torch.dtype) -> Kernels:
+def select(device: torch.device, dtype: torch.dtype, int8: bool = False) -> Kernels:
     """The fast paths for a model with parameters of this device and dtype, under the
     autocast and inference mode in force now: call it inside the call's contexts.
 
@@ -102,13 +104,17 @@ def select(device: torch.device, dtype: torch.dtype) -> Kernels:
     inference mode on a CPU with oneDNN, float32 parameters; never where gradients flow.
     chunked_scores: CPU (and the CPU-like devices). fused_cells: CUDA. rnn_dtype: the
     autocast dtype under CUDA autocast (bf16 really bf16, not cuDNN's fp16).
+    ``int8`` (int8 decoding): those packed weights are int8 (``int8_linear``); a ValueError
+    where torch has no int8 kernels for the device.
     """
     cpu = device.type == "cpu"
     cuda = device.type == "cuda"
     packed_rnn = cpu and dtype in (torch.float32, torch.float64)
     packed_rnn = packed_rnn and not torch.is_autocast_enabled("cpu")
     decoding = torch.is_inference_mode_enabled() and dtype == torch.float32
-    weights = PackedWeights() if decoding and can_pack_weights(device) else None
+    if int8 and not (decoding and can_use_int8(device)):
+        raise ValueError(f"int8 decoding needs float32 parameters on a CPU, not {device} {dtype}")
+    weights = PackedWeights(int8) if decoding and can_pack_weights(device) else None
     rnn_dtype = (
         torch.get_autocast_dtype("cuda") if cuda and torch.is_autocast_enabled("cuda") else None
     )

@@ -16,7 +16,8 @@ parameters it was made from: not every change to a parameter shows in its versio
 (fused Adam/AdamW and ``p.data`` writes leave it as it was), and nothing has to be cleared.
 Falls back to ``F.linear`` for anything but parameters (a per-batch weight slice or a
 per-step bias is not worth packing). Under autocast the copy is made once in the autocast
-dtype instead of autocast casting the whole weight again at every step. No gradients:
+dtype instead of autocast casting the whole weight again at every step. With ``int8`` every
+2-D parameter is quantized instead (``int8_linear``: int8 decoding). No gradients:
 inference mode only.
 """
 
@@ -25,6 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from seq2seq_core.kernels.int8_linear import Int8Linear, int8_weights
 
 PACK_ROWS = 64  # the batch size oneDNN tunes the packed layout for; any row count works
 
@@ -53,10 +56,12 @@ def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
 class PackedWeights:
     """The packed copies of one decoding call, made on first use of each parameter."""
 
-    def __init__(self) -> None:
+    def __init__(self, int8: bool = False) -> None:
         # id(weight) -> (weight, dtype, packed weight, bias in that dtype). The entry holds
         # the weight itself, so no other tensor can take its id while this object lives.
         self._packed: dict[int, tuple[Tensor, torch.dtype, Tensor, Tensor | None]] = {}
+        self.int8 = int8
+        self._int8: dict[int, tuple[Tensor, Int8Linear]] = {}  # id(weight) -> (weight, it)
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """``F.linear(x, weight, bias)``: x (..., in) -> (..., out)."""
@@ -64,6 +69,11 @@ class PackedWeights:
             bias is None or isinstance(bias, nn.Parameter)
         ):
             return F.linear(x, weight, bias)
+        if self.int8:
+            entry8 = self._int8.get(id(weight))
+            if entry8 is None:
+                entry8 = self._int8[id(weight)] = (weight, int8_weights(weight, bias))
+            return entry8[1](x)
         dtype = weight.dtype
         if torch.is_autocast_enabled("cpu"):
             dtype = torch.get_autocast_dtype("cpu")
@@ -76,4 +86,4 @@ class PackedWeights:
         return packed_linear(x.to(dtype), packed, packed_bias)
 
     def __len__(self) -> int:
-        return len(self._packed)
+        return len(self._packed) + len(self._int8)
