@@ -288,6 +288,33 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """`seq2seq serve` (not a stage's input: changing it retrains or re-registers nothing).
+
+    Measured on 2 cores (README "Serving under load"): one worker with both cores beats
+    two single-threaded workers, because one worker batches all concurrent requests."""
+
+    # uvicorn worker processes; workers x torch_threads should not exceed the cores.
+    workers: int = 1
+    torch_threads: int = 2
+    # Requests one worker holds at once (its predict threads): a batch fills from these.
+    # MLflow's default pool (cores + 4 threads) would cap a batch at 6 single sentences.
+    request_threads: int = 64
+    # Concurrent requests are decoded together, up to decode.batch_size sentences; the
+    # decoding thread waits at most this long after the oldest queued request for more.
+    batch_wait_ms: float = 5.0
+    # Seconds between a worker's batching log lines (batches, sentences per batch).
+    batch_log_s: float = 30.0
+
+    def validate(self) -> None:
+        _positive("serve.workers", self.workers)
+        _positive("serve.torch_threads", self.torch_threads)
+        _positive("serve.request_threads", self.request_threads)
+        if self.batch_wait_ms < 0 or self.batch_log_s < 0:
+            raise ConfigError("serve.batch_wait_ms and serve.batch_log_s must be >= 0")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     data: DataConfig = field(default_factory=DataConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
@@ -297,6 +324,7 @@ class PipelineConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
     pipeline: RunConfig = field(default_factory=RunConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
