@@ -63,9 +63,7 @@ def run_setting(
             body = json.dumps({"inputs": {"src": batch}})
             start = time.monotonic()
             try:
-                conn.request(
-                    "POST", "/invocations", body, {"Content-Type": "application/json"}
-                )
+                conn.request("POST", "/invocations", body, {"Content-Type": "application/json"})
                 response = conn.getresponse()
                 payload = response.read()
                 ok = response.status == 200 and len(json.loads(payload)["predictions"]) == len(

@@ -151,7 +151,7 @@ class DynamicBatcher:
         sentences = [s for r in batch for s in r.sentences]
         try:
             out = self._decode(sentences)
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiting callers
+        except BaseException as exc:  # handed to the waiting callers, who re-raise it
             if len(batch) == 1:
                 batch[0].future.set_exception(exc)
                 return
