@@ -162,6 +162,8 @@ def main() -> None:
     parser.add_argument("--server-log", action="store_true", help="show the server's output")
     parser.add_argument("--label", default="", help="added to every JSON line")
     args = parser.parse_args()
+    # A `timeout` or Ctrl-C must not leave the server running: exit through `finally`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     cfg = load_config(args.params, args.set)
     sources = read_prepared_split(Path(cfg.data.prepared_dir), "test")["src"].tolist()

@@ -291,12 +291,15 @@ class RunConfig:
 class ServeConfig:
     """`seq2seq serve` (not a stage's input: changing it retrains or re-registers nothing).
 
-    Measured on 2 cores (README "Serving under load"): one worker with both cores beats
-    two single-threaded workers, because one worker batches all concurrent requests."""
+    Defaults chosen by bench/serve_load.py on the shared 2-core machine (README "Serving
+    under load"): one worker, one torch thread. One worker batches all concurrent requests
+    together; a second worker halves every batch and competes for the same cores, and a
+    second torch thread gained nothing once other processes held a core (and stalled
+    decoding for seconds when it did)."""
 
     # uvicorn worker processes; workers x torch_threads should not exceed the cores.
     workers: int = 1
-    torch_threads: int = 2
+    torch_threads: int = 1
     # Requests one worker holds at once (its predict threads): a batch fills from these.
     # MLflow's default pool (cores + 4 threads) would cap a batch at 6 single sentences.
     request_threads: int = 64
