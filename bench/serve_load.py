@@ -81,7 +81,7 @@ def run_setting(
         conn.close()
 
     started = time.monotonic()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
@@ -130,6 +130,21 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
         command, env=env, stdout=subprocess.DEVNULL if not args.server_log else None,
         stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group, then SIGKILL to what is left of it: uvicorn
+    (MLflow's CLI's child) would otherwise finish every open request first."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            server.wait(timeout=30)
+            time.sleep(1)  # uvicorn may outlive the CLI by a moment
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def wait_ready(url: str, server: subprocess.Popen | None, timeout_s: float = 180) -> None:
@@ -184,8 +199,7 @@ def main() -> None:
                 print(json.dumps({"label": args.label, **result}), flush=True)
     finally:
         if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+            stop_server(server)
 
 
 if __name__ == "__main__":
