@@ -305,6 +305,36 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """`seq2seq serve` (not a stage's input: changing it retrains or re-registers nothing).
+
+    Defaults chosen by bench/serve_load.py on the shared 2-core machine (README "Serving
+    under load"): one worker, one torch thread. One worker batches all concurrent requests
+    together; a second worker halves every batch and competes for the same cores, and a
+    second torch thread gained nothing once other processes held a core (and stalled
+    decoding for seconds when it did)."""
+
+    # uvicorn worker processes; workers x torch_threads should not exceed the cores.
+    workers: int = 1
+    torch_threads: int = 1
+    # Requests one worker holds at once (its predict threads): a batch fills from these.
+    # MLflow's default pool (cores + 4 threads) would cap a batch at 6 single sentences.
+    request_threads: int = 64
+    # Concurrent requests are decoded together, up to decode.batch_size sentences; the
+    # decoding thread waits at most this long after the oldest queued request for more.
+    batch_wait_ms: float = 5.0
+    # Seconds between a worker's batching log lines (batches, sentences per batch).
+    batch_log_s: float = 30.0
+
+    def validate(self) -> None:
+        _positive("serve.workers", self.workers)
+        _positive("serve.torch_threads", self.torch_threads)
+        _positive("serve.request_threads", self.request_threads)
+        if self.batch_wait_ms < 0 or self.batch_log_s < 0:
+            raise ConfigError("serve.batch_wait_ms and serve.batch_log_s must be >= 0")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     data: DataConfig = field(default_factory=DataConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
@@ -314,6 +344,7 @@ class PipelineConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
     pipeline: RunConfig = field(default_factory=RunConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

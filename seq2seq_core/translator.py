@@ -59,6 +59,11 @@ class Translator:
         tokenizer = SubwordTokenizer.load(Path(vocab_dir))
         return cls(model, tokenizer, decode or DecodeConfig(), device, max_input_chars)
 
+    def validate(self, sentences: list[str]) -> None:
+        """Raise what `translate` would for bad input, without decoding: a server checks
+        each request on its own before it joins a batch shared with other requests."""
+        self._check(sentences)
+
     def _check(self, sentences: list[str]) -> list[list[int]]:
         for i, text in enumerate(sentences):
             if not isinstance(text, str):
