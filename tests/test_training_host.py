@@ -4,6 +4,7 @@ per optimizer step under gradient accumulation."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -216,3 +217,61 @@ def test_ddp_accumulation_all_reduces_once_per_step_and_ranks_draw_their_own(
         # exactly one all-reduce per bucket per optimizer step, none per micro-batch
         assert len(buckets) == steps * per_step, (len(buckets), steps, per_step)
     assert reports[0]["draws"] != reports[1]["draws"]  # each rank its own RNG stream
+
+
+def test_background_feed_gives_the_same_batches_and_stops_cleanly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CUDA route (a collating thread, pinned memory), run on the CPU: the batches of
+    the main-thread route, in order; an early close ends the thread; errors reach the
+    caller."""
+    from seq2seq_core import batching
+    from seq2seq_core.batching import encode_pairs, epoch_order, feed
+
+    data = encode_pairs(CharTokenizer(), PAIRS * 4, 100)
+    order = epoch_order(data, 40, seed=3, epoch=1)
+    cpu = torch.device("cpu")
+    plain = list(feed(data, order, cpu))
+    monkeypatch.setattr(batching, "collates_in_background", lambda device: True)
+    monkeypatch.setattr(batching.Batch, "pin_memory", lambda self: self)  # no CUDA here
+    background = feed(data, order, cpu)
+    assert isinstance(background, batching._BackgroundFeed)
+    got = list(background)
+    assert [b.indices for b in got] == [b.indices for b in plain]
+    for a, b in zip(got, plain, strict=True):
+        assert torch.equal(a.tgt_out, b.tgt_out) and torch.equal(a.real, b.real)
+    early = feed(data, order, cpu)
+    next(early)
+    early.close()
+    assert not early.thread.is_alive()
+    broken = feed(data, [*order[:1], [10_000]], cpu)  # no such pair
+    next(broken)
+    with pytest.raises(IndexError):
+        next(broken)
+
+
+def test_real_positions_are_the_mask_of_real_tokens() -> None:
+    from seq2seq_core.batching import collate, encode_pairs
+    from seq2seq_core.special_tokens import PAD_ID
+
+    data = encode_pairs(CharTokenizer(), PAIRS, 100)
+    batch = collate(data.src, data.tgt, [0, 3, 5, 1])
+    mask = (batch.tgt_out != PAD_ID).reshape(-1)
+    assert torch.equal(batch.real, mask.nonzero().squeeze(1))
+    assert batch.real.numel() == batch.ntokens
+
+
+def test_process_group_is_destroyed_at_the_end_and_on_error() -> None:
+    import torch.distributed as dist
+
+    from seq2seq_core.distributed import process_group
+
+    for fail in (False, True):
+        store = dist.HashStore()
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+        expect = pytest.raises(RuntimeError) if fail else contextlib.nullcontext()
+        with expect, process_group():
+            assert dist.is_initialized()
+            if fail:
+                raise RuntimeError("training failed")
+        assert not dist.is_initialized()
