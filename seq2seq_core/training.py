@@ -60,7 +60,9 @@ log = logging.getLogger(__name__)
 
 class TrainCallback(Protocol):
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
-        """metrics: loss, lr, grad_norm, tokens_per_s (running, this epoch), teacher_forcing."""
+        """metrics: loss, lr, grad_norm, tokens_per_s (running, this epoch), teacher_forcing.
+        Called for every step, in order, but in bursts: the numbers are read off the device
+        every ``train.log_every_steps`` steps, before a checkpoint and at the epoch's end."""
 
     def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """metrics: train_loss, valid_loss, valid_ppl, valid_bleu, epoch_seconds, tokens_per_s,
