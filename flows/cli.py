@@ -71,13 +71,14 @@ def cmd_vocab(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from flows import distributed_train
-    from seq2seq_core import stages
+    from seq2seq_core import distributed, stages
 
     cfg = _config(args)
     if (code := distributed_train.relaunch(args.params, args.set)) is not None:
         raise SystemExit(code)  # SEQ2SEQ_TORCHRUN: trained under torchrun
     callbacks = distributed_train.train_callbacks()
-    result = asdict(stages.train(cfg, callbacks=callbacks, warm_start=_warm_start(cfg)))
+    with distributed.process_group():  # under torchrun: left at the end, or on an error
+        result = asdict(stages.train(cfg, callbacks=callbacks, warm_start=_warm_start(cfg)))
     result.pop("history", None)
     _print_json(result)
 

@@ -10,7 +10,9 @@ run see exactly the batches an uninterrupted run would.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,8 +46,12 @@ class Batch:
     tgt_out: Tensor  # (B, T) int64, y + EOS
     ntokens: int  # real (non-pad) tokens in tgt_out
     indices: list[int]  # position of each row in the EncodedPairs it came from
+    # (ntokens,) int64: where tgt_out's real tokens are in tgt_out.reshape(-1), row-major;
+    # counted on the host so that the loss needs no device-side count (Seq2Seq.forward)
+    real: Tensor | None = None
 
     def to(self, device: torch.device) -> Batch:
+        """On ``device``; from pinned memory (``pin_memory``) the copies do not block."""
         nb = device.type == "cuda"
         return Batch(
             src=self.src.to(device, non_blocking=nb),
@@ -54,6 +60,19 @@ class Batch:
             tgt_out=self.tgt_out.to(device, non_blocking=nb),
             ntokens=self.ntokens,
             indices=self.indices,
+            real=None if self.real is None else self.real.to(device, non_blocking=nb),
+        )
+
+    def pin_memory(self) -> Batch:
+        """The device-bound tensors in page-locked memory (src_len stays as it is)."""
+        return Batch(
+            src=self.src.pin_memory(),
+            src_len=self.src_len,
+            tgt_in=self.tgt_in.pin_memory(),
+            tgt_out=self.tgt_out.pin_memory(),
+            ntokens=self.ntokens,
+            indices=self.indices,
+            real=None if self.real is None else self.real.pin_memory(),
         )
 
 
@@ -99,7 +118,23 @@ def collate(src: Sequence[list[int]], tgt: Sequence[list[int]], indices: list[in
         tgt_in[row, 1 : len(t) + 1] = torch.tensor(t, dtype=torch.long)
         tgt_out[row, : len(t)] = torch.tensor(t, dtype=torch.long)
         tgt_out[row, len(t)] = EOS_ID
-    return Batch(src_t, src_len, tgt_in, tgt_out, ntokens=sum(tgt_len), indices=list(indices))
+    ntokens = sum(tgt_len)
+    return Batch(
+        src_t, src_len, tgt_in, tgt_out, ntokens=ntokens, indices=list(indices),
+        real=real_positions(tgt_len, tgt_in.size(1), ntokens),
+    )  # fmt: skip
+
+
+def real_positions(lengths: list[int], width: int, total: int) -> Tensor:
+    """Rows of ``lengths[r]`` real tokens then padding, ``width`` wide -> the flat positions
+    of the real tokens, row-major (what ``(x != PAD_ID).reshape(-1).nonzero()`` gives)."""
+    lens = torch.tensor(lengths, dtype=torch.long)  # (B,)
+    row_start = torch.arange(len(lengths), dtype=torch.long) * width  # (B,)
+    first = torch.cumsum(lens, 0) - lens  # (B,) index of each row's first real token
+    offset = torch.arange(total, dtype=torch.long) - torch.repeat_interleave(
+        first, lens, output_size=total
+    )  # (N,) position inside its row
+    return torch.repeat_interleave(row_start, lens, output_size=total) + offset
 
 
 def token_batches(
@@ -131,12 +166,88 @@ def token_batches(
     return batches
 
 
+def epoch_order(data: EncodedPairs, batch_tokens: int, seed: int, epoch: int) -> list[list[int]]:
+    """The index lists of one epoch's shuffled batches, a pure function of (data, seed,
+    epoch); ``feed`` collates them."""
+    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    return token_batches(data, batch_tokens, generator)
+
+
 def epoch_batches(data: EncodedPairs, batch_tokens: int, seed: int, epoch: int) -> list[Batch]:
     """The shuffled training batches of one epoch, a pure function of (data, seed, epoch)."""
-    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
-    return [
-        collate(data.src, data.tgt, idx) for idx in token_batches(data, batch_tokens, generator)
-    ]
+    order = epoch_order(data, batch_tokens, seed, epoch)
+    return [collate(data.src, data.tgt, idx) for idx in order]
+
+
+def collates_in_background(device: torch.device) -> bool:
+    """Whether ``feed`` collates in a thread of its own, into pinned memory: on CUDA, where
+    the device must not wait on Python between steps. On a CPU the device is the very
+    cores that would collate, so a second thread only contends for them (and the GIL)."""
+    return device.type == "cuda"
+
+
+def feed(
+    data: EncodedPairs, order: Sequence[list[int]], device: torch.device, ahead: int = 2
+) -> Iterator[Batch]:
+    """The batches of ``order`` (index lists) on ``device``, in order, each collated just
+    before it is needed; on CUDA (``collates_in_background``) ``ahead`` batches early in a
+    background thread, pinned, and copied without blocking. Close it when stopping early."""
+    if not collates_in_background(device):
+        return (collate(data.src, data.tgt, idx).to(device) for idx in order)
+    return _BackgroundFeed(data, order, device, ahead)
+
+
+class _BackgroundFeed(Iterator[Batch]):
+    """A thread collates and pins into a bounded queue; the caller copies to the device."""
+
+    _END = object()
+
+    def __init__(
+        self, data: EncodedPairs, order: Sequence[list[int]], device: torch.device, ahead: int
+    ) -> None:
+        self.device = device
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(
+            target=self._produce, args=(data, list(order)), name="collate", daemon=True
+        )
+        self.thread.start()
+
+    def _produce(self, data: EncodedPairs, order: list[list[int]]) -> None:
+        try:
+            for idx in order:
+                item: object = collate(data.src, data.tgt, idx).pin_memory()
+                if not self._put(item):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(exc)
+            return
+        self._put(self._END)
+
+    def _put(self, item: object) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __next__(self) -> Batch:
+        if self.stop.is_set():
+            raise StopIteration
+        item = self.queue.get()
+        if item is self._END:
+            self.close()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item.to(self.device)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def fixed_batches(data: EncodedPairs, batch_tokens: int) -> list[Batch]:

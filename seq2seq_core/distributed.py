@@ -7,8 +7,10 @@ process. NCCL on CUDA, gloo on CPU (which the tests use).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -45,6 +47,35 @@ def init_distributed(device: torch.device) -> tuple[Topology, torch.device]:
     return Topology(dist.get_rank(), dist.get_world_size()), device
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """Rank ``rank``'s seed for its own draws (dropout masks, teacher-forcing coins): the
+    run's seed on rank 0, as in one process, and another on every other rank."""
+    return seed + rank
+
+
+def shutdown() -> None:
+    """Leave the process group, if this process joined one (the end of a torchrun job)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[None]:
+    """The process group ``init_distributed`` joins inside is destroyed when the block
+    ends, normally or by an exception."""
+    try:
+        yield
+    finally:
+        shutdown()
+
+
+def accumulating(trainer: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """Around the backward of every micro-batch but the last of an accumulation group:
+    DDP keeps the gradients local (``no_sync``) and all-reduces once, at the last."""
+    no_sync = getattr(trainer, "no_sync", None)
+    return no_sync() if no_sync is not None else contextlib.nullcontext()
+
+
 def shard(batches: list[T], topo: Topology) -> list[T]:
     """Rank r takes batches r, r + W, r + 2W, ... of the shared shuffled order, cut to the
     same count on every rank (all-reduce needs every rank to step together)."""
@@ -52,15 +83,6 @@ def shard(batches: list[T], topo: Topology) -> list[T]:
         return batches
     per_rank = len(batches) // topo.world
     return batches[topo.rank :: topo.world][:per_rank]
-
-
-def any_rank(flag: bool, topo: Topology, device: torch.device) -> bool:
-    """True on every rank when it is true on any (e.g. one rank ran out of time)."""
-    if not topo.distributed:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
 
 
 def max_over_ranks(value: float, topo: Topology, device: torch.device) -> float:

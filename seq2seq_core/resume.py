@@ -80,21 +80,66 @@ def run_fingerprint(
     return digest.hexdigest()
 
 
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's RNG: the CPU generator and, training on CUDA, its own device's."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def rng_payload(ranks: Sequence[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """last.pt's ``rng``: ``torch`` rank 0's CPU state, ``torch_ranks`` every rank's,
+    ``cuda`` every rank's device state (rank order) when they train on CUDA. (Before,
+    ``cuda`` held one state per GPU the saving process saw, and every rank took rank 0's.)"""
+    rng: dict[str, Any] = {"torch": ranks[0]["torch"], "torch_ranks": [r["torch"] for r in ranks]}
+    if all("cuda" in r for r in ranks):
+        rng["cuda"] = [r["cuda"] for r in ranks]
+    return rng
+
+
+def restore_rng(rng: dict[str, Any], rank: int, device: torch.device) -> None:
+    """Rank ``rank``'s saved CPU state and its device's CUDA state, as far as ``rng`` holds
+    them and this host has the device; what it cannot restore it says and leaves seeded."""
+    cpu = rng.get("torch_ranks") or ([rng["torch"]] if "torch" in rng else [])
+    if rank < len(cpu):
+        torch.set_rng_state(cpu[rank].cpu())
+    else:
+        log.info("last.pt has no CPU RNG state for rank %d: it keeps its own seed", rank)
+    cuda = list(rng.get("cuda") or [])
+    if device.type != "cuda":
+        if cuda:
+            log.info(
+                "last.pt holds %d CUDA RNG state(s); this run trains on %s and restores none",
+                len(cuda), device,
+            )  # fmt: skip
+        return
+    if rank < len(cuda):
+        torch.cuda.set_rng_state(cuda[rank].cpu(), device)
+        if len(cuda) > 1 and "torch_ranks" not in rng:
+            log.info("last.pt holds %d CUDA RNG states (one per GPU seen): restored #%d "
+                     "on %s", len(cuda), rank, device)  # fmt: skip
+    else:
+        log.info(
+            "last.pt holds %d CUDA RNG state(s), none for rank %d: %s keeps its own seed",
+            len(cuda), rank, device,
+        )  # fmt: skip
+
+
 def resume_payload(
     optimizer: torch.optim.Optimizer,
     schedule: LearningRate,
     state: TrainState,
     fingerprint: str,
+    rng: Sequence[dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
-    """What last.pt holds besides the model payload."""
-    rng: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    """What last.pt holds besides the model payload. ``rng``: every rank's ``rng_state``
+    (rank order); without it, this process's on the CPU."""
     return {
         "optimizer_state": optimizer.state_dict(),
         "lr_schedule": schedule.state_dict(),
         "progress": state.to_dict(),
-        "rng": rng,
+        "rng": rng_payload(rng or [rng_state(torch.device("cpu"))]),
         "fingerprint": fingerprint,
     }
 
@@ -106,9 +151,11 @@ def resume(
     optimizer: torch.optim.Optimizer,
     schedule: LearningRate,
     device: torch.device,
+    rank: int = 0,
 ) -> TrainState | None:
-    """Restore model, optimizer, schedule, RNG and state from ``path`` if it belongs to this
-    run (same fingerprint); None (start afresh) if it is missing or from another run."""
+    """Restore model, optimizer, schedule, RNG (rank ``rank``'s) and state from ``path`` if
+    it belongs to this run (same fingerprint); None (start afresh) if it is missing or from
+    another run."""
     if not path.is_file():
         return None
     saved = load_checkpoint(path, device)
@@ -121,9 +168,7 @@ def resume(
     model.load_state_dict(saved["model_state"])
     optimizer.load_state_dict(saved["optimizer_state"])
     schedule.load_state_dict(saved.get("lr_schedule", {}))
-    torch.set_rng_state(saved["rng"]["torch"].cpu())
-    if "cuda" in saved["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in saved["rng"]["cuda"]])
+    restore_rng(saved["rng"], rank, device)
     state = TrainState.from_dict(saved["progress"])
     log.info(
         "resuming from %s: %d epochs done, epoch %d continues at batch %d, step %d",

@@ -38,6 +38,7 @@ class Seq2Seq(nn.Module):
         tgt_out: Tensor,
         teacher_forcing: float = 1.0,
         label_smoothing: float = 0.0,
+        real: Tensor | None = None,
     ) -> Tensor:
         """The training objective: cross-entropy summed over the real (non-pad) tokens of
         tgt_out (B, T), against targets smoothed towards uniform by ``label_smoothing``
@@ -48,6 +49,9 @@ class Seq2Seq(nn.Module):
         Equal to ``F.cross_entropy(self.logits(src, src_len, tgt_in, teacher_forcing),
         tgt_out, ignore_index=PAD_ID, reduction="sum")``; with teacher forcing 1.0 the output
         layer runs once, on real tokens only, and never materialises the (B, T, V) logits.
+        ``real`` (N,), on the model's device: the positions of those tokens in
+        ``tgt_out.reshape(-1)``, counted on the host (``Batch.real``); without it the mask
+        ``tgt_out != PAD_ID`` picks them, which makes the host wait for the device to count.
         """
         kernels = self.select_kernels()
         memory, state = self.encode(src, src_len, kernels)
@@ -61,10 +65,15 @@ class Seq2Seq(nn.Module):
                 label_smoothing=label_smoothing,
             )
         vectors = self.decoder.teacher_forced(tgt_in, state, memory, kernels)  # (B, T, H)
-        real = tgt_out != PAD_ID  # (B, T)
-        x = self.decoder.dropout(vectors[real])  # (N, H), N real target tokens
+        if real is None:
+            mask = tgt_out != PAD_ID  # (B, T)
+            vectors, gold = vectors[mask], tgt_out[mask]  # (N, H), (N,): N real tokens
+        else:  # the same rows, in the same order, at a size known without the device
+            vectors = vectors.reshape(-1, vectors.size(-1)).index_select(0, real)  # (N, H)
+            gold = tgt_out.reshape(-1).index_select(0, real)  # (N,)
+        x = self.decoder.dropout(vectors)
         return linear_cross_entropy(
-            x, self.decoder.output_layer, tgt_out[real], label_smoothing=label_smoothing
+            x, self.decoder.output_layer, gold, label_smoothing=label_smoothing
         )
 
     def logits(

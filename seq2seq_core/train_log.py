@@ -59,16 +59,26 @@ class StepProgress:
         )  # fmt: skip
         self.log_every = log_every if main and not terminal else 0
 
-    def update(
-        self, batches: int, *, step: int, loss: float, lr: float, tok_s: float, elapsed: float
-    ) -> None:
+    def advance(self, batches: int) -> None:
+        """Batches trained (the bar moves every step)."""
         self.bar.update(batches)
-        self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:.0f}")
+
+    def report(self, *, step: int, loss: float, lr: float, tok_s: float, elapsed: float) -> None:
+        """A step's numbers, once read off the device: the bar's postfix, the log line."""
+        if not self.bar.disable:
+            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:.0f}", refresh=False)
         if self.log_every and step % self.log_every == 0:
             log.info(
                 "step %d: loss %.3f, lr %.3g, %s tok/s, elapsed %s",
                 step, loss, lr, f"{tok_s:,.0f}", duration(elapsed),
             )  # fmt: skip
+
+    def update(
+        self, batches: int, *, step: int, loss: float, lr: float, tok_s: float, elapsed: float
+    ) -> None:
+        """``advance`` and ``report`` at once."""
+        self.advance(batches)
+        self.report(step=step, loss=loss, lr=lr, tok_s=tok_s, elapsed=elapsed)
 
     def close(self) -> None:
         self.bar.close()

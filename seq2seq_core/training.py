@@ -17,7 +17,9 @@ through ``TrainCallback``s only (MLflow attaches there; the core never imports i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -30,23 +32,26 @@ from typing import Any, Protocol
 
 import torch
 
-from seq2seq_core.batching import Batch, EncodedPairs, encode_pairs, epoch_batches
+from seq2seq_core.batching import Batch, EncodedPairs, encode_pairs, epoch_order, feed
 from seq2seq_core.budget import Horizon
 from seq2seq_core.checkpoint import model_payload, save_checkpoint
 from seq2seq_core.config import PipelineConfig, TrainConfig
 from seq2seq_core.device import resolve_device
 from seq2seq_core.distributed import (
     Topology,
+    accumulating,
     broadcast,
+    gather,
     init_distributed,
     max_over_ranks,
+    rank_seed,
     shard,
     wrap,
 )
 from seq2seq_core.host import prepare_host
 from seq2seq_core.optim import LearningRate, build_optimizer, teacher_forcing_ratio
 from seq2seq_core.precision import autocast, set_tf32
-from seq2seq_core.resume import resume, resume_payload, run_fingerprint
+from seq2seq_core.resume import resume, resume_payload, rng_state, run_fingerprint
 from seq2seq_core.seq2seq import Seq2Seq, build_model
 from seq2seq_core.snapshots import CheckpointChoice, Snapshots, choose_checkpoint
 from seq2seq_core.train_log import StepProgress, duration, epoch_line
@@ -59,7 +64,9 @@ log = logging.getLogger(__name__)
 
 class TrainCallback(Protocol):
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
-        """metrics: loss, lr, grad_norm, tokens_per_s (running, this epoch), teacher_forcing."""
+        """metrics: loss, lr, grad_norm, tokens_per_s (running, this epoch), teacher_forcing.
+        Called for every step, in order, but in bursts: the numbers are read off the device
+        every ``train.log_every_steps`` steps, before a checkpoint and at the epoch's end."""
 
     def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """metrics: train_loss, valid_loss, valid_ppl, valid_bleu, epoch_seconds, tokens_per_s,
@@ -221,6 +228,8 @@ def set_up(
         train_data, valid, checkpoint_dir, fingerprint, vocab, callbacks, horizon, snapshots,
         state=TrainState(), budget=TimeBudget(tc.time_budget_min, 0.0, clock),
     )  # fmt: skip
+    if topo.rank:  # the same weights on every rank; from here its own dropout and coins
+        torch.manual_seed(rank_seed(tc.seed, topo.rank))
     run.state = starting_state(run, warm_start)
     if topo.is_main:  # snapshots of steps this run trains (again) or of another run go
         snapshots.forget_after(run.state.step)
@@ -233,7 +242,9 @@ def starting_state(run: Run, warm_start: WarmStartSource | None) -> TrainState:
     """This run's own last.pt if it has one (it wins over a warm start), else the warm-start
     source's weights in the fresh model, else the fresh model as built."""
     last = run.checkpoint_dir / "last.pt"
-    state = resume(last, run.fingerprint, run.model, run.optimizer, run.schedule, run.device)
+    state = resume(
+        last, run.fingerprint, run.model, run.optimizer, run.schedule, run.device, run.topo.rank
+    )
     if state is not None:
         if warm_start is not None:
             log.info(
@@ -261,47 +272,101 @@ def pick_device(name: str) -> torch.device:
 def train_epoch(run: Run) -> EpochOutcome:
     """Train the current epoch from the batch where the state stands, one optimizer step
     (one group of ``train.accumulate_steps`` batches) at a time, until the epoch's end or
-    the time budget, which is checked between steps only."""
-    tc, state, pos = run.cfg.train, run.state, run.state.position
+    the time budget, which is checked between steps only (under DDP, where all ranks must
+    agree, every ``train.log_every_steps`` steps). The steps' numbers stay on the device
+    until ``report_steps`` reads them: every ``log_every_steps``, before a checkpoint and
+    at the end."""
+    tc, state, pos, topo = run.cfg.train, run.state, run.state.position, run.topo
     epoch, start = state.epoch + 1, pos.batch
     run.model.train()
-    batches = shard(epoch_batches(run.train_data, tc.batch_tokens, tc.seed, epoch), run.topo)
+    order = shard(epoch_order(run.train_data, tc.batch_tokens, tc.seed, epoch), topo)
     progress = StepProgress(
-        epoch=epoch, total=len(batches), done=start, log_every=tc.log_every_steps,
-        main=run.topo.is_main,
+        epoch=epoch, total=len(order), done=start, log_every=tc.log_every_steps,
+        main=topo.is_main,
     )  # fmt: skip
+    pending: list[PendingStep] = []
+    batches = feed(run.train_data, order[start:], run.device)
     t0 = time.monotonic() - pos.seconds
-    while pos.batch < len(batches):
-        # One clock for every rank (the latest): the budget LR schedules read it too.
-        spent = max_over_ranks(run.budget.spent(), run.topo, run.device)
-        if spent >= run.budget.seconds:
-            break
-        end = min(len(batches), (pos.batch // tc.accumulate_steps + 1) * tc.accumulate_steps)
-        group = [b.to(run.device) for b in batches[pos.batch : end]]
-        ratio, lr = teacher_forcing_ratio(tc, state.step), run.schedule.at(state.step + 1, spent)
-        losses, grad_norm = train_step(
-            run.model, run.optimizer, group, teacher_forcing=ratio, lr=lr, tc=tc,
-            trainer=run.trainer,
-        )  # fmt: skip
-        for batch, loss in zip(group, losses, strict=True):
-            pos.loss_sum += loss * batch.ntokens
-            pos.tokens += batch.ntokens
-        pos.batch, state.step = end, state.step + 1
-        pos.seconds = time.monotonic() - t0
-        tok_s = pos.tokens / max(pos.seconds, 1e-9) * run.topo.world
-        progress.update(
-            len(group), step=state.step, loss=losses[-1], lr=lr, tok_s=tok_s,
-            elapsed=run.budget.spent(),
-        )  # fmt: skip
-        if state.step % tc.checkpoint_every_steps == 0:
-            save_last(run)  # mid-epoch: a kill loses at most checkpoint_every_steps steps
-        metrics = {"loss": losses[-1], "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_s,
-                   "teacher_forcing": ratio}  # fmt: skip
-        for cb in run.callbacks:
-            cb.on_step(state.step, metrics)
-    progress.close()
+    spent = run.budget.spent()
+    try:
+        while pos.batch < len(order):
+            if pos.batch == start or not topo.distributed or state.step % tc.log_every_steps == 0:
+                # One clock for every rank (the latest), read only where the ranks meet
+                # anyway: the budget LR schedules take it, so replicas step at one rate.
+                spent = max_over_ranks(run.budget.spent(), topo, run.device)
+                if spent >= run.budget.seconds:
+                    break
+            end = min(len(order), (pos.batch // tc.accumulate_steps + 1) * tc.accumulate_steps)
+            group = list(itertools.islice(batches, end - pos.batch))
+            ratio, lr = (
+                teacher_forcing_ratio(tc, state.step),
+                run.schedule.at(state.step + 1, spent),
+            )
+            losses, grad_norm = train_step(
+                run.model, run.optimizer, group, teacher_forcing=ratio, lr=lr, tc=tc,
+                trainer=run.trainer,
+            )  # fmt: skip
+            pos.tokens += sum(batch.ntokens for batch in group)
+            pos.batch, state.step = end, state.step + 1
+            pos.seconds = time.monotonic() - t0
+            tok_s = pos.tokens / max(pos.seconds, 1e-9) * topo.world
+            pending.append(PendingStep(
+                state.step, losses, [b.ntokens for b in group], grad_norm, lr, ratio, tok_s,
+                run.budget.spent(),
+            ))  # fmt: skip
+            progress.advance(len(group))
+            checkpoint = state.step % tc.checkpoint_every_steps == 0
+            if checkpoint or state.step % tc.log_every_steps == 0:
+                report_steps(run, pending, progress)
+            if checkpoint:
+                save_last(run)  # mid-epoch: a kill loses at most checkpoint_every_steps steps
+        report_steps(run, pending, progress)
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+        progress.close()
     pos.seconds = time.monotonic() - t0
-    return EpochOutcome(pos.batch >= len(batches), pos.batch - start, len(batches))
+    return EpochOutcome(pos.batch >= len(order), pos.batch - start, len(order))
+
+
+@dataclass
+class PendingStep:
+    """A trained step whose numbers are still on the device."""
+
+    step: int
+    losses: list[torch.Tensor]  # per target token, one per batch of the group
+    ntokens: list[int]
+    grad_norm: torch.Tensor
+    lr: float
+    teacher_forcing: float
+    tokens_per_s: float
+    elapsed: float
+
+
+def report_steps(run: Run, pending: list[PendingStep], progress: StepProgress) -> None:
+    """Read the pending steps' numbers off the device at once (one sync), then, step by
+    step as if each had been read at once: the epoch's loss sum, progress, callbacks."""
+    if not pending:
+        return
+    numbers = [t.float() for p in pending for t in (*p.losses, p.grad_norm)]
+    values = iter(torch.stack(numbers).tolist())
+    steps = list(pending)
+    pending.clear()
+    pos = run.state.position
+    for p in steps:
+        losses = [next(values) for _ in p.losses]
+        grad_norm = next(values)
+        for loss, ntokens in zip(losses, p.ntokens, strict=True):
+            pos.loss_sum += loss * ntokens
+        progress.report(
+            step=p.step, loss=losses[-1], lr=p.lr, tok_s=p.tokens_per_s, elapsed=p.elapsed
+        )
+        metrics = {"loss": losses[-1], "lr": p.lr, "grad_norm": grad_norm,
+                   "tokens_per_s": p.tokens_per_s,
+                   "teacher_forcing": p.teacher_forcing}  # fmt: skip
+        for cb in run.callbacks:
+            cb.on_step(p.step, metrics)
 
 
 def train_step(
@@ -313,16 +378,22 @@ def train_step(
     lr: float,
     tc: TrainConfig,
     trainer: torch.nn.Module | None = None,
-) -> tuple[list[float], float]:
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """One optimizer update from ``batches`` (one accumulation group, on the model's
     device): forward/backward of each, learning rate ``lr``, gradient clipping at
     ``tc.clip_grad``, the optimizer's step. Returns (loss per target token of each batch,
-    gradient norm before clipping). ``trainer`` is the model as DDP wraps it, if it does.
+    gradient norm before clipping) as 0-dim tensors on the device: reading them makes the
+    host wait, which the caller does once in a while. ``trainer`` is the model as DDP wraps
+    it, if it does: its gradients are all-reduced once, after the last batch's backward.
     The training loop and bench/train_throughput.py both step through here."""
-    losses = [forward_backward(trainer or model, b, teacher_forcing, tc) for b in batches]
+    trainer = trainer or model
+    losses = []
+    for i, batch in enumerate(batches):
+        with accumulating(trainer) if i < len(batches) - 1 else contextlib.nullcontext():
+            losses.append(forward_backward(trainer, batch, teacher_forcing, tc))
     for group in optimizer.param_groups:
         group["lr"] = lr
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad).item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad).detach()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return losses, grad_norm
@@ -330,19 +401,19 @@ def train_step(
 
 def forward_backward(
     model: torch.nn.Module, batch: Batch, teacher_forcing: float, tc: TrainConfig
-) -> float:
+) -> torch.Tensor:
     """Loss and gradients of one batch, scaled for `train.accumulate_steps` batches per
-    step; returns the loss per target token. `model` may be DDP-wrapped: the loss goes
-    through `forward` so that its gradient hooks run."""
+    step; returns the loss per target token (0-dim, on the device). `model` may be
+    DDP-wrapped: the loss goes through `forward` so that its gradient hooks run."""
     with autocast(batch.src.device, tc.precision):
         loss = model(
             batch.src, batch.src_len, batch.tgt_in,
             tgt_out=batch.tgt_out, teacher_forcing=teacher_forcing,
-            label_smoothing=tc.label_smoothing,
+            label_smoothing=tc.label_smoothing, real=batch.real,
         )  # fmt: skip
     loss = loss / batch.ntokens
     (loss / tc.accumulate_steps).backward()
-    return loss.item()
+    return loss.detach()
 
 
 # --- validate -----------------------------------------------------------------------------
@@ -421,10 +492,11 @@ def save_best(run: Run, metrics: dict[str, float], extra: dict[str, Any]) -> Non
 def save_last(run: Run) -> None:
     """last.pt: the model, optimizer, LR schedule, RNG and state, to resume exactly here."""
     run.state.elapsed = run.budget.spent()
+    rng = gather(rng_state(run.device), run.topo)  # every rank's: a collective
     if run.topo.is_main:
         payload, fraction = _payload(run), run.horizon.fraction(run.state.step, run.state.elapsed)
         run.snapshots.take(run.state.step, fraction, payload)  # before last.pt: forget_after
-        resumable = resume_payload(run.optimizer, run.schedule, run.state, run.fingerprint)
+        resumable = resume_payload(run.optimizer, run.schedule, run.state, run.fingerprint, rng)
         save_checkpoint(run.checkpoint_dir / "last.pt", {**payload, **resumable})
         _write_json(run.checkpoint_dir / "history.json", run.state.history)
 

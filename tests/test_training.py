@@ -214,7 +214,8 @@ class Ticker(Recorder):
 
 def test_time_budget_stops_cleanly_and_keeps_best(tmp_path: Path, caplog) -> None:
     clock = FakeClock()
-    cfg = _cfg(max_epochs=1000, time_budget_min=0.5)  # 30 s: three steps of 10 s
+    # 30 s: three steps of 10 s (the Ticker's, so its callbacks must come every step)
+    cfg = _cfg(max_epochs=1000, time_budget_min=0.5, log_every_steps=1)
     with caplog.at_level(logging.INFO, logger="seq2seq_core"):
         result = _train(cfg, tmp_path, callbacks=[Ticker(clock, 10.0)], clock=clock)
     assert result.stop_reason == "time_budget" and result.steps == 3
@@ -234,7 +235,9 @@ def test_budget_stop_mid_epoch_then_resume_completes_it(
 ) -> None:
     """A rerun with a larger budget starts at the batch where the budget ran out and ends
     where an uninterrupted run ends: same steps, same losses, same weights."""
-    cfg = _cfg({"dropout": 0.3}, teacher_forcing=0.5, accumulate_steps=accumulate)
+    cfg = _cfg(
+        {"dropout": 0.3}, teacher_forcing=0.5, accumulate_steps=accumulate, log_every_steps=1
+    )  # the Ticker's clock moves in on_step, so that must come every step
     pairs = PAIRS * 3  # 12 batches an epoch
     whole = Recorder()
     straight = _train(cfg, tmp_path / "whole", pairs=pairs, callbacks=[whole])
@@ -312,7 +315,8 @@ def test_progress_is_logged_when_stderr_is_not_a_terminal(tmp_path: Path, caplog
     assert result.steps == 8
     steps = [m for m in messages if m.startswith("step ")]
     assert [m.split(":")[0] for m in steps] == ["step 2", "step 4", "step 6", "step 8"]
-    assert re.fullmatch(r"step 2: loss \d\.\d{3}, lr 0\.01, [\d,]+ tok/s, elapsed 1s", steps[0])
+    # Steps 1 and 2 are read (and their callbacks, the Ticker's, run) after step 2.
+    assert re.fullmatch(r"step 2: loss \d\.\d{3}, lr 0\.01, [\d,]+ tok/s, elapsed 0s", steps[0])
     assert EPOCH_LINE.fullmatch(next(m for m in messages if m.startswith("epoch 1/2")))
     assert "training from scratch (train.init_from: none)" in messages
     assert messages[-1] == "stopping: train.max_epochs reached (2/2 epochs done)"

@@ -136,6 +136,7 @@ def _sgd_step(batches: list, accumulate: int) -> tuple[dict[str, torch.Tensor], 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     losses, norm = train_step(model, optimizer, batches, teacher_forcing=1.0, lr=1.0, tc=tc)
+    losses, norm = [float(x) for x in losses], float(norm)
     grads = {k: before[k] - v for k, v in model.state_dict().items()}
     return grads, norm, losses
 
