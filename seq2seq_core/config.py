@@ -143,17 +143,17 @@ class TrainConfig:
     max_epochs: int = 30
     time_budget_min: float = 10.0
     optimizer: str = "adamw"
-    lr: float = 0.002
+    lr: float = 0.003
     weight_decay: float = 0.0
     # constant | plateau (on validation BLEU) | inverse_sqrt | budget_linear | budget_cosine
     # (from lr to min_lr over the time budget or max_epochs, whichever ends first); all
     # after linear warmup.
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
+    lr_schedule: str = "budget_linear"
+    warmup_steps: int = 100
     plateau_factor: float = 0.5
     plateau_patience: int = 1
-    min_lr: float = 1.0e-5
-    label_smoothing: float = 0.0
+    min_lr: float = 0.0
+    label_smoothing: float = 0.1
     # Average the last this many weight snapshots of the budget's final quarter and keep
     # the average as best.pt when its validation BLEU is at least the best single's
     # (0 or 1 = off; snapshots are taken with each last.pt, see snapshots.py).

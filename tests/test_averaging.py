@@ -89,7 +89,8 @@ def test_snapshots_of_the_final_quarter_survive_a_kill(tmp_path: Path) -> None:
     """16 steps (4 epochs of 4): snapshots with each last.pt from step 12 on, the newest
     three kept. A kill and a rerun average the same three as an uninterrupted run; a
     snapshot of a step after last.pt (the rerun trains it again) is not averaged."""
-    cfg = _cfg({"dropout": 0.3}, max_epochs=4, checkpoint_every_steps=2, average_checkpoints=3)
+    cfg = _cfg({"dropout": 0.3}, max_epochs=4, checkpoint_every_steps=2, average_checkpoints=3,
+               log_every_steps=1)  # fmt: skip
     whole = _train(cfg, tmp_path / "whole", callbacks=[Recorder()])
     assert _snapshot_steps(tmp_path / "whole") == [12, 14, 16]
     assert whole.averaging["snapshots"] == 3

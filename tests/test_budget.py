@@ -18,7 +18,7 @@ from seq2seq_core.optim import LearningRate
 
 
 def _schedule(kind: str, horizon: Horizon, **train: object) -> LearningRate:
-    tc = TrainConfig(lr=1.0, lr_schedule=kind, min_lr=0.1, **train)
+    tc = TrainConfig(lr=1.0, lr_schedule=kind, min_lr=0.1, **{"warmup_steps": 0, **train})
     return LearningRate.from_config(tc, horizon)
 
 
@@ -61,7 +61,7 @@ def test_steps_per_epoch_counts_optimizer_steps_of_every_epoch() -> None:
 def test_linear_decay_reaches_min_lr_when_the_time_budget_ends(tmp_path: Path) -> None:
     clock = FakeClock()
     cfg = _cfg(lr=0.01, lr_schedule="budget_linear", min_lr=0.0, time_budget_min=1.0,
-               max_epochs=1000)  # fmt: skip
+               max_epochs=1000, log_every_steps=1)  # fmt: skip
     ticker = Ticker(clock, 10.0)  # 60 s: six steps of 10 s
     result = _train(cfg, tmp_path, pairs=PAIRS * 3, callbacks=[ticker], clock=clock)
     assert result.stop_reason == "time_budget" and result.steps == 6
@@ -89,7 +89,8 @@ def _data():
 @pytest.mark.parametrize("kind", ["budget_linear", "budget_cosine"])
 def test_killed_run_resumes_the_budget_schedule_exactly(tmp_path: Path, kind: str) -> None:
     """By steps (time frozen): the same LRs and losses after the kill as without it."""
-    cfg = _cfg({"dropout": 0.3}, lr_schedule=kind, warmup_steps=2, checkpoint_every_steps=2)
+    cfg = _cfg({"dropout": 0.3}, lr_schedule=kind, warmup_steps=2, checkpoint_every_steps=2,
+               log_every_steps=1)  # fmt: skip
     whole = Recorder()
     _train(cfg, tmp_path / "whole", callbacks=[whole], clock=FakeClock())
     with pytest.raises(KeyboardInterrupt):
@@ -105,7 +106,7 @@ def test_resumed_run_continues_from_the_saved_elapsed_time(tmp_path: Path) -> No
     """By time: the first step after a resume takes the LR of the seconds last.pt saved,
     not of a fresh clock."""
     cfg = _cfg(lr=0.01, lr_schedule="budget_linear", min_lr=0.0, time_budget_min=2.0,
-               max_epochs=1000, checkpoint_every_steps=3)  # fmt: skip
+               max_epochs=1000, checkpoint_every_steps=3, log_every_steps=1)  # fmt: skip
     clock = FakeClock()
     with pytest.raises(KeyboardInterrupt):
         _train(cfg, tmp_path, callbacks=[StopAt(5), Ticker(clock, 10.0)], clock=clock)

@@ -20,7 +20,8 @@ FLOWS = REPO / "flows"
 GROUPS: dict[str, tuple[int, set[str]]] = {
     "config": (
         0,
-        {"config", "special_tokens", "files", "precision", "host_memory", "host", "markdown"},
+        {"config", "special_tokens", "files", "precision", "host_memory", "host", "markdown"}
+        | {"device"},
     ),
     "kernels": (1, {"kernels"}),  # and every kernels.* module
     "model": (2, {"encoder", "attention", "decoder", "seq2seq"}),
@@ -29,7 +30,7 @@ GROUPS: dict[str, tuple[int, set[str]]] = {
         {"data", "corpus_readers", "corpus_errors", "cleaning", "bible"}
         | {"data_report", "tokenization", "batching"},
     ),
-    "decoding": (3, {"decoding", "beam_search", "translator"}),
+    "decoding": (3, {"decoding", "beam_search", "translator", "dynamic_batching"}),
     "engine": (
         3,
         {"training", "optim", "checkpoint", "distributed", "train_state", "resume"}

@@ -5,6 +5,7 @@ requests, one at a time and many at once (dynamic batching), and read the server
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -111,7 +112,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                 time.sleep(0.5)
         yield Served(port, log, translator)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already
+            os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CONSTANT_LR_TRAIN
 
 from seq2seq_core.checkpoint import load_model
 from seq2seq_core.config import ModelConfig, PipelineConfig, TrainConfig
@@ -59,7 +60,8 @@ class Recorder:
 def _cfg(model: dict | None = None, **train: object) -> PipelineConfig:
     untied = {"tie_embeddings": "none"}
     m = {"emb_size": 16, "hidden_size": 32, "dropout": 0.0, **untied, **(model or {})}
-    t = {"lr": 0.01, "batch_tokens": 40, "max_epochs": 2, "time_budget_min": 5.0, **train}
+    t = {"lr": 0.01, "batch_tokens": 40, "max_epochs": 2, "time_budget_min": 5.0}
+    t |= {**CONSTANT_LR_TRAIN, **train}
     return PipelineConfig(
         model=dataclasses.replace(ModelConfig(), **m), train=dataclasses.replace(TrainConfig(), **t)
     )

@@ -57,7 +57,7 @@ def test_learning_rate_schedules() -> None:
     restored = LearningRate.from_config(TrainConfig(lr=1.0, lr_schedule="plateau"))
     restored.load_state_dict(plateau.state_dict())
     assert restored == plateau
-    assert LearningRate.from_config(TrainConfig(lr=0.3)).at(10_000) == 0.3
+    assert LearningRate.from_config(TrainConfig(lr=0.3, lr_schedule="constant")).at(10_000) == 0.3
 
 
 def test_teacher_forcing_schedules() -> None:
