@@ -65,7 +65,7 @@ def test_waits_for_the_holder_to_finish(tmp_path: Path, caplog: pytest.LogCaptur
     holder = _hold(tmp_path, 2)
     caplog.set_level(logging.INFO, logger="flows.workspace_lock")
     with workspace_lock(tmp_path, timeout_min=1):
-        assert holder.poll() == 0  # it ran to its end before we got in
+        assert holder.wait(timeout=30) == 0  # it released the lock at its end, then exited
         record = json.loads((tmp_path / LOCK_PATH).read_text())
         assert record["pid"] == os.getpid()
     assert "another run holds the workspace lock" in caplog.text
