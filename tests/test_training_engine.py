@@ -7,7 +7,6 @@ import dataclasses
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from gloo_ranks import run_gloo_ranks
 from test_training import PAIRS, CharTokenizer, Recorder, _cfg, _train
 
 from seq2seq_core.batching import collate
@@ -241,26 +241,7 @@ def test_ddp_gloo_two_ranks_equal_one_process_accumulating_both(tmp_path: Path) 
     """Rank r trains batches r, r + 2, ...; DDP averages their gradients every step. One
     process accumulating the same two batches per step (4 batches an epoch, so no short
     group) must end with the same weights."""
-    script = tmp_path / "worker.py"
-    script.write_text(DDP_WORKER, encoding="utf-8")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for rank in (0, 1):
-        env = {
-            **os.environ, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": str(REPO),
-        }  # fmt: skip
-        procs.append(subprocess.Popen(
-            [sys.executable, str(script), str(REPO / "tests"), str(tmp_path / "ckpt"),
-             str(tmp_path)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))  # fmt: skip
-    for proc in procs:
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err[-3000:]
+    run_gloo_ranks(DDP_WORKER, tmp_path)
     w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert w0.keys() == w1.keys()

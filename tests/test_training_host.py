@@ -8,14 +8,13 @@ import contextlib
 import json
 import logging
 import os
-import socket
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from gloo_ranks import run_gloo_ranks
 from host_syncs import HostSyncCounter
 from test_training import PAIRS, CharTokenizer, Recorder, _cfg, _train
 
@@ -189,26 +188,7 @@ DDP_WORKER = textwrap.dedent(
 def test_ddp_accumulation_all_reduces_once_per_step_and_ranks_draw_their_own(
     tmp_path: Path,
 ) -> None:
-    script = tmp_path / "worker.py"
-    script.write_text(DDP_WORKER, encoding="utf-8")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for rank in (0, 1):
-        env = {
-            **os.environ, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": str(REPO),
-        }  # fmt: skip
-        procs.append(subprocess.Popen(
-            [sys.executable, str(script), str(REPO / "tests"), str(tmp_path / "ckpt"),
-             str(tmp_path)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))  # fmt: skip
-    for proc in procs:
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err[-3000:]
+    run_gloo_ranks(DDP_WORKER, tmp_path)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for report in reports:
         steps, buckets = report["steps"], report["buckets"]
