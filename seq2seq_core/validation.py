@@ -56,7 +56,7 @@ def evaluate_loss(
     with torch.inference_mode(), autocast(device, precision):
         for batch in batches:
             b = batch.to(device)
-            total += float(model(b.src, b.src_len, b.tgt_in, tgt_out=b.tgt_out))
+            total += float(model(b.src, b.src_len, b.tgt_in, tgt_out=b.tgt_out, real=b.real))
             tokens += b.ntokens
     return total / tokens if tokens else math.nan
 
