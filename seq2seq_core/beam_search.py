@@ -23,6 +23,7 @@ from torch import Tensor
 from seq2seq_core.batching import pad_sources
 from seq2seq_core.decoder import DecoderState, Memory
 from seq2seq_core.kernels import Kernels
+from seq2seq_core.kernels.packed_weights import PackedWeights
 from seq2seq_core.precision import autocast
 from seq2seq_core.seq2seq import Seq2Seq
 from seq2seq_core.special_tokens import BOS_ID, EOS_ID
@@ -53,11 +54,13 @@ def beam_search(
     no_repeat_ngram: int = 0,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
+    kept_weights: PackedWeights | None = None,
 ) -> list[list[Hypothesis]]:
     """The `nbest` best hypotheses per source (best first); an empty source gives one
     empty hypothesis. `batch_size` counts sentences (each takes `beam_size` rows).
     ``precision="bf16"`` runs the matmuls under bf16 autocast, ``"int8"`` the decoder's from
-    int8 weights (CPU only); scores are summed in fp32."""
+    int8 weights (CPU only); scores are summed in fp32. ``kept_weights``: packed weights kept
+    across calls (``Translator``), else packed anew."""
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"nbest must be in [1, beam_size={beam_size}], got {nbest}")
     device = torch.device(device)
@@ -70,7 +73,7 @@ def beam_search(
     )
     with torch.inference_mode(), autocast(device, precision):
         # This call's fast paths and packed weights (int8 ones for int8 decoding).
-        kernels = model.select_kernels(int8=precision == "int8")
+        kernels = model.select_kernels(int8=precision == "int8", kept=kept_weights)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             found = _search_batch(model, [src_ids[i] for i in rows], settings, device, kernels)
@@ -120,11 +123,16 @@ def _search_batch(
         log_probs = F.log_softmax(logits.float(), dim=-1)
         if s.no_repeat_ngram:
             _block_repeats(log_probs, history, s.no_repeat_ngram)
-        vocab = log_probs.size(-1)
         n_live = active.numel()
-        candidates = (scores.view(-1, 1) + log_probs).view(n_live, k * vocab)
+        # Each hypothesis's 2K best tokens first: a sentence's 2K best continuations are
+        # among them, and ranking K x 2K candidates instead of K x V halves the step's
+        # top-k time at batch 1 (V = 8000: 60 against 103 us) and still wins at 64.
+        width = min(2 * k, log_probs.size(-1))
+        row_scores, row_tokens = log_probs.topk(width, dim=1)  # (B'K, width)
+        candidates = (scores.view(-1, 1) + row_scores).view(n_live, k * width)
         top_scores, top_index = candidates.topk(2 * k, dim=1)  # (B', 2K)
-        top_beam, top_token = top_index // vocab, top_index % vocab
+        top_beam = top_index // width
+        top_token = row_tokens.view(n_live, k * width).gather(1, top_index)
         at_limit = limits[active] <= step  # (B',)
         is_eos = top_token == EOS_ID
         finishing = (is_eos | at_limit.unsqueeze(1)) & (positions < k)

@@ -83,7 +83,7 @@ class RecurrentDecoder(nn.Module):
         self, prev_tokens: Tensor, state: DecoderState, memory: Memory, kernels: Kernels = REFERENCE
     ) -> tuple[Tensor, DecoderState, Tensor | None]:
         """One step: prev_tokens (B,) -> logits (B, V), next state, probs (B, S) or None."""
-        rnn_in = self.dropout(self.embedding(prev_tokens))  # (B, E)
+        rnn_in = self._dropout(self.embedding(prev_tokens))  # (B, E)
         if self.input_feeding:
             att_vector = state.att_vector
             if kernels.rnn_dtype is not None:  # one dtype, not a cat promoted to fp32
@@ -123,7 +123,12 @@ class RecurrentDecoder(nn.Module):
 
     def logits(self, vectors: Tensor, kernels: Kernels = REFERENCE) -> Tensor:
         """Attentional vectors (..., H) -> logits (..., V)."""
-        return kernels.linear(self.dropout(vectors), self.output_layer)
+        return kernels.linear(self._dropout(vectors), self.output_layer)
+
+    def _dropout(self, x: Tensor) -> Tensor:
+        """``self.dropout(x)``; in eval mode ``x`` itself without the module call, which
+        costs more than the rest of a decoding step's bookkeeping at batch 1."""
+        return self.dropout(x) if self.training else x
 
     def _attentional(
         self, rnn_out: Tensor, memory: Memory, kernels: Kernels

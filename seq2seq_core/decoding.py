@@ -10,6 +10,7 @@ from torch import Tensor
 
 from seq2seq_core.batching import pad_sources
 from seq2seq_core.kernels import Kernels
+from seq2seq_core.kernels.packed_weights import PackedWeights
 from seq2seq_core.precision import autocast
 from seq2seq_core.seq2seq import Seq2Seq
 from seq2seq_core.special_tokens import BOS_ID, EOS_ID
@@ -33,12 +34,14 @@ def greedy_decode(
     device: str | torch.device = "cpu",
     return_attention: bool = False,
     precision: str = "fp32",
+    kept_weights: PackedWeights | None = None,
 ) -> GreedyResult:
     """Decode each source (subword ids, no BOS/EOS) by argmax, at most
     ``int(max_len_ratio * len(src) + max_len_extra)`` tokens. An empty source gives an
     empty output. The model is put in eval mode for the call and restored afterwards.
     ``precision="bf16"`` runs the matmuls under bf16 autocast (argmax over fp32 logits);
     ``"int8"`` multiplies the decoder's inputs by int8 weights (CPU only).
+    ``kept_weights``: packed weights kept across calls (``Translator``), else packed anew.
     """
     device = torch.device(device)
     ids: list[list[int]] = [[] for _ in src_ids]
@@ -49,7 +52,7 @@ def greedy_decode(
     model.eval()
     with torch.inference_mode(), autocast(device, precision):
         # This call's fast paths and packed weights (int8 ones for int8 decoding).
-        kernels = model.select_kernels(int8=precision == "int8")
+        kernels = model.select_kernels(int8=precision == "int8", kept=kept_weights)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             out, probs = _decode_batch(

@@ -18,6 +18,7 @@ from seq2seq_core.decoder import DecoderState, Memory, RecurrentDecoder
 from seq2seq_core.encoder import RecurrentEncoder, RNNSpec, RNNState
 from seq2seq_core.kernels import REFERENCE, Kernels, select
 from seq2seq_core.kernels.linear_cross_entropy import linear_cross_entropy
+from seq2seq_core.kernels.packed_weights import PackedWeights
 from seq2seq_core.special_tokens import PAD_ID
 
 
@@ -92,12 +93,13 @@ class Seq2Seq(nn.Module):
             return self.decoder.logits(vectors, kernels)
         return self.forward_stepwise(tgt_in, state, memory, teacher_forcing, kernels)
 
-    def select_kernels(self, int8: bool = False) -> Kernels:
+    def select_kernels(self, int8: bool = False, kept: PackedWeights | None = None) -> Kernels:
         """The fast paths for one call on this model (``kernels.select``), under the autocast
         and inference mode in force now: a decoding call makes it once, inside them.
-        ``int8``: the decoder's linears and cells from int8 weights (int8 decoding)."""
+        ``int8``: the decoder's linears and cells from int8 weights (int8 decoding).
+        ``kept``: packed weights kept across calls, for weights that never change."""
         weight = self.encoder.embedding.weight
-        return select(weight.device, weight.dtype, int8)
+        return select(weight.device, weight.dtype, int8, kept)
 
     def encode(
         self, src: Tensor, src_len: Tensor, kernels: Kernels = REFERENCE

@@ -6,12 +6,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
 import torch
 from test_training import PAIRS, CharTokenizer, _cfg, _train
 
 from seq2seq_core.checkpoint import load_model
-from seq2seq_core.config import DecodeConfig
+from seq2seq_core.config import DecodeConfig, ModelConfig
 from seq2seq_core.evaluation import score_translations
+from seq2seq_core.kernels import select
+from seq2seq_core.kernels.packed_weights import PackedWeights
+from seq2seq_core.seq2seq import build_model
 from seq2seq_core.translator import Translator
 
 torch.set_num_threads(1)
@@ -36,3 +40,39 @@ def test_int8_translations_score_within_tolerance_of_fp32(tmp_path: Path) -> Non
     for beam in (1, 5):
         assert bleu["fp32", beam] > 50, bleu  # it learned the pairs
         assert abs(bleu["int8", beam] - bleu["fp32", beam]) <= BLEU_TOLERANCE, bleu
+
+
+def test_a_frozen_translator_packs_its_weights_once_and_translates_as_a_fresh_one() -> None:
+    """Translator.load's model never changes, so its packed weights are kept across calls
+    (no per-call packing, no int8 weight check); a translator over a live model (frozen
+    False) packs anew at every call and so follows weight updates."""
+    tok = CharTokenizer()
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        emb_size=16, hidden_size=32, attention="bahdanau", input_feeding=True, tie_embeddings="none"
+    )
+    model = build_model(cfg, tok.src_vocab_size, tok.tgt_vocab_size)
+    sources = ["abc", "hello world", "xyz"]
+    for precision in ("fp32", "int8"):
+        decode = dataclasses.replace(DecodeConfig(), precision=precision, beam_size=2)
+        frozen = Translator(model, tok, decode, frozen=True)
+        fresh = Translator(model, tok, decode)
+        first = frozen.translate_nbest(sources, nbest=2)
+        kept = frozen._kept
+        assert kept is not None and kept.int8 == (precision == "int8")
+        packed = len(kept)
+        assert packed >= 4  # the cell's two weights, the attention's, the output layer
+        assert (
+            frozen.translate_nbest(sources, nbest=2)
+            == first
+            == fresh.translate_nbest(sources, nbest=2)
+        )
+        assert frozen._kept is kept and len(kept) == packed  # nothing packed again
+        assert fresh._kept is None
+
+
+def test_kept_weights_must_match_the_precision() -> None:
+    with torch.inference_mode():
+        select(torch.device("cpu"), torch.float32, int8=True, kept=PackedWeights(int8=True))
+        with pytest.raises(ValueError, match="not int8"):
+            select(torch.device("cpu"), torch.float32, int8=True, kept=PackedWeights())

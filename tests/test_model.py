@@ -208,7 +208,7 @@ def test_teacher_forced_loss_and_gradients_equal_the_step_loop(cfg: ModelConfig)
 
 @pytest.mark.parametrize("cfg", VARIANTS[::7], ids=_id)
 def test_decoding_kernels_match_the_reference_and_pack_once_per_call(cfg: ModelConfig) -> None:
-    """The kernels one decoding call selects (packed weights, fused cells, packed_rnn)
+    """The kernels one decoding call selects (packed weights, fused cells, torch's RNN)
     against torch's modules; a new call packs the current weights again."""
     model = _model(cfg)
     src, src_len, tgt_in = _batch()
@@ -224,7 +224,7 @@ def test_decoding_kernels_match_the_reference_and_pack_once_per_call(cfg: ModelC
     def call() -> tuple[torch.Tensor, int]:
         with torch.inference_mode():
             kernels = model.select_kernels()
-            assert kernels.packed_rnn and kernels.weights is not None
+            assert not kernels.packed_rnn and kernels.weights is not None
             return steps(kernels), len(kernels.weights)
 
     with torch.no_grad():

@@ -18,9 +18,10 @@ backward pass is written out by hand: one matmul and a few elementwise ops per s
 weight gradient of W_hh as a single matmul over all steps afterwards.
 
 Used: by the encoder when ``kernels.select`` says so: on CPU, float32/float64, outside
-autocast (training, validation and decoding alike). Falls back to torch's module on CUDA
-(cuDNN has its own fused kernels) and under autocast (torch's module keeps its own dtype
-handling).
+autocast, where gradients flow (training). Without gradients (validation, decoding) torch's
+own packed loop has no autograd nodes to record and runs in C++: faster than this one.
+Falls back to torch's module on CUDA (cuDNN has its own fused kernels) and under autocast
+(torch's module keeps its own dtype handling).
 """
 
 from __future__ import annotations

@@ -12,8 +12,10 @@ from a packed weight, and 6.0 ms against 2.9 ms for 64 rows.
 Used: only through a ``PackedWeights`` that ``kernels.select`` makes, which it does under
 ``torch.inference_mode`` on a CPU with oneDNN, once per forward pass or decoding call. The
 object holds the packed copies and is dropped with the call, so a copy never outlives the
-parameters it was made from: not every change to a parameter shows in its version counter
-(fused Adam/AdamW and ``p.data`` writes leave it as it was), and nothing has to be cleared.
+parameters it was made from (a ``Translator`` over a model loaded for inference keeps it
+across calls: those weights never change): not every change to a parameter shows in its
+version counter (fused Adam/AdamW and ``p.data`` writes leave it as it was), and nothing has
+to be cleared.
 Falls back to ``F.linear`` for anything but parameters (a per-batch weight slice or a
 per-step bias is not worth packing). Under autocast the copy is made once in the autocast
 dtype instead of autocast casting the whole weight again at every step. With ``int8`` every
@@ -61,18 +63,21 @@ class PackedWeights:
         # the weight itself, so no other tensor can take its id while this object lives.
         self._packed: dict[int, tuple[Tensor, torch.dtype, Tensor, Tensor | None]] = {}
         self.int8 = int8
-        self._int8: dict[int, tuple[Tensor, Int8Linear]] = {}  # id(weight) -> (weight, it)
+        # id(weight) -> (weight, its int8 packing, the bias packed with it)
+        self._int8: dict[int, tuple[Tensor, Int8Linear, Tensor | None]] = {}
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """``F.linear(x, weight, bias)``: x (..., in) -> (..., out)."""
+        if self.int8:
+            entry8 = self._int8.get(id(weight))  # first: the step's hot path
+            if entry8 is not None and entry8[2] is bias:
+                return entry8[1](x)
         if not isinstance(weight, nn.Parameter) or not (
             bias is None or isinstance(bias, nn.Parameter)
         ):
             return F.linear(x, weight, bias)
         if self.int8:
-            entry8 = self._int8.get(id(weight))
-            if entry8 is None:
-                entry8 = self._int8[id(weight)] = (weight, int8_weights(weight, bias))
+            entry8 = self._int8[id(weight)] = (weight, int8_weights(weight, bias), bias)
             return entry8[1](x)
         dtype = weight.dtype
         if torch.is_autocast_enabled("cpu"):
