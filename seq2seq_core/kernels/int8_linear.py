@@ -18,7 +18,9 @@ Packing is slow (~50 ms for 8000 x 256: torch reads each channel's scale on the 
 ``int8_weights`` keeps the packed weights of a parameter across decoding calls, as long as
 the parameter lives, together with a copy of the values they were made from: a call whose
 parameter no longer equals the copy repacks (the version counter cannot tell: fused AdamW
-and ``p.data`` writes leave it alone). The comparison reads the weight once per call.
+and ``p.data`` writes leave it alone). The comparison reads the weight once per call
+(~20 ms for the default model's decoder): a ``Translator`` over a loaded model, whose
+weights never change, keeps its packings across calls and skips it.
 
 Used: by ``PackedWeights`` when ``kernels.select`` is asked for int8 (``decode.precision:
 int8``) on a CPU with both engines; inference only.
@@ -36,6 +38,18 @@ SMALL_ENGINE, LARGE_ENGINE = "x86", "onednn"
 # At and above this many rows oneDNN's kernel is faster than fbgemm's (measured on a Xeon
 # with AMX: equal near 16 rows for 8000 x 256).
 LARGE_ROWS = 16
+
+
+def _cpu_has_vnni() -> bool:
+    """AVX512-VNNI, whose u8 x s8 dot product accumulates in int32 (``vpdpbusd``)."""
+    has_vnni = getattr(torch.cpu, "_is_vnni_supported", None)
+    return bool(has_vnni()) if has_vnni is not None else False
+
+
+# fbgemm's kernel without VNNI (AVX2's ``vpmaddubsw``) adds pairs of u8 x s8 products into
+# a saturating int16, so activations are kept to 7 bits there (torch's ``reduce_range``);
+# with VNNI nothing saturates and they keep all 8 bits: half the rounding error.
+SMALL_REDUCE_RANGE = not _cpu_has_vnni()
 
 
 def can_use_int8(device: torch.device) -> bool:
@@ -74,8 +88,8 @@ class Int8Linear:
         rows = rows.float().contiguous()  # no-ops (no copy, no dispatch) when already so
         if rows.size(0) >= LARGE_ROWS:
             out = _LINEAR_DYNAMIC(rows, self.large, False)
-        else:  # fbgemm's kernel keeps activations to 7 bits against int16 overflow
-            out = _LINEAR_DYNAMIC(rows, self.small, True)
+        else:  # 7-bit activations where fbgemm's kernel could saturate int16
+            out = _LINEAR_DYNAMIC(rows, self.small, SMALL_REDUCE_RANGE)
         return out if x.dim() == 2 else out.view(*x.shape[:-1], out.size(-1))
 
 
