@@ -40,18 +40,6 @@ SMALL_ENGINE, LARGE_ENGINE = "x86", "onednn"
 LARGE_ROWS = 16
 
 
-def _cpu_has_vnni() -> bool:
-    """AVX512-VNNI, whose u8 x s8 dot product accumulates in int32 (``vpdpbusd``)."""
-    has_vnni = getattr(torch.cpu, "_is_vnni_supported", None)
-    return bool(has_vnni()) if has_vnni is not None else False
-
-
-# fbgemm's kernel without VNNI (AVX2's ``vpmaddubsw``) adds pairs of u8 x s8 products into
-# a saturating int16, so activations are kept to 7 bits there (torch's ``reduce_range``);
-# with VNNI nothing saturates and they keep all 8 bits: half the rounding error.
-SMALL_REDUCE_RANGE = not _cpu_has_vnni()
-
-
 def can_use_int8(device: torch.device) -> bool:
     """Both quantized engines exist here (CPU builds of torch)."""
     engines = torch.backends.quantized.supported_engines
@@ -88,8 +76,8 @@ class Int8Linear:
         rows = rows.float().contiguous()  # no-ops (no copy, no dispatch) when already so
         if rows.size(0) >= LARGE_ROWS:
             out = _LINEAR_DYNAMIC(rows, self.large, False)
-        else:  # 7-bit activations where fbgemm's kernel could saturate int16
-            out = _LINEAR_DYNAMIC(rows, self.small, SMALL_REDUCE_RANGE)
+        else:  # fbgemm's kernel keeps activations to 7 bits against int16 overflow
+            out = _LINEAR_DYNAMIC(rows, self.small, True)
         return out if x.dim() == 2 else out.view(*x.shape[:-1], out.size(-1))
 
 
