@@ -80,6 +80,7 @@ def _decode_batch(
     src, src_len = pad_sources(sources)  # (B, S), (B,)
     limits = [max(1, int(max_len_ratio * len(s) + max_len_extra)) for s in sources]
     limit_t = torch.tensor(limits, device=device)  # (B,)
+    first_limit = min(limits)
 
     memory, state = model.encode(src.to(device), src_len, kernels)
     tokens = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)  # (B,)
@@ -88,11 +89,15 @@ def _decode_batch(
     step_probs: list[Tensor] = []
     for t in range(max(limits)):
         logits, state, probs = model.decode_step(tokens, state, memory, kernels)  # (B, V)
-        tokens = logits.float().argmax(dim=-1)  # (B,); bf16 argmax is ~10x slower on CPU
+        # (B,) the first maximum, as argmax's, in half argmax's time on CPU (8000 logits:
+        # 7 against 15 us at batch 1, 156 against 430 at 64); bf16 is ~10x slower still.
+        tokens = logits.float().max(dim=-1).indices
         steps.append(tokens)
         if probs is not None:
             step_probs.append(probs)
-        finished |= (tokens == EOS_ID) | (limit_t <= t + 1)
+        finished |= tokens == EOS_ID
+        if t + 1 >= first_limit:  # a sentence can be at its limit from here on
+            finished |= limit_t <= t + 1
         if bool(finished.all()):
             break
     out = torch.stack(steps, dim=1).tolist()  # (B, T_out)
