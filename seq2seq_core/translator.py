@@ -45,7 +45,7 @@ class Translator:
         """``frozen``: the model's weights never change while this translator lives (it
         was loaded for inference only), so the decoding weights are packed on the first
         call and kept: a served request then pays neither the packing nor, for int8, the
-        check that the weights are still those packed (~20 ms a call for the default model).
+        check that the weights are still those packed (tens of ms a call for the default model).
         """
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer

@@ -19,7 +19,7 @@ Packing is slow (~50 ms for 8000 x 256: torch reads each channel's scale on the 
 the parameter lives, together with a copy of the values they were made from: a call whose
 parameter no longer equals the copy repacks (the version counter cannot tell: fused AdamW
 and ``p.data`` writes leave it alone). The comparison reads the weight once per call
-(~20 ms for the default model's decoder): a ``Translator`` over a loaded model, whose
+(tens of ms for the default model's decoder): a ``Translator`` over a loaded model, whose
 weights never change, keeps its packings across calls and skips it.
 
 Used: by ``PackedWeights`` when ``kernels.select`` is asked for int8 (``decode.precision:
