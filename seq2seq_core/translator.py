@@ -52,7 +52,8 @@ class Translator:
         self.decode = decode
         self.device = torch.device(device)
         self.max_input_chars = max_input_chars
-        self._kept = PackedWeights(decode.precision == "int8") if frozen else None
+        self.frozen = frozen
+        self._kept: PackedWeights | None = None
 
     @classmethod
     def load(
@@ -66,6 +67,16 @@ class Translator:
         model, _meta = load_model(Path(checkpoint), device=device)
         tokenizer = SubwordTokenizer.load(Path(vocab_dir))
         return cls(model, tokenizer, decode or DecodeConfig(), device, max_input_chars, frozen=True)
+
+    def _kept_weights(self) -> PackedWeights | None:
+        """The packed weights kept across calls (frozen only), for this call's precision:
+        ``decode`` may be replaced between calls (the CLI sets its batch size)."""
+        if not self.frozen:
+            return None
+        int8 = self.decode.precision == "int8"
+        if self._kept is None or self._kept.int8 != int8:
+            self._kept = PackedWeights(int8)
+        return self._kept
 
     def validate(self, sentences: list[str]) -> None:
         """Raise what `translate` would for bad input, without decoding: a server checks
@@ -114,7 +125,7 @@ class Translator:
                 max_len_extra=self.decode.max_len_extra,
                 device=self.device,
                 precision=self.decode.precision,
-                kept_weights=self._kept,
+                kept_weights=self._kept_weights(),
             )
             return [[(text, 0.0)] for text in self.tokenizer.decode_tgt(out.ids)]
         found = beam_search(
@@ -130,7 +141,7 @@ class Translator:
             no_repeat_ngram=self.decode.no_repeat_ngram,
             device=self.device,
             precision=self.decode.precision,
-            kept_weights=self._kept,
+            kept_weights=self._kept_weights(),
         )
         return [
             list(

@@ -53,6 +53,7 @@ def test_a_frozen_translator_packs_its_weights_once_and_translates_as_a_fresh_on
     )
     model = build_model(cfg, tok.src_vocab_size, tok.tgt_vocab_size)
     sources = ["abc", "hello world", "xyz"]
+    fp32_translations = None
     for precision in ("fp32", "int8"):
         decode = dataclasses.replace(DecodeConfig(), precision=precision, beam_size=2)
         frozen = Translator(model, tok, decode, frozen=True)
@@ -68,7 +69,12 @@ def test_a_frozen_translator_packs_its_weights_once_and_translates_as_a_fresh_on
             == fresh.translate_nbest(sources, nbest=2)
         )
         assert frozen._kept is kept and len(kept) == packed  # nothing packed again
+        if precision == "fp32":
+            fp32_translations = first
         assert fresh._kept is None
+    frozen.decode = dataclasses.replace(frozen.decode, precision="fp32")  # as the CLI may
+    assert frozen.translate_nbest(sources, nbest=2) == fp32_translations
+    assert frozen._kept is not None and not frozen._kept.int8
 
 
 def test_kept_weights_must_match_the_precision() -> None:
