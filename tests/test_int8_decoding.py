@@ -44,8 +44,8 @@ def test_int8_translations_score_within_tolerance_of_fp32(tmp_path: Path) -> Non
 
 def test_a_frozen_translator_packs_its_weights_once_and_translates_as_a_fresh_one() -> None:
     """Translator.load's model never changes, so its packed weights are kept across calls
-    (no per-call packing, no int8 weight check); a translator over a live model (frozen
-    False) packs anew at every call and so follows weight updates."""
+    (no per-call packing, no int8 weight check) and decode exactly as packing anew does; a
+    translator over a live model (not frozen) keeps nothing between calls."""
     tok = CharTokenizer()
     torch.manual_seed(0)
     cfg = ModelConfig(
