@@ -209,7 +209,7 @@ def trained_bleu(
     for beam in (1, 5):
         for precision in precisions:
             decode = DecodeConfig(beam_size=beam, batch_size=64, precision=precision)
-            translator = Translator(model, tok, decode, max_input_chars=100_000)
+            translator = Translator(model, tok, decode, max_input_chars=100_000, frozen=True)
             start = time.perf_counter()
             hyps = translator.translate(test["src"].tolist())
             seconds = time.perf_counter() - start

@@ -162,14 +162,15 @@ def evaluate(cfg: PipelineConfig, split: str = "test") -> EvaluateResult:
     beam search; write metrics, hypotheses, per-length BLEU, samples and plots."""
     # Imported here so that ingest/vocab do not pay for matplotlib and sacrebleu.
     from seq2seq_core import eval_reports
-    from seq2seq_core.evaluation import bleu_tokenizer
+    from seq2seq_core.evaluation import bleu_tokenizer, target_language
 
     retain_freed_host_memory()  # greedy and beam decoding re-allocate per step, like training
     reports_dir = Path(cfg.evaluate.reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
     translator = _evaluation_translator(cfg)
     df = read_prepared_split(Path(cfg.data.prepared_dir), split).rename(columns={"tgt": "ref"})
-    tokenize = bleu_tokenizer(_target_language(cfg))  # sacrebleu's, for the target language
+    # sacrebleu's tokenizer for the target language
+    tokenize = bleu_tokenizer(target_language(Path(cfg.data.prepared_dir), cfg.data.tgt_lang))
     metrics, primary = _decode_and_score(cfg, translator, df, split, tokenize)
     metrics_path = reports_dir / "metrics.json"
     write_json(metrics_path, metrics)
@@ -201,12 +202,6 @@ def _evaluation_translator(cfg: PipelineConfig) -> Translator:
         Path(cfg.train.checkpoint_dir) / "best.pt", Path(cfg.vocab.out_dir), decode,
         device=device, max_input_chars=sys.maxsize,
     )  # fmt: skip
-
-
-def _target_language(cfg: PipelineConfig) -> str | None:
-    from seq2seq_core.evaluation import target_language
-
-    return target_language(Path(cfg.data.prepared_dir), cfg.data.tgt_lang)
 
 
 def _decode_and_score(

@@ -73,12 +73,5 @@ class StepProgress:
                 step, loss, lr, f"{tok_s:,.0f}", duration(elapsed),
             )  # fmt: skip
 
-    def update(
-        self, batches: int, *, step: int, loss: float, lr: float, tok_s: float, elapsed: float
-    ) -> None:
-        """``advance`` and ``report`` at once."""
-        self.advance(batches)
-        self.report(step=step, loss=loss, lr=lr, tok_s=tok_s, elapsed=elapsed)
-
     def close(self) -> None:
         self.bar.close()

@@ -201,7 +201,7 @@ def set_up(
     clock: Callable[[], float],
 ) -> Run:
     tc = cfg.train
-    topo, device = init_distributed(pick_device(tc.device))
+    topo, device = init_distributed(resolve_device(tc.device))  # logged once
     if topo.is_main:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     prepare_host(device, tc.threads)
@@ -260,10 +260,6 @@ def starting_state(run: Run, warm_start: WarmStartSource | None) -> TrainState:
     else:
         log.info("training from scratch (train.init_from: none)")
     return state
-
-
-def pick_device(name: str) -> torch.device:
-    return resolve_device(name)  # the one device decision, logged once
 
 
 # --- train --------------------------------------------------------------------------------
