@@ -83,7 +83,7 @@ def joey(minutes: float, threads: int, valid_freq: int) -> dict[str, Any]:
     """Joey NMT on the same splits and SentencePiece model, issue 5's architecture."""
     from joey_common import JOEY_PYTHON, export_data, joey_config, write_config
 
-    from seq2seq_core.evaluation import bleu_tokenizer, score_translations
+    from seq2seq_core.evaluation.metrics import bleu_tokenizer, score_translations
 
     if not JOEY_PYTHON.exists():
         return {"system": "joeynmt-2.3.0", "skipped": f"{JOEY_PYTHON} missing"}

@@ -38,17 +38,17 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from machine import cpu_has_bf16, matmul_peak_gflops  # noqa: E402
 
-from seq2seq_core.beam_search import beam_search  # noqa: E402
-from seq2seq_core.checkpoint import load_model  # noqa: E402
 from seq2seq_core.config import DataConfig, DecodeConfig, ModelConfig, VocabConfig  # noqa: E402
-from seq2seq_core.data import prepare_corpus, read_prepared_split  # noqa: E402
-from seq2seq_core.decoding import greedy_decode  # noqa: E402
-from seq2seq_core.evaluation import score_translations  # noqa: E402
-from seq2seq_core.host_memory import retain_freed_host_memory  # noqa: E402
-from seq2seq_core.seq2seq import build_model  # noqa: E402
+from seq2seq_core.data.prepare import prepare_corpus, read_prepared_split  # noqa: E402
+from seq2seq_core.data.tokenization import SubwordTokenizer  # noqa: E402
+from seq2seq_core.decoding.beam_search import beam_search  # noqa: E402
+from seq2seq_core.decoding.greedy import greedy_decode  # noqa: E402
+from seq2seq_core.decoding.translator import Translator  # noqa: E402
+from seq2seq_core.evaluation.metrics import score_translations  # noqa: E402
+from seq2seq_core.model.checkpoint import load_model  # noqa: E402
+from seq2seq_core.model.seq2seq import build_model  # noqa: E402
+from seq2seq_core.runtime.host_memory import retain_freed_host_memory  # noqa: E402
 from seq2seq_core.special_tokens import EOS_ID  # noqa: E402
-from seq2seq_core.tokenization import SubwordTokenizer  # noqa: E402
-from seq2seq_core.translator import Translator  # noqa: E402
 
 CACHE = REPO / "bench" / ".cache"
 JOEY_PYTHON = CACHE / "joey-venv" / "bin" / "python"

@@ -30,18 +30,18 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from decode_speed import JOEY_ARCH  # noqa: E402
 
-from seq2seq_core.batching import encode_pairs, epoch_batches  # noqa: E402
-from seq2seq_core.beam_search import beam_search  # noqa: E402
 from seq2seq_core.config import load_config  # noqa: E402
-from seq2seq_core.data import read_prepared_split  # noqa: E402
-from seq2seq_core.decoding import greedy_decode  # noqa: E402
-from seq2seq_core.evaluation import bleu_tokenizer, target_language  # noqa: E402
+from seq2seq_core.data.batches import encode_pairs, epoch_batches  # noqa: E402
+from seq2seq_core.data.prepare import read_prepared_split  # noqa: E402
+from seq2seq_core.data.tokenization import SubwordTokenizer  # noqa: E402
+from seq2seq_core.decoding.beam_search import beam_search  # noqa: E402
+from seq2seq_core.decoding.greedy import greedy_decode  # noqa: E402
+from seq2seq_core.evaluation.metrics import bleu_tokenizer, target_language  # noqa: E402
 from seq2seq_core.kernels import Kernels  # noqa: E402
-from seq2seq_core.optim import build_optimizer  # noqa: E402
-from seq2seq_core.precision import autocast, set_tf32  # noqa: E402
-from seq2seq_core.seq2seq import build_model  # noqa: E402
-from seq2seq_core.tokenization import SubwordTokenizer  # noqa: E402
-from seq2seq_core.training import train_step  # noqa: E402
+from seq2seq_core.model.seq2seq import build_model  # noqa: E402
+from seq2seq_core.runtime.precision import autocast, set_tf32  # noqa: E402
+from seq2seq_core.training.loop import train_step  # noqa: E402
+from seq2seq_core.training.optim import build_optimizer  # noqa: E402
 
 # run name -> (train.precision, TF32 on)
 RUNS = {"fp32": ("fp32", False), "tf32": ("fp32", True), "bf16": ("bf16", False)}

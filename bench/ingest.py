@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 def run_case(source: str, out_dir: Path) -> dict:
     """In the child: ingest one source and report wall time and peak RSS."""
     from seq2seq_core.config import DataConfig
-    from seq2seq_core.data import prepare_corpus
+    from seq2seq_core.data.prepare import prepare_corpus
 
     t0 = time.perf_counter()
     report = prepare_corpus(DataConfig(source=source), out_dir)
@@ -44,7 +44,7 @@ def generate_tsv(path: Path, lines: int) -> None:
     """Real sentence pairs (Bible verses), each made unique by a counter, so that nothing
     is dropped as a duplicate and every line is held to the end."""
     from seq2seq_core.config import DataConfig
-    from seq2seq_core.data import read_pairs
+    from seq2seq_core.data.prepare import read_pairs
 
     verses = [(s, t) for _, s, t, r in read_pairs("bible:e-4", DataConfig()) if r is None]
     with path.open("w", encoding="utf-8") as f:

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from seq2seq_core.config import load_config  # noqa: E402
-from seq2seq_core.data import read_prepared_split  # noqa: E402
+from seq2seq_core.data.prepare import read_prepared_split  # noqa: E402
 
 
 @dataclass
@@ -109,7 +109,7 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     """`seq2seq serve` (its command and environment), or MLflow's defaults with --plain."""
-    from flows.registry_cli import serve_command, serve_env
+    from flows.cli_registry import serve_command, serve_env
 
     cfg = load_config(args.params, args.set)
     command = serve_command(cfg, "champion", port, "127.0.0.1")

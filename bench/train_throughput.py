@@ -1,7 +1,7 @@
 """Training throughput on synthetic Bible-like data: one JSON line per configuration.
 
 Each line: target tokens/s of real training steps (forward, backward, clip, Adam) through
-`seq2seq_core.training.train_step`, the very step the training loop takes; peak RSS,
+`seq2seq_core.training.loop.train_step`, the very step the training loop takes; peak RSS,
 parameter count, and model FLOP/s (the matmuls of one forward+backward, counted on real
 tokens) as a fraction of an fp32 `torch.mm` peak measured in the same process, and the
 time to greedy-decode 300 sentences (a random model rarely emits EOS, so this is the worst
@@ -34,13 +34,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_has_bf16, matmul_peak_gflops
 
-from seq2seq_core.batching import Batch, EncodedPairs, epoch_batches
 from seq2seq_core.config import ModelConfig, PipelineConfig, TrainConfig
-from seq2seq_core.decoding import greedy_decode
-from seq2seq_core.host import prepare_host
-from seq2seq_core.optim import build_optimizer
-from seq2seq_core.seq2seq import build_model
-from seq2seq_core.training import train_step
+from seq2seq_core.data.batches import Batch, EncodedPairs, epoch_batches
+from seq2seq_core.decoding.greedy import greedy_decode
+from seq2seq_core.model.seq2seq import build_model
+from seq2seq_core.runtime.threads import prepare_host
+from seq2seq_core.training.loop import train_step
+from seq2seq_core.training.optim import build_optimizer
 
 VOCAB = 8000
 REPO = Path(__file__).resolve().parents[1]
@@ -98,8 +98,8 @@ def real_pairs(n: int) -> EncodedPairs:
     vocab first): the data Joey trains on in the side-by-side comparison."""
     import pandas as pd
 
-    from seq2seq_core.batching import encode_pairs
-    from seq2seq_core.tokenization import SubwordTokenizer
+    from seq2seq_core.data.batches import encode_pairs
+    from seq2seq_core.data.tokenization import SubwordTokenizer
 
     tok = SubwordTokenizer.load(REPO / "data" / "vocab")
     df = pd.read_parquet(REPO / "data" / "prepared" / "train.parquet").head(n)

@@ -27,7 +27,7 @@ def first_epoch(init_from: str, threads: int) -> dict[str, Any]:
     """One epoch of the train stage (no time limit) from `init_from`; its history entry."""
     from seq2seq_core import stages
     from seq2seq_core.config import load_config
-    from seq2seq_core.warm_start import local_source
+    from seq2seq_core.training.warm_start import local_source
 
     out = WORK / ("warm" if init_from != "none" else "scratch")
     shutil.rmtree(out, ignore_errors=True)
@@ -55,7 +55,7 @@ def first_epoch(init_from: str, threads: int) -> dict[str, Any]:
 def main() -> None:
     import torch
 
-    from seq2seq_core.checkpoint import load_checkpoint
+    from seq2seq_core.model.checkpoint import load_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--champion", type=Path, default=REPO / "models" / "checkpoints")

@@ -16,9 +16,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from seq2seq_core.bible import bible_db, is_bible_source
 from seq2seq_core.config import PipelineConfig
-from seq2seq_core.warm_start import WarmStartSource
+from seq2seq_core.data.bible import bible_db, is_bible_source
+from seq2seq_core.training.warm_start import WarmStartSource
 
 STAMP_DIR = Path(".state") / "stamps"
 

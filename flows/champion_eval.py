@@ -21,9 +21,9 @@ from prefect.runtime import flow_run
 
 from flows import registry, tracking
 from seq2seq_core.config import load_config
-from seq2seq_core.data import read_prepared_split
-from seq2seq_core.evaluation import eval_set_digest, score_translations
-from seq2seq_core.markdown import code_cell
+from seq2seq_core.data.prepare import read_prepared_split
+from seq2seq_core.evaluation.metrics import eval_set_digest, score_translations
+from seq2seq_core.runtime.markdown import code_cell
 
 
 class NoChampionError(LookupError):

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from flows import registry_cli
+from flows import cli_registry
 from flows.run_logging import log_to_stderr
 from flows.workspace_lock import WorkspaceBusyError
 from seq2seq_core.config import ConfigError, PipelineConfig, load_config
@@ -50,7 +50,7 @@ def _warm_start(cfg: PipelineConfig) -> Any:
     if cfg.train.init_from.strip() == "none":
         return None
     from flows import tracking
-    from flows.warm_start import resolve_warm_start
+    from flows.init_from import resolve_warm_start
 
     tracking.configure_tracking(Path.cwd())
     return resolve_warm_start(cfg)
@@ -71,7 +71,8 @@ def cmd_vocab(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from flows import distributed_train
-    from seq2seq_core import distributed, stages
+    from seq2seq_core import stages
+    from seq2seq_core.runtime import distributed
 
     cfg = _config(args)
     if (code := distributed_train.relaunch(args.params, args.set)) is not None:
@@ -91,7 +92,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_register(args: argparse.Namespace) -> None:
-    from flows.registration import register_stage
+    from flows.register_stage import register_stage
 
     _print_json(register_stage(_config(args), trigger="cli", root=Path.cwd()))
 
@@ -166,8 +167,8 @@ def cmd_translate(args: argparse.Namespace) -> None:
 def cmd_average(args: argparse.Namespace) -> None:
     """Average checkpoints of one architecture and vocabulary into --out (no optimizer:
     for translating and evaluating, not for resuming)."""
-    from seq2seq_core.averaging import average_checkpoints
-    from seq2seq_core.checkpoint import save_checkpoint
+    from seq2seq_core.model.checkpoint import save_checkpoint
+    from seq2seq_core.training.averaging import average_checkpoints
 
     out = Path(args.out)
     save_checkpoint(out, average_checkpoints([Path(p) for p in args.checkpoints]))
@@ -178,12 +179,12 @@ def _load_translator(cfg: PipelineConfig, model: str | None) -> Any:
     """A `Translator` from a local checkpoint (.pt, with the vocab of the params) or a
     registry/run URI (the pyfunc model's own checkpoint, vocab and decode settings)."""
     if model and not model.startswith(("models:/", "runs:/")):
-        from seq2seq_core.translator import Translator
+        from seq2seq_core.decoding.translator import Translator
 
         checkpoint = Path(model)
         if checkpoint.is_dir():
             checkpoint = checkpoint / "best.pt"
-        from seq2seq_core.device import resolve_device
+        from seq2seq_core.runtime.device import resolve_device
 
         device = resolve_device(cfg.train.device)
         return Translator.load(checkpoint, cfg.vocab.out_dir, cfg.decode, device=device)
@@ -218,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("train", cmd_train, "train the encoder-decoder (resumes from last.pt)")
     add("evaluate", cmd_evaluate, "decode the test split and score it with sacrebleu")
     add("register", cmd_register, "log to MLflow, register, and run the promotion gate")
-    registry_cli.add_commands(
+    cli_registry.add_commands(
         lambda name, fn, text: add(name, lambda args: fn(args, _config(args)), text)
     )
     p = add("pipeline", cmd_pipeline, "run all stages as one Prefect flow")

@@ -6,7 +6,7 @@
 
 With ``SEQ2SEQ_TORCHRUN`` set, `seq2seq train` re-launches itself as
 ``torchrun $SEQ2SEQ_TORCHRUN -m flows.cli train ...``; inside torchrun (``WORLD_SIZE`` is
-set) it trains. seq2seq_core.distributed does the rest (DDP, gloo on CPU, NCCL on CUDA;
+set) it trains. seq2seq_core.runtime.distributed does the rest (DDP, gloo on CPU, NCCL on CUDA;
 rank 0 writes checkpoints and reports).
 
 MLflow: `seq2seq train` logs step and epoch metrics when ``MLFLOW_RUN_ID`` names a run
@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from seq2seq_core import distributed
+from seq2seq_core.runtime import distributed
 
 TORCHRUN_ENV = "SEQ2SEQ_TORCHRUN"
 

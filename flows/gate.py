@@ -5,7 +5,7 @@ registry, calls `decide_promotion` and writes `decision_tags` back).
 A system is scored by its model-version tags (as `score_tags` writes them from the
 evaluate stage's metrics.json) and, for the significance test, its test hypotheses. The
 challenger passes only when, on the same test set (sha256) scored the same way (sacrebleu
-signatures, `seq2seq_core.significance.comparable`), its BLEU beats the champion's by at
+signatures, `seq2seq_core.evaluation.significance.comparable`), its BLEU beats the champion's by at
 least `register.min_bleu_gain`, a paired bootstrap test gives p < `register.p_value`, and
 chrF drops by at most `register.max_chrf_drop`. `force` overrules a no and says so.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from seq2seq_core.config import RegisterConfig
-from seq2seq_core.significance import (
+from seq2seq_core.evaluation.significance import (
     METRIC_LABELS,
     IncomparableScoresError,
     comparable,

@@ -19,7 +19,8 @@ from prefect.runtime import flow_run
 from prefect.utilities.timeout import timeout
 
 from flows import dvc_sync, freshness, registry, tracking
-from flows.registration import log_stage_reports
+from flows.init_from import resolve_warm_start
+from flows.register_stage import log_stage_reports
 from flows.run_logging import project_logs_to_prefect
 from flows.run_notes import (
     crash_note,
@@ -37,10 +38,9 @@ from flows.tasks import (
     train_task,
     vocab_task,
 )
-from flows.warm_start import resolve_warm_start
 from flows.workspace_lock import workspace_lock
 from seq2seq_core.config import PipelineConfig, load_config
-from seq2seq_core.evaluation import metrics_markdown
+from seq2seq_core.evaluation.metrics import metrics_markdown
 
 # Room for everything but training: the flow's start, ingest, vocab, evaluation and
 # registration took ~2 min on the full Bible; a slow disk or a large corpus gets 30.

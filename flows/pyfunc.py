@@ -8,7 +8,7 @@ writes that directory.
 
 Served, the model decodes concurrent requests together: ``predict`` validates its own
 request (bad input gets its 400 alone), then hands the sentences to a
-``seq2seq_core.dynamic_batching.DynamicBatcher`` and waits for its slice of a shared batch.
+``seq2seq_core.decoding.request_batcher.DynamicBatcher`` and waits for its slice of a shared batch.
 MLflow's scoring server calls ``predict`` from a thread pool (``asyncio.to_thread``), so
 requests do overlap; ``seq2seq_serve_loop`` makes that pool large enough to fill a batch.
 Two environment variables, set by ``seq2seq serve`` from the ``serve`` config section, tune
@@ -52,15 +52,15 @@ class InputRejectedError(MlflowException, ValueError):
 
 
 class TranslatorModel(mlflow.pyfunc.PythonModel):
-    """Wraps ``seq2seq_core.translator.Translator``; decodes exactly as evaluation did."""
+    """Wraps ``seq2seq_core.decoding.translator.Translator``; decodes exactly as evaluation did."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         # Imported here: importing this module (tracking does, to log it) stays light;
         # torch and SentencePiece load with a model only.
         from seq2seq_core.config import DecodeConfig, ServeConfig
-        from seq2seq_core.device import resolve_device
-        from seq2seq_core.dynamic_batching import DynamicBatcher
-        from seq2seq_core.translator import Translator
+        from seq2seq_core.decoding.request_batcher import DynamicBatcher
+        from seq2seq_core.decoding.translator import Translator
+        from seq2seq_core.runtime.device import resolve_device
 
         settings = json.loads(Path(context.artifacts["config"]).read_text(encoding="utf-8"))
         known = {f.name for f in dataclasses.fields(DecodeConfig)}
@@ -96,7 +96,7 @@ class TranslatorModel(mlflow.pyfunc.PythonModel):
         one from a dict ``{"src": [...]}`` and rejects a bare list (the signature names the
         column). Called directly, a list or a dict works too. (The DataFrame hint also
         keeps MLflow from deriving a schema from type hints.)"""
-        from seq2seq_core.translator import InputTooLongError
+        from seq2seq_core.decoding.translator import InputTooLongError
 
         sentences = source_sentences(model_input)
         try:

@@ -1,6 +1,6 @@
 """The markdown a flow run leaves in Prefect: summary, promotion, failure, up to date.
 
-Every value quoted in a table goes through `seq2seq_core.markdown` (a `|` in a sacrebleu
+Every value quoted in a table goes through `seq2seq_core.runtime.markdown` (a `|` in a sacrebleu
 signature or an exception message would split the table).
 """
 
@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from seq2seq_core.data_report import report_markdown
-from seq2seq_core.markdown import cell, code_cell
+from seq2seq_core.data.report import report_markdown
+from seq2seq_core.runtime.markdown import cell, code_cell
 
 log = logging.getLogger(__name__)
 

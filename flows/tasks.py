@@ -23,10 +23,10 @@ from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from flows import caching, tracking
-from flows.registration import register_stage
+from flows.register_stage import register_stage
 from seq2seq_core import stages
 from seq2seq_core.config import PipelineConfig
-from seq2seq_core.warm_start import WarmStartSource
+from seq2seq_core.training.warm_start import WarmStartSource
 
 BACKOFF = exponential_backoff(backoff_factor=2)  # 2 s, 4 s, 8 s
 CACHE_FOR = timedelta(days=30)

@@ -189,7 +189,7 @@ def _now_ms() -> int:
 
 
 class MlflowTrainCallback:
-    """``seq2seq_core.training.TrainCallback`` that logs to one run by id (thread-safe
+    """``seq2seq_core.training.loop.TrainCallback`` that logs to one run by id (thread-safe
     enough for a Prefect task: it never touches MLflow's per-thread active run).
 
     Step metrics go out as ``train/<name>`` with ``step=`` the global step, buffered and

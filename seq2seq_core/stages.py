@@ -3,7 +3,7 @@ train, evaluate. Files in, files out, a small result back.
 
 The Prefect flow, the DVC stage commands (through the CLI) and the tests all call these
 same functions; nothing else in the project re-implements a stage. The fifth step of the
-pipeline, register, is MLflow through and through and lives in ``flows/registration.py``.
+pipeline, register, is MLflow through and through and lives in ``flows/register_stage.py``.
 """
 
 from __future__ import annotations
@@ -23,18 +23,18 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from seq2seq_core.config import PipelineConfig
-from seq2seq_core.data import prepare_corpus, read_prepared_split
-from seq2seq_core.distributed import topology
-from seq2seq_core.files import write_json
-from seq2seq_core.host_memory import retain_freed_host_memory
-from seq2seq_core.tokenization import SubwordTokenizer
-from seq2seq_core.training import TrainCallback, TrainResult, train_model
-from seq2seq_core.warm_start import WarmStartSource, vocab_sha256
+from seq2seq_core.data.prepare import prepare_corpus, read_prepared_split
+from seq2seq_core.data.tokenization import SubwordTokenizer
+from seq2seq_core.runtime.distributed import topology
+from seq2seq_core.runtime.files import write_json
+from seq2seq_core.runtime.host_memory import retain_freed_host_memory
+from seq2seq_core.training.loop import TrainCallback, TrainResult, train_model
+from seq2seq_core.training.warm_start import WarmStartSource, vocab_sha256
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from seq2seq_core.translator import Translator
+    from seq2seq_core.decoding.translator import Translator
 
 # The primary system's test translations and their references, one line per test pair in
 # test order: what the promotion gate's paired bootstrap compares between two models.
@@ -134,7 +134,7 @@ def train(
     warm_start: WarmStartSource | None = None,
 ) -> TrainResult:
     """Train on the prepared splits with the workspace vocabulary. ``warm_start`` (the
-    caller's resolution of ``train.init_from``: flows/warm_start.py) seeds a fresh run's
+    caller's resolution of ``train.init_from``: flows/init_from.py) seeds a fresh run's
     weights; a resumable last.pt of this run wins over it."""
     prepared, vocab_dir = Path(cfg.data.prepared_dir), Path(cfg.vocab.out_dir)
     source = warm_start
@@ -161,8 +161,8 @@ def evaluate(cfg: PipelineConfig, split: str = "test") -> EvaluateResult:
     """Decode a prepared split with the best checkpoint, greedy and (decode.beam_size > 1)
     beam search; write metrics, hypotheses, per-length BLEU, samples and plots."""
     # Imported here so that ingest/vocab do not pay for matplotlib and sacrebleu.
-    from seq2seq_core import eval_reports
-    from seq2seq_core.evaluation import bleu_tokenizer, target_language
+    from seq2seq_core.evaluation import reports
+    from seq2seq_core.evaluation.metrics import bleu_tokenizer, target_language
 
     retain_freed_host_memory()  # greedy and beam decoding re-allocate per step, like training
     reports_dir = Path(cfg.evaluate.reports_dir)
@@ -179,7 +179,7 @@ def evaluate(cfg: PipelineConfig, split: str = "test") -> EvaluateResult:
             "".join(line.replace("\n", " ") + "\n" for line in lines), encoding="utf-8"
         )
     length_rows = _length_bleu(cfg, df, primary, tokenize)
-    samples_path = eval_reports.write_samples(df, reports_dir, cfg.evaluate.samples)
+    samples_path = reports.write_samples(df, reports_dir, cfg.evaluate.samples)
     plots = _evaluation_plots(cfg, translator, df["src"].tolist(), length_rows)
     return EvaluateResult(
         metrics_path=str(metrics_path),
@@ -190,9 +190,9 @@ def evaluate(cfg: PipelineConfig, split: str = "test") -> EvaluateResult:
 
 
 def _evaluation_translator(cfg: PipelineConfig) -> Translator:
-    from seq2seq_core.device import resolve_device
-    from seq2seq_core.precision import set_tf32
-    from seq2seq_core.translator import Translator
+    from seq2seq_core.decoding.translator import Translator
+    from seq2seq_core.runtime.device import resolve_device
+    from seq2seq_core.runtime.precision import set_tf32
 
     device = resolve_device(cfg.train.device)
     set_tf32(device, cfg.train.tf32)
@@ -209,7 +209,7 @@ def _decode_and_score(
 ) -> tuple[dict[str, Any], str]:
     """Adds a column of translations per system to ``df``; returns the metrics (the primary
     system first, under ``split``) and the primary system's name."""
-    from seq2seq_core.evaluation import eval_set_digest, score_translations
+    from seq2seq_core.evaluation.metrics import eval_set_digest, score_translations
 
     sources, references = df["src"].tolist(), df["ref"].tolist()
     digest = eval_set_digest(sources, references)
@@ -236,7 +236,7 @@ def _length_bleu(
     cfg: PipelineConfig, df: pd.DataFrame, primary: str, tokenize: str
 ) -> list[dict[str, Any]]:
     """BLEU per source-length bucket of the primary system, also as length_bleu.csv."""
-    from seq2seq_core.evaluation import bleu_by_length
+    from seq2seq_core.evaluation.metrics import bleu_by_length
 
     hypotheses, width = df[primary].tolist(), cfg.evaluate.length_bucket_width
     rows = bleu_by_length(df["src"].tolist(), hypotheses, df["ref"].tolist(), width, tokenize)
@@ -250,16 +250,16 @@ def _evaluation_plots(
     cfg: PipelineConfig, translator: Translator, sources: list[str], length_rows: list[dict]
 ) -> list[Path | None]:
     """Loss curve (and its table), per-length BLEU and attention heatmaps."""
-    from seq2seq_core import eval_reports
+    from seq2seq_core.evaluation import reports
 
     reports_dir = Path(cfg.evaluate.reports_dir)
     plots_dir = reports_dir / "plots"
     history_path = Path(cfg.train.checkpoint_dir) / "history.json"
     history = json.loads(history_path.read_text()) if history_path.exists() else []
     pd.DataFrame(history).to_csv(reports_dir / "train_history.csv", index=False)
-    plots = [eval_reports.save_loss_curve(history, plots_dir / "loss.png")]
+    plots = [reports.save_loss_curve(history, plots_dir / "loss.png")]
     if length_rows:
-        plots.append(eval_reports.save_length_plot(length_rows, plots_dir / "length_bleu.png"))
+        plots.append(reports.save_length_plot(length_rows, plots_dir / "length_bleu.png"))
     plots += _attention_heatmaps(translator, sources, cfg.evaluate.heatmap_sentences, plots_dir)
     return plots
 
@@ -269,9 +269,9 @@ def _attention_heatmaps(
 ) -> list[Path]:
     """Greedy attention for the first `n` test sentences of at most 40 tokens (a fixed
     choice, so heatmaps of two runs show the same sentences)."""
-    from seq2seq_core import eval_reports
-    from seq2seq_core.cleaning import count_tokens
-    from seq2seq_core.decoding import greedy_decode
+    from seq2seq_core.data.cleaning import count_tokens
+    from seq2seq_core.decoding.greedy import greedy_decode
+    from seq2seq_core.evaluation import reports
 
     if n <= 0 or translator.model.decoder.attention is None:
         return []
@@ -297,7 +297,7 @@ def _attention_heatmaps(
         if weights is None or not out_ids:
             continue
         paths.append(
-            eval_reports.save_attention_heatmap(
+            reports.save_attention_heatmap(
                 weights.numpy(),
                 tok.id_to_piece(ids, side="src"),
                 tok.id_to_piece(out_ids, side="tgt"),

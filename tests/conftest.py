@@ -22,7 +22,7 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 
 from seq2seq_core.config import ModelConfig  # noqa: E402
-from seq2seq_core.seq2seq import build_model  # noqa: E402
+from seq2seq_core.model.seq2seq import build_model  # noqa: E402
 from seq2seq_core.special_tokens import EOS_ID  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,10 +16,10 @@ from test_training_engine import StopAt
 
 from flows.cli import main
 from seq2seq_core import stages
-from seq2seq_core.averaging import AveragingError, average_checkpoints
-from seq2seq_core.checkpoint import load_model, model_payload, save_checkpoint
 from seq2seq_core.config import ModelConfig, load_config
-from seq2seq_core.seq2seq import build_model
+from seq2seq_core.model.checkpoint import load_model, model_payload, save_checkpoint
+from seq2seq_core.model.seq2seq import build_model
+from seq2seq_core.training.averaging import AveragingError, average_checkpoints
 
 TINY = ModelConfig(emb_size=8, hidden_size=16, dropout=0.0, tie_embeddings="none")
 

@@ -1,6 +1,6 @@
 import torch
 
-from seq2seq_core.batching import (
+from seq2seq_core.data.batches import (
     EncodedPairs,
     collate,
     encode_pairs,

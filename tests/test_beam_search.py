@@ -6,11 +6,11 @@ import pytest
 import torch
 from conftest import DECODER_VARIANTS, random_model, random_sources, variant_id
 
-from seq2seq_core import beam_search as search
-from seq2seq_core.batching import pad_sources
-from seq2seq_core.beam_search import Hypothesis, beam_search, length_penalty
 from seq2seq_core.config import ModelConfig
-from seq2seq_core.decoding import greedy_decode
+from seq2seq_core.data.batches import pad_sources
+from seq2seq_core.decoding import beam_search as search
+from seq2seq_core.decoding.beam_search import Hypothesis, beam_search, length_penalty
+from seq2seq_core.decoding.greedy import greedy_decode
 from seq2seq_core.special_tokens import EOS_ID
 
 KW = {"max_len_ratio": 1.5, "max_len_extra": 3, "device": "cpu"}
@@ -107,7 +107,7 @@ def test_bf16_decoding_keeps_beam_one_equal_to_greedy_and_rejects_other_precisio
 def test_one_memory_row_per_sentence_serves_all_its_hypotheses(cfg: ModelConfig) -> None:
     """Beam search keeps the encoder memory once per sentence; a step over K hypotheses per
     sentence must equal the same step over a memory copied K times."""
-    from seq2seq_core.beam_search import _select_memory, _select_state
+    from seq2seq_core.decoding.beam_search import _select_memory, _select_state
 
     model, sources, k = random_model(cfg), random_sources(5), 3
     src, src_len = pad_sources(sources)

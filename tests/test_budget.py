@@ -11,10 +11,10 @@ import torch
 from test_training import PAIRS, CharTokenizer, FakeClock, Recorder, Ticker, _cfg, _train
 from test_training_engine import StopAt
 
-from seq2seq_core.batching import encode_pairs
-from seq2seq_core.budget import Horizon, steps_per_epoch
 from seq2seq_core.config import TrainConfig
-from seq2seq_core.optim import LearningRate
+from seq2seq_core.data.batches import encode_pairs
+from seq2seq_core.training.budget import Horizon, steps_per_epoch
+from seq2seq_core.training.optim import LearningRate
 
 
 def _schedule(kind: str, horizon: Horizon, **train: object) -> LearningRate:

@@ -11,7 +11,7 @@ from conftest import GENESIS_TSV
 
 from flows import caching
 from seq2seq_core.config import PipelineConfig, config_from_dict
-from seq2seq_core.warm_start import WarmStartSource
+from seq2seq_core.training.warm_start import WarmStartSource
 
 
 @pytest.fixture

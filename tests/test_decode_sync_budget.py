@@ -14,8 +14,8 @@ import torch
 from conftest import DECODER_VARIANTS, random_model
 from host_syncs import HostSyncCounter
 
-from seq2seq_core.beam_search import beam_search
-from seq2seq_core.decoding import greedy_decode
+from seq2seq_core.decoding.beam_search import beam_search
+from seq2seq_core.decoding.greedy import greedy_decode
 
 KW = {"max_len_ratio": 1.5, "max_len_extra": 3, "device": "cpu"}
 SOURCES = [[5, 9, 12, 7, 21, 4, 8], [11, 6, 19, 23, 5, 14]]

@@ -3,8 +3,8 @@ import torch
 from conftest import DECODER_VARIANTS, random_model, random_sources, variant_id
 
 from seq2seq_core.config import ModelConfig
-from seq2seq_core.decoding import greedy_decode
-from seq2seq_core.seq2seq import build_model
+from seq2seq_core.decoding.greedy import greedy_decode
+from seq2seq_core.model.seq2seq import build_model
 from seq2seq_core.special_tokens import EOS_ID
 
 torch.set_num_threads(1)
@@ -72,9 +72,9 @@ def test_model_mode_is_restored() -> None:
 def test_decoding_sees_weights_changed_without_a_version_bump() -> None:
     """Fused AdamW (the pipeline's optimizer on CPU) and ``p.data`` writes leave a
     parameter's version counter alone; decoding after them must use the new weights."""
-    from seq2seq_core.beam_search import beam_search
     from seq2seq_core.config import TrainConfig
-    from seq2seq_core.optim import build_optimizer
+    from seq2seq_core.decoding.beam_search import beam_search
+    from seq2seq_core.training.optim import build_optimizer
 
     cfg = DECODER_VARIANTS[3]  # gru, bahdanau, input feeding
     model, sources = random_model(cfg), random_sources()

@@ -11,7 +11,7 @@ import torch
 
 from flows import distributed_train
 from flows.distributed_train import ReplicaReport, torchrun_command, train_callbacks
-from seq2seq_core.distributed import Topology, replica_digests, weights_digest
+from seq2seq_core.runtime.distributed import Topology, replica_digests, weights_digest
 
 OPTIONS = "--nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint h0:29500"
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from seq2seq_core.dynamic_batching import DynamicBatcher, size_bucket
+from seq2seq_core.decoding.request_batcher import DynamicBatcher, size_bucket
 
 
 class Recorder:

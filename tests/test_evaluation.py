@@ -1,6 +1,6 @@
 import pytest
 
-from seq2seq_core.evaluation import (
+from seq2seq_core.evaluation.metrics import (
     bleu_by_length,
     bleu_tokenizer,
     eval_set_digest,

@@ -12,7 +12,7 @@ from test_significance import POOR, REFS
 from flows import gate
 from flows.gate import GateDecision
 from seq2seq_core.config import RegisterConfig
-from seq2seq_core.evaluation import score_translations
+from seq2seq_core.evaluation.metrics import score_translations
 
 SHA = "c" * 64
 SIGS = {"bleu": "nrefs:1|tok:13a", "chrf": "nrefs:1|nc:6", "ter": "nrefs:1|tok:tercom"}

@@ -12,8 +12,8 @@ import sacrebleu
 import torch
 
 from seq2seq_core.config import ModelConfig, PipelineConfig
-from seq2seq_core.decoding import GreedyResult, greedy_decode
-from seq2seq_core.seq2seq import build_model
+from seq2seq_core.decoding.greedy import GreedyResult, greedy_decode
+from seq2seq_core.model.seq2seq import build_model
 
 torch.set_num_threads(1)
 
@@ -98,7 +98,7 @@ class StubTokenizer:
 
 def _translator():
     from seq2seq_core.config import DecodeConfig
-    from seq2seq_core.translator import Translator
+    from seq2seq_core.decoding.translator import Translator
 
     torch.manual_seed(0)
     model = build_model(_cfg("gru", True, layers=1), V, V)
@@ -111,9 +111,9 @@ def test_evaluation_decodes_every_sentence_on_the_translators_device(
 ) -> None:
     """Every decode of the evaluate stage (greedy, beam, the heatmaps) runs on the
     translator's device: a spy records the device asked for, then decodes on CPU."""
-    import seq2seq_core.beam_search as beam_module
-    import seq2seq_core.decoding as decoding_module
-    import seq2seq_core.translator as translator_module
+    import seq2seq_core.decoding.beam_search as beam_module
+    import seq2seq_core.decoding.greedy as decoding_module
+    import seq2seq_core.decoding.translator as translator_module
     from seq2seq_core import stages
 
     asked: list[torch.device] = []
@@ -150,9 +150,10 @@ def test_evaluation_loads_the_model_on_the_configured_device(
 ) -> None:
     """train.device: auto on a machine with CUDA evaluates on cuda:0, not on the CPU, and
     says so once; TF32 follows train.tf32."""
-    from seq2seq_core import device as device_module
-    from seq2seq_core import precision, stages
-    from seq2seq_core.translator import Translator
+    from seq2seq_core import stages
+    from seq2seq_core.decoding.translator import Translator
+    from seq2seq_core.runtime import device as device_module
+    from seq2seq_core.runtime import precision
 
     monkeypatch.setattr(device_module, "_logged", set())
     tf32: list[tuple[torch.device, bool]] = []
@@ -179,7 +180,7 @@ def test_evaluation_loads_the_model_on_the_configured_device(
 def test_device_auto_without_cuda_says_so_and_cuda_without_it_fails(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from seq2seq_core import device as device_module
+    from seq2seq_core.runtime import device as device_module
 
     monkeypatch.setattr(device_module, "_logged", set())
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -199,7 +200,7 @@ def test_zh_validation_bleu_uses_the_zh_tokenizer(
 ) -> None:
     """Unsegmented Chinese is one 13a token per sentence: BLEU ~ 0 for any hypothesis
     short of a perfect one. tok:zh splits characters, as the evaluation does."""
-    from seq2seq_core import validation
+    from seq2seq_core.training import validation
 
     refs = ["我喜欢吃苹果和香蕉。", "今天天气很好，我们去公园散步吧。"]
     hyps = ["我喜欢吃苹果和橘子。", "今天天气很好，我们去公园走走吧。"]

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from seq2seq_core.host_memory import retain_freed_host_memory
+from seq2seq_core.runtime.host_memory import retain_freed_host_memory
 
 BLOCK_FLOATS = 10 << 20  # 40 MB: above the 32 MB ceiling of glibc's own adaptive threshold
 PAGES_PER_BLOCK = BLOCK_FLOATS * 4 // 4096
@@ -20,7 +20,7 @@ BLOCKS = 10
 
 MEASURE = f"""
 import resource, sys, torch
-from seq2seq_core.host_memory import retain_freed_host_memory
+from seq2seq_core.runtime.host_memory import retain_freed_host_memory
 if sys.argv[1] == "retain":
     assert retain_freed_host_memory()
 def blocks(count):

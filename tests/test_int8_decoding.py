@@ -10,13 +10,13 @@ import pytest
 import torch
 from test_training import PAIRS, CharTokenizer, _cfg, _train
 
-from seq2seq_core.checkpoint import load_model
 from seq2seq_core.config import DecodeConfig, ModelConfig
-from seq2seq_core.evaluation import score_translations
+from seq2seq_core.decoding.translator import Translator
+from seq2seq_core.evaluation.metrics import score_translations
 from seq2seq_core.kernels import select
 from seq2seq_core.kernels.packed_weights import PackedWeights
-from seq2seq_core.seq2seq import build_model
-from seq2seq_core.translator import Translator
+from seq2seq_core.model.checkpoint import load_model
+from seq2seq_core.model.seq2seq import build_model
 
 torch.set_num_threads(1)
 # BLEU points int8 may differ from fp32 by on the six learnt pairs: one character changed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from flows.run_notes import promotion_markdown, summary_markdown
-from seq2seq_core.markdown import cell, code_cell
+from seq2seq_core.runtime.markdown import cell, code_cell
 
 SIGNATURE = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.5.1"
 

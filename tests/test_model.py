@@ -4,10 +4,10 @@ import itertools
 import pytest
 import torch
 
-from seq2seq_core.batching import pad_sources
 from seq2seq_core.config import ModelConfig
+from seq2seq_core.data.batches import pad_sources
 from seq2seq_core.kernels import REFERENCE
-from seq2seq_core.seq2seq import build_model
+from seq2seq_core.model.seq2seq import build_model
 
 torch.set_num_threads(1)
 

@@ -27,9 +27,9 @@ from mlflow.exceptions import MlflowException
 from flows import registry, tracking
 from flows.pyfunc import InputRejectedError, TranslatorModel
 from seq2seq_core.config import PipelineConfig, config_from_dict
-from seq2seq_core.tokenization import SubwordTokenizer
-from seq2seq_core.training import train_model
-from seq2seq_core.translator import Translator
+from seq2seq_core.data.tokenization import SubwordTokenizer
+from seq2seq_core.decoding.translator import Translator
+from seq2seq_core.training.loop import train_model
 
 MAX_CHARS = 200
 SENTENCES = [
@@ -122,8 +122,8 @@ def test_model_directory_carries_code_weights_vocab_and_settings(
     mlflow.set_tracking_uri(registered.tracking_uri)
     local = Path(mlflow.artifacts.download_artifacts(registered.champion_uri, dst_path=tmp_path))
     for rel in (
-        "code/seq2seq_core/translator.py",
-        "code/seq2seq_core/checkpoint.py",
+        "code/seq2seq_core/decoding/translator.py",
+        "code/seq2seq_core/model/checkpoint.py",
         "code/flows/pyfunc.py",
         "artifacts/best.pt",
         "artifacts/vocab/tokenizer.json",

@@ -17,11 +17,11 @@ from conftest import GENESIS_TSV, REPO
 from mlflow import MlflowClient
 from test_significance import POOR, REFS
 
-from flows import gate, registry, registry_cli, tracking
+from flows import cli_registry, gate, registry, tracking
 from seq2seq_core.config import PipelineConfig, RegisterConfig, config_from_dict
-from seq2seq_core.evaluation import score_translations
-from seq2seq_core.tokenization import SubwordTokenizer
-from seq2seq_core.training import train_model
+from seq2seq_core.data.tokenization import SubwordTokenizer
+from seq2seq_core.evaluation.metrics import score_translations
+from seq2seq_core.training.loop import train_model
 
 WORSE = [" ".join(h.split()[:3]) for h in POOR]
 # One of 40 sentences fixed: a real gain, but absent from a third of the resampled sets.
@@ -127,7 +127,7 @@ def test_gate_sequence_force_rollback_and_history(store: Path) -> None:
     promoted = next(m for m in moves if m["alias"] == "champion" and m["to"] == "4")
     assert promoted["trigger"] == "test" and promoted["p_value"] < 0.05
     assert promoted["bleu_delta"] > 50 and "@" in promoted["by"]
-    table = registry_cli.history_table(moves)
+    table = cli_registry.history_table(moves)
     assert "rollback from v4 to v1" in table and len(table.splitlines()) == 1 + len(moves)
 
 
@@ -155,7 +155,8 @@ RACER = textwrap.dedent(
     import json, sys, time
     sys.path.insert(0, sys.argv[1])
     from pathlib import Path
-    from flows import registry, tracking
+    from flows import registry
+    from flows import tracking
     import test_registry as t
     root, kind, barrier = Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
     tracking.configure_tracking(root)

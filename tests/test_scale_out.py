@@ -281,8 +281,8 @@ def test_torchrun_two_nodes_train_one_model(
 ) -> None:
     from mlflow import MlflowClient
 
-    from seq2seq_core.checkpoint import load_model
-    from seq2seq_core.distributed import weights_digest
+    from seq2seq_core.model.checkpoint import load_model
+    from seq2seq_core.runtime.distributed import weights_digest
 
     t0 = time.monotonic()
     uri = stack.client_env["MLFLOW_TRACKING_URI"]

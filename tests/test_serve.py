@@ -26,7 +26,7 @@ import yaml
 from conftest import tiny_params
 
 from seq2seq_core.config import load_config
-from seq2seq_core.translator import Translator
+from seq2seq_core.decoding.translator import Translator
 
 pytestmark = pytest.mark.integration
 SENTENCES = ["Im Anfang schuf Gott die Himmel und die Erde.", "Und es ward Licht."]

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from seq2seq_core.evaluation import score_translations
-from seq2seq_core.significance import (
+from seq2seq_core.evaluation.metrics import score_translations
+from seq2seq_core.evaluation.significance import (
     IncomparableScoresError,
     check_comparable,
     comparable,

@@ -13,7 +13,7 @@ import sacrebleu
 
 from seq2seq_core import stages
 from seq2seq_core.config import config_from_dict, load_config
-from seq2seq_core.translator import Translator
+from seq2seq_core.decoding.translator import Translator
 from tests.conftest import tiny_params
 
 

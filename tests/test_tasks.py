@@ -10,9 +10,9 @@ from prefect.states import Failed
 
 from flows import tasks
 from flows.gate import MetricsFormatError
-from flows.registration import MissingStageOutputError
+from flows.register_stage import MissingStageOutputError
 from seq2seq_core.config import ConfigError
-from seq2seq_core.data import DataError
+from seq2seq_core.data.prepare import DataError
 
 
 def retried(exc: BaseException) -> bool:

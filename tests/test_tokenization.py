@@ -1,4 +1,4 @@
-"""SentencePiece tokenizers of `seq2seq_core.tokenization`: train, save, load, round trip."""
+"""SentencePiece tokenizers of `seq2seq_core.data.tokenization`: train, save, load, round trip."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from seq2seq_core import tokenization
 from seq2seq_core.config import DataConfig, VocabConfig
-from seq2seq_core.data import clean_text, read_pairs
+from seq2seq_core.data import tokenization
+from seq2seq_core.data.prepare import clean_text, read_pairs
+from seq2seq_core.data.tokenization import SubwordTokenizer, TokenizerError
 from seq2seq_core.special_tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from seq2seq_core.tokenization import SubwordTokenizer, TokenizerError
 
 # Coverage 1.0 so that every training character round-trips; the 400 Chinese verses alone
 # hold ~1,000 distinct characters, and SentencePiece needs a piece for each.

@@ -22,8 +22,8 @@ from mlflow import MlflowClient
 
 from flows import gate, registry, tracking
 from seq2seq_core.config import PipelineConfig, config_from_dict
-from seq2seq_core.tokenization import SubwordTokenizer
-from seq2seq_core.training import TrainResult, train_model
+from seq2seq_core.data.tokenization import SubwordTokenizer
+from seq2seq_core.training.loop import TrainResult, train_model
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
 SIG = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"

@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import CONSTANT_LR_TRAIN
 
-from seq2seq_core.checkpoint import load_model
 from seq2seq_core.config import ModelConfig, PipelineConfig, TrainConfig
-from seq2seq_core.decoding import greedy_decode
-from seq2seq_core.host import pick_threads, usable_cores
-from seq2seq_core.train_state import Best, EpochPosition, TrainState
-from seq2seq_core.training import TrainResult, train_model
+from seq2seq_core.decoding.greedy import greedy_decode
+from seq2seq_core.model.checkpoint import load_model
+from seq2seq_core.runtime.threads import pick_threads, usable_cores
+from seq2seq_core.training.loop import TrainResult, train_model
+from seq2seq_core.training.state import Best, EpochPosition, TrainState
 
 torch.set_num_threads(1)
 

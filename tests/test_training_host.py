@@ -18,8 +18,8 @@ from gloo_ranks import run_gloo_ranks
 from host_syncs import HostSyncCounter
 from test_training import PAIRS, CharTokenizer, Recorder, _cfg, _train
 
-from seq2seq_core import training
-from seq2seq_core.training import TrainingData, set_up, train_epoch
+from seq2seq_core.training import loop as training
+from seq2seq_core.training.loop import TrainingData, set_up, train_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 # batches (batching.py) and the packing of source lengths (PackedSequence.batch_sizes is a
 # CPU tensor; pack_padded_sequence wants the lengths there). None of it waits for a device.
 HOST_SIDE = (
-    os.path.join("seq2seq_core", "batching.py"),
+    os.path.join("seq2seq_core", "data", "batches.py"),
     os.path.join("torch", "nn", "utils", "rnn.py"),
     os.path.join("seq2seq_core", "kernels", "packed_rnn.py"),
 )
@@ -149,7 +149,7 @@ DDP_WORKER = textwrap.dedent(
     import torch
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
     from test_training import PAIRS, _cfg, _train
-    from seq2seq_core import training
+    from seq2seq_core.training import loop as training
 
     buckets = []
 
@@ -205,8 +205,8 @@ def test_background_feed_gives_the_same_batches_and_stops_cleanly(
     """The CUDA route (a collating thread, pinned memory), run on the CPU: the batches of
     the main-thread route, in order; an early close ends the thread; errors reach the
     caller."""
-    from seq2seq_core import batching
-    from seq2seq_core.batching import encode_pairs, epoch_order, feed
+    from seq2seq_core.data import batches as batching
+    from seq2seq_core.data.batches import encode_pairs, epoch_order, feed
 
     data = encode_pairs(CharTokenizer(), PAIRS * 4, 100)
     order = epoch_order(data, 40, seed=3, epoch=1)
@@ -231,7 +231,7 @@ def test_background_feed_gives_the_same_batches_and_stops_cleanly(
 
 
 def test_real_positions_are_the_mask_of_real_tokens() -> None:
-    from seq2seq_core.batching import collate, encode_pairs
+    from seq2seq_core.data.batches import collate, encode_pairs
     from seq2seq_core.special_tokens import PAD_ID
 
     data = encode_pairs(CharTokenizer(), PAIRS, 100)
@@ -244,7 +244,7 @@ def test_real_positions_are_the_mask_of_real_tokens() -> None:
 def test_process_group_is_destroyed_at_the_end_and_on_error() -> None:
     import torch.distributed as dist
 
-    from seq2seq_core.distributed import process_group
+    from seq2seq_core.runtime.distributed import process_group
 
     for fail in (False, True):
         store = dist.HashStore()

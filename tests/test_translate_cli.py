@@ -12,7 +12,7 @@ import yaml
 from flows.cli import main
 from seq2seq_core import stages
 from seq2seq_core.config import load_config
-from seq2seq_core.translator import InputTooLongError, Translator
+from seq2seq_core.decoding.translator import InputTooLongError, Translator
 
 SENTENCES = ["Im Anfang schuf Gott die Himmel und die Erde.", "Und Gott sprach: Es werde Licht!"]
 

@@ -16,7 +16,12 @@ import torch
 
 from seq2seq_core import stages
 from seq2seq_core.config import PipelineConfig, config_from_dict
-from seq2seq_core.warm_start import WarmStartError, WarmStartSource, local_source, vocab_sha256
+from seq2seq_core.training.warm_start import (
+    WarmStartError,
+    WarmStartSource,
+    local_source,
+    vocab_sha256,
+)
 from tests.conftest import tiny_params
 
 

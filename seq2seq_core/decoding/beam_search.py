@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seq2seq_core.batching import pad_sources
-from seq2seq_core.decoder import DecoderState, Memory
+from seq2seq_core.data.batches import pad_sources
 from seq2seq_core.kernels import Kernels
 from seq2seq_core.kernels.packed_weights import PackedWeights
-from seq2seq_core.precision import autocast
-from seq2seq_core.seq2seq import Seq2Seq
+from seq2seq_core.model.decoder import DecoderState, Memory
+from seq2seq_core.model.seq2seq import Seq2Seq
+from seq2seq_core.runtime.precision import autocast
 from seq2seq_core.special_tokens import BOS_ID, EOS_ID
 
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from seq2seq_core.batching import EncodedPairs
-from seq2seq_core.checkpoint import load_checkpoint
 from seq2seq_core.config import PipelineConfig
-from seq2seq_core.optim import LearningRate
-from seq2seq_core.train_state import TrainState
+from seq2seq_core.data.batches import EncodedPairs
+from seq2seq_core.model.checkpoint import load_checkpoint
+from seq2seq_core.training.optim import LearningRate
+from seq2seq_core.training.state import TrainState
 
 log = logging.getLogger(__name__)
 

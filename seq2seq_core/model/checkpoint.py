@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from seq2seq_core.config import ModelConfig
-from seq2seq_core.seq2seq import Seq2Seq, build_model
+from seq2seq_core.model.seq2seq import Seq2Seq, build_model
 
 
 class CheckpointError(ValueError):

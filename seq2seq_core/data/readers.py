@@ -20,9 +20,9 @@ from typing import Any
 
 import pandas as pd
 
-from seq2seq_core.bible import is_bible_source, read_bible
 from seq2seq_core.config import DataConfig
-from seq2seq_core.corpus_errors import DataError, Row
+from seq2seq_core.data.bible import is_bible_source, read_bible
+from seq2seq_core.data.errors import DataError, Row
 
 FORMATS = ("tsv", "csv", "jsonl", "parquet", "text")
 _EXTENSIONS = {

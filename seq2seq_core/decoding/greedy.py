@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from seq2seq_core.batching import pad_sources
+from seq2seq_core.data.batches import pad_sources
 from seq2seq_core.kernels import Kernels
 from seq2seq_core.kernels.packed_weights import PackedWeights
-from seq2seq_core.precision import autocast
-from seq2seq_core.seq2seq import Seq2Seq
+from seq2seq_core.model.seq2seq import Seq2Seq
+from seq2seq_core.runtime.precision import autocast
 from seq2seq_core.special_tokens import BOS_ID, EOS_ID
 
 

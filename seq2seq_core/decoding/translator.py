@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from seq2seq_core.beam_search import beam_search
-from seq2seq_core.checkpoint import load_model
 from seq2seq_core.config import DecodeConfig
-from seq2seq_core.decoding import greedy_decode
+from seq2seq_core.data.tokenization import SubwordTokenizer
+from seq2seq_core.decoding.beam_search import beam_search
+from seq2seq_core.decoding.greedy import greedy_decode
 from seq2seq_core.kernels.packed_weights import PackedWeights
-from seq2seq_core.tokenization import SubwordTokenizer
+from seq2seq_core.model.checkpoint import load_model
 
 
 class InputTooLongError(ValueError):

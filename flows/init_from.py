@@ -23,7 +23,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from seq2seq_core.config import PipelineConfig
-from seq2seq_core.warm_start import WarmStartError, WarmStartSource, local_source
+from seq2seq_core.training.warm_start import WarmStartError, WarmStartSource, local_source
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import sacrebleu
 
-from seq2seq_core.cleaning import count_tokens
-from seq2seq_core.markdown import cell, code_cell
+from seq2seq_core.data.cleaning import count_tokens
+from seq2seq_core.runtime.markdown import cell, code_cell
 
 # sacrebleu's tokenizer per target language: 13a assumes spaces between words.
 _BLEU_TOKENIZERS = {"zh": "zh", "ja": "char", "ko": "char", "th": "char"}

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from seq2seq_core.checkpoint import FORMAT_VERSION, load_checkpoint, model_config_from
+from seq2seq_core.model.checkpoint import FORMAT_VERSION, load_checkpoint, model_config_from
 
 
 class AveragingError(ValueError):

@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seq2seq_core.attention import Attention, BahdanauAttention, LuongAttention
 from seq2seq_core.config import ModelConfig
-from seq2seq_core.decoder import DecoderState, Memory, RecurrentDecoder
-from seq2seq_core.encoder import RecurrentEncoder, RNNSpec, RNNState
 from seq2seq_core.kernels import REFERENCE, Kernels, select
 from seq2seq_core.kernels.linear_cross_entropy import linear_cross_entropy
 from seq2seq_core.kernels.packed_weights import PackedWeights
+from seq2seq_core.model.attention import Attention, BahdanauAttention, LuongAttention
+from seq2seq_core.model.decoder import DecoderState, Memory, RecurrentDecoder
+from seq2seq_core.model.encoder import RecurrentEncoder, RNNSpec, RNNState
 from seq2seq_core.special_tokens import PAD_ID
 
 

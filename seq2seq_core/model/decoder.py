@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seq2seq_core.attention import Attention
-from seq2seq_core.encoder import RNNSpec, RNNState
 from seq2seq_core.kernels import REFERENCE, Kernels
+from seq2seq_core.model.attention import Attention
+from seq2seq_core.model.encoder import RNNSpec, RNNState
 
 
 class Memory(NamedTuple):

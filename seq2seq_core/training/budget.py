@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from seq2seq_core.batching import EncodedPairs, token_batches
 from seq2seq_core.config import TrainConfig
+from seq2seq_core.data.batches import EncodedPairs, token_batches
 
 BUDGET_SCHEDULES = ("budget_linear", "budget_cosine")
 

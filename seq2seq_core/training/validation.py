@@ -12,12 +12,12 @@ from typing import Protocol
 import sacrebleu
 import torch
 
-from seq2seq_core.batching import Batch, encode_pairs, fixed_batches
 from seq2seq_core.config import PipelineConfig, TrainConfig
-from seq2seq_core.decoding import greedy_decode
-from seq2seq_core.evaluation import bleu_tokenizer, target_language
-from seq2seq_core.precision import autocast
-from seq2seq_core.seq2seq import Seq2Seq
+from seq2seq_core.data.batches import Batch, encode_pairs, fixed_batches
+from seq2seq_core.decoding.greedy import greedy_decode
+from seq2seq_core.evaluation.metrics import bleu_tokenizer, target_language
+from seq2seq_core.model.seq2seq import Seq2Seq
+from seq2seq_core.runtime.precision import autocast
 
 
 class ValidationTokenizer(Protocol):

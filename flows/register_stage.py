@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 
 from flows import freshness, lineage, registry, tracking
 from seq2seq_core.config import PipelineConfig
-from seq2seq_core.files import write_json
+from seq2seq_core.runtime.files import write_json
 
 
 class MissingStageOutputError(FileNotFoundError):

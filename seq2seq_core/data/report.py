@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from seq2seq_core.markdown import cell, code_cell
+from seq2seq_core.runtime.markdown import cell, code_cell
 
 
 def report_markdown(report: dict[str, Any]) -> str:

@@ -30,12 +30,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from seq2seq_core.bible import bible_languages, is_bible_source
-from seq2seq_core.cleaning import clean_text, clean_with, count_tokens, pair_drop_reason
 from seq2seq_core.config import DataConfig
-from seq2seq_core.corpus_errors import DataError, Row
-from seq2seq_core.corpus_readers import FORMATS, detect_format, read_pairs
-from seq2seq_core.data_report import plot_length_histogram
+from seq2seq_core.data.bible import bible_languages, is_bible_source
+from seq2seq_core.data.cleaning import clean_text, clean_with, count_tokens, pair_drop_reason
+from seq2seq_core.data.errors import DataError, Row
+from seq2seq_core.data.readers import FORMATS, detect_format, read_pairs
+from seq2seq_core.data.report import plot_length_histogram
 
 __all__ = [
     "DROP_REASONS", "FORMATS", "SPLITS", "CleanPairs", "DataError", "Row", "clean_text",

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from seq2seq_core.markdown import cell
+from seq2seq_core.runtime.markdown import cell
 
 
 def _pyplot() -> Any:

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from seq2seq_core.budget import BUDGET_SCHEDULES, Horizon, budget_decay
 from seq2seq_core.config import TrainConfig
+from seq2seq_core.training.budget import BUDGET_SCHEDULES, Horizon, budget_decay
 
 SCHEDULES = ("constant", "plateau", "inverse_sqrt", *BUDGET_SCHEDULES)
 

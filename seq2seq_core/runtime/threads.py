@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from seq2seq_core.host_memory import retain_freed_host_memory
+from seq2seq_core.runtime.host_memory import retain_freed_host_memory
 
 
 def prepare_host(device: torch.device, threads: int) -> None:

@@ -23,11 +23,11 @@ from typing import Any, Protocol
 
 import torch
 
-from seq2seq_core.averaging import average_checkpoints
-from seq2seq_core.checkpoint import model_config_from, save_checkpoint
 from seq2seq_core.config import PipelineConfig
-from seq2seq_core.seq2seq import build_model
-from seq2seq_core.validation import (
+from seq2seq_core.model.checkpoint import model_config_from, save_checkpoint
+from seq2seq_core.model.seq2seq import build_model
+from seq2seq_core.training.averaging import average_checkpoints
+from seq2seq_core.training.validation import (
     Validation,
     ValidationTokenizer,
     evaluate_loss,

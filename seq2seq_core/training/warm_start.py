@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from seq2seq_core.checkpoint import load_checkpoint, model_config_from
 from seq2seq_core.config import ModelConfig, TrainConfig
-from seq2seq_core.optim import LearningRate
-from seq2seq_core.tokenization import SubwordTokenizer
+from seq2seq_core.data.tokenization import SubwordTokenizer
+from seq2seq_core.model.checkpoint import load_checkpoint, model_config_from
+from seq2seq_core.training.optim import LearningRate
 
 log = logging.getLogger(__name__)
 

@@ -32,12 +32,12 @@ from typing import Any, Protocol
 
 import torch
 
-from seq2seq_core.batching import Batch, EncodedPairs, encode_pairs, epoch_order, feed
-from seq2seq_core.budget import Horizon
-from seq2seq_core.checkpoint import model_payload, save_checkpoint
 from seq2seq_core.config import PipelineConfig, TrainConfig
-from seq2seq_core.device import resolve_device
-from seq2seq_core.distributed import (
+from seq2seq_core.data.batches import Batch, EncodedPairs, encode_pairs, epoch_order, feed
+from seq2seq_core.model.checkpoint import model_payload, save_checkpoint
+from seq2seq_core.model.seq2seq import Seq2Seq, build_model
+from seq2seq_core.runtime.device import resolve_device
+from seq2seq_core.runtime.distributed import (
     Topology,
     accumulating,
     broadcast,
@@ -48,16 +48,21 @@ from seq2seq_core.distributed import (
     shard,
     wrap,
 )
-from seq2seq_core.host import prepare_host
-from seq2seq_core.optim import LearningRate, build_optimizer, teacher_forcing_ratio
-from seq2seq_core.precision import autocast, set_tf32
-from seq2seq_core.resume import resume, resume_payload, rng_state, run_fingerprint
-from seq2seq_core.seq2seq import Seq2Seq, build_model
-from seq2seq_core.snapshots import CheckpointChoice, Snapshots, choose_checkpoint
-from seq2seq_core.train_log import StepProgress, duration, epoch_line
-from seq2seq_core.train_state import EpochPosition, TimeBudget, TrainState
-from seq2seq_core.validation import Validation, evaluate_loss, validation_bleu
-from seq2seq_core.warm_start import Vocabulary, WarmStartSource, load_warm_start, source_identity
+from seq2seq_core.runtime.precision import autocast, set_tf32
+from seq2seq_core.runtime.threads import prepare_host
+from seq2seq_core.training.budget import Horizon
+from seq2seq_core.training.log_lines import StepProgress, duration, epoch_line
+from seq2seq_core.training.optim import LearningRate, build_optimizer, teacher_forcing_ratio
+from seq2seq_core.training.resume import resume, resume_payload, rng_state, run_fingerprint
+from seq2seq_core.training.snapshots import CheckpointChoice, Snapshots, choose_checkpoint
+from seq2seq_core.training.state import EpochPosition, TimeBudget, TrainState
+from seq2seq_core.training.validation import Validation, evaluate_loss, validation_bleu
+from seq2seq_core.training.warm_start import (
+    Vocabulary,
+    WarmStartSource,
+    load_warm_start,
+    source_identity,
+)
 
 log = logging.getLogger(__name__)
 
