@@ -1,0 +1,249 @@
+"""The registered pyfunc translator: self-contained, loads by alias in a fresh process that
+cannot import this repo, translates exactly like ``Translator``, serves cleanly, and
+rejects bad input with a message that names the problem. Real MLflow on SQLite."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from mlflow.exceptions import MlflowException
+
+from flows import registry, tracking
+from flows.pyfunc import InputRejectedError, TranslatorModel
+from seq2seq_core.config import PipelineConfig, config_from_dict
+from seq2seq_core.data.tokenization import SubwordTokenizer
+from seq2seq_core.decoding.translator import Translator
+from seq2seq_core.training.loop import train_model
+from tests.support import GENESIS_TSV, REPO
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+MAX_CHARS = 200
+SENTENCES = [
+    "Im Anfang schuf Gott die Himmel und die Erde.",
+    "Und Gott sprach: Es werde Licht! und es ward Licht.",
+    "Und Gott nannte das Licht Tag.",
+]
+METRICS = {
+    "test": {
+        "bleu": 1.5,
+        "chrf": 12.0,
+        "ter": 95.0,
+        "signatures": {"bleu": "nrefs:1|tok:13a", "chrf": "nrefs:1|chrf", "ter": "nrefs:1|ter"},
+        "sentences": 8,
+        "test_set_sha256": "c" * 64,
+    }
+}
+
+
+@dataclass
+class Registered:
+    cfg: PipelineConfig
+    tracking_uri: str
+    champion_uri: str
+    expected: list[str]  # Translator.translate(SENTENCES) in this process
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory):
+    """Train a tiny model, log it from a staging copy that is then deleted, register it."""
+    root = tmp_path_factory.mktemp("pyfunc")
+    lines = GENESIS_TSV.read_text(encoding="utf-8").splitlines()[:60]
+    pairs = [tuple(line.split("\t")) for line in lines]
+    cfg = config_from_dict(
+        {
+            "data": {"max_chars": MAX_CHARS},
+            "vocab": {"size": 100},
+            "model": {"hidden_size": 16, "emb_size": 8, "dropout": 0.0, "tie_embeddings": "none"},
+            "train": {"max_epochs": 2, "batch_tokens": 400, "valid_bleu_sentences": 5},
+            "decode": {"max_len_ratio": 1.0, "max_len_extra": 5},
+            "register": {"model_name": "pyfunc-test"},
+        }
+    )
+    SubwordTokenizer.train(
+        [s for s, _ in pairs], [t for _, t in pairs], cfg.vocab, root / "train" / "vocab"
+    )
+    train_model(
+        cfg,
+        tokenizer=SubwordTokenizer.load(root / "train" / "vocab"),
+        train_pairs=pairs[:50],
+        valid_pairs=pairs[50:],
+        checkpoint_dir=root / "train" / "ckpt",
+        callbacks=[],
+    )
+    expected = Translator.load(
+        root / "train" / "ckpt" / "best.pt", root / "train" / "vocab", cfg.decode
+    ).translate(SENTENCES)
+    staging = root / "staging"
+    shutil.copytree(root / "train", staging)
+
+    previous = mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        uri = tracking.configure_tracking(root / "store")
+        with tracking.pipeline_run(cfg, run_name="pyfunc") as run:
+            model_uri = tracking.log_translator_model(
+                checkpoint=staging / "ckpt" / "best.pt",
+                vocab_dir=staging / "vocab",
+                cfg=cfg,
+                metrics=METRICS,
+            )
+            result = registry.register_and_promote(
+                cfg, model_uri=model_uri, run_id=run.info.run_id, metrics=METRICS
+            )
+        assert result.promoted
+        shutil.rmtree(staging)  # the model must not need the files it was logged from
+        yield Registered(cfg, uri, f"models:/{cfg.register.model_name}@champion", expected)
+    mlflow.set_tracking_uri(previous)
+
+
+@pytest.fixture(scope="module")
+def loaded(registered: Registered) -> mlflow.pyfunc.PyFuncModel:
+    mlflow.set_tracking_uri(registered.tracking_uri)
+    return mlflow.pyfunc.load_model(registered.champion_uri)
+
+
+def test_model_directory_carries_code_weights_vocab_and_settings(
+    registered: Registered, tmp_path: Path
+) -> None:
+    mlflow.set_tracking_uri(registered.tracking_uri)
+    local = Path(mlflow.artifacts.download_artifacts(registered.champion_uri, dst_path=tmp_path))
+    for rel in (
+        "code/seq2seq_core/decoding/translator.py",
+        "code/seq2seq_core/model/checkpoint.py",
+        "code/flows/pyfunc.py",
+        "artifacts/best.pt",
+        "artifacts/vocab/tokenizer.json",
+        "artifacts/translator.json",
+        "input_example.json",
+    ):
+        assert (local / rel).is_file(), rel
+    # Only the pyfunc wrapper travels from flows/: the rest would drag prefect in.
+    assert sorted(p.name for p in (local / "code" / "flows").iterdir()) == [
+        "__init__.py",
+        "pyfunc.py",
+    ]
+    settings = json.loads((local / "artifacts" / "translator.json").read_text())
+    assert settings["decode"]["max_len_extra"] == 5
+    assert settings["max_input_chars"] == MAX_CHARS
+    assert settings["test"]["signatures"]["bleu"] == "nrefs:1|tok:13a"
+    assert settings["test"]["test_set_sha256"] == "c" * 64
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    assert json.loads(mlmodel["signature"]["inputs"]) == [
+        {"type": "string", "name": "src", "required": True}
+    ]
+    assert json.loads(mlmodel["signature"]["outputs"]) == [{"type": "string", "required": True}]
+    example = json.loads((local / "input_example.json").read_text())
+    assert example["columns"] == ["src"] and len(example["data"]) == 1
+
+
+def test_champion_translates_in_a_fresh_process_without_the_repo(
+    registered: Registered, tmp_path: Path
+) -> None:
+    script = tmp_path / "load.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import importlib.util, json, sys
+
+            # Hide the editable install of the repo: the model's code/ must be enough.
+            sys.meta_path = [f for f in sys.meta_path if "__editable__" not in f.__module__]
+            sys.path_hooks = [h for h in sys.path_hooks if "__editable__" not in h.__module__]
+            sys.path_importer_cache.clear()
+            assert importlib.util.find_spec("seq2seq_core") is None, "repo still importable"
+
+            import mlflow.pyfunc
+            import pandas as pd
+
+            model = mlflow.pyfunc.load_model(sys.argv[1])
+            out = model.predict(pd.DataFrame({"src": json.loads(sys.argv[2])}))
+            import seq2seq_core, flows.pyfunc
+            print(json.dumps({
+                "translations": list(out),
+                "core": seq2seq_core.__file__,
+                "pyfunc": flows.pyfunc.__file__,
+                "prefect": "prefect" in sys.modules,
+            }))
+            """
+        )
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered.tracking_uri}
+    proc = subprocess.run(
+        [sys.executable, str(script), registered.champion_uri, json.dumps(SENTENCES)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["translations"] == registered.expected
+    for key in ("core", "pyfunc"):
+        path = Path(report[key])
+        assert REPO not in path.parents and "code" in path.parts, path
+    assert report["prefect"] is False
+
+
+def test_loaded_model_matches_translator_and_accepts_dataframe_or_dict(
+    registered: Registered, loaded: mlflow.pyfunc.PyFuncModel
+) -> None:
+    assert any(registered.expected)  # the tiny model says something, so equality means something
+    assert loaded.predict(pd.DataFrame({"src": SENTENCES})) == registered.expected
+    assert loaded.predict({"src": SENTENCES}) == registered.expected
+    # Called directly (no MLflow schema in front), a plain list works as well.
+    model = loaded.unwrap_python_model()
+    assert isinstance(model, TranslatorModel)
+    assert model.predict(None, SENTENCES) == registered.expected
+    assert model.predict(None, pd.DataFrame({"src": []})) == []
+
+
+def test_missing_src_column_and_over_long_input_are_rejected_by_name(
+    loaded: mlflow.pyfunc.PyFuncModel,
+) -> None:
+    model = loaded.unwrap_python_model()
+    with pytest.raises(InputRejectedError, match="'src'"):
+        model.predict(None, pd.DataFrame({"text": ["Hallo"]}))
+    with pytest.raises(ValueError, match="'src'"):  # InputRejectedError is a ValueError
+        model.predict(None, {"source": ["Hallo"]})
+    with pytest.raises(MlflowException, match="src"):  # MLflow's own schema check
+        loaded.predict(pd.DataFrame({"text": ["Hallo"]}))
+    with pytest.raises(MlflowException, match=f"the limit is {MAX_CHARS}"):
+        loaded.predict(pd.DataFrame({"src": ["a" * (MAX_CHARS + 1)]}))
+    with pytest.raises(InputRejectedError, match=r"src\[1\]: expected a string"):
+        model.predict(None, ["ok", 3])
+
+
+def test_scoring_server_answers_translations_and_400_for_bad_input(
+    registered: Registered, loaded: mlflow.pyfunc.PyFuncModel
+) -> None:
+    """What `mlflow models serve` runs, in process: payload formats and error codes."""
+    from fastapi.testclient import TestClient
+    from mlflow.pyfunc import scoring_server
+
+    client = TestClient(scoring_server.init(loaded))
+    split = {"dataframe_split": {"columns": ["src"], "data": [[s] for s in SENTENCES]}}
+    for payload in (split, {"inputs": {"src": SENTENCES}}):
+        response = client.post("/invocations", json=payload)
+        assert response.status_code == 200, response.text
+        assert response.json() == {"predictions": registered.expected}
+    too_long = {"dataframe_split": {"columns": ["src"], "data": [["a" * (MAX_CHARS + 1)]]}}
+    response = client.post("/invocations", json=too_long)
+    assert response.status_code == 400
+    assert f"the limit is {MAX_CHARS}" in response.json()["message"]
+    response = client.post(
+        "/invocations", json={"dataframe_split": {"columns": ["x"], "data": [["a"]]}}
+    )
+    assert response.status_code == 400 and "src" in response.json()["message"]

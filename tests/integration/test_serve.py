@@ -1,0 +1,171 @@
+"""`seq2seq serve`: a real `mlflow models serve` of the champion on a free loopback port.
+
+One tiny project is trained, registered and served per module; the tests send real HTTP
+requests, one at a time and many at once (dynamic batching), and read the server's log."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from seq2seq_core.config import load_config
+from seq2seq_core.decoding.translator import Translator
+from tests.support import tiny_params
+
+pytestmark = pytest.mark.integration
+SENTENCES = ["Im Anfang schuf Gott die Himmel und die Erde.", "Und es ward Licht."]
+# Test-split-like verses for the concurrency test, of different lengths (so a batch pads).
+VERSES = [
+    "Und Gott sprach: Es werde Licht!",
+    "Und Gott sah das Licht, daß es gut war.",
+    "Und es ward Abend und es ward Morgen: erster Tag.",
+    "Und Gott nannte die Feste Himmel.",
+    "Und Gott machte die Tiere der Erde nach ihrer Art.",
+    "Und Gott segnete sie.",
+    "Und die Erde war wüst und leer.",
+    "Und Gott schuf den Menschen in seinem Bilde.",
+    "Und es geschah also.",
+    "Und Gott sah alles, was er gemacht hatte.",
+    "Und Gott nannte das Trockene Erde.",
+    "Und Gott setzte sie an die Feste des Himmels.",
+]
+OVER_LONG = " ".join(["Gott"] * 80)  # > decode.max_input_tokens = 30 below
+BATCH_LINE = re.compile(r"batching pid=\d+ (\{.*\})")
+
+
+@dataclass
+class Served:
+    port: int
+    log: Path
+    translator: Translator
+
+
+def _post(port: int, payload: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("served")
+    params = tiny_params()
+    params["train"].update(max_epochs=1)
+    params["decode"].update(max_input_tokens=30)
+    # A patient batcher, so that requests fired together share batches even on a loaded
+    # machine; every batch logged, so the test can count them.
+    params["serve"].update(batch_wait_ms=200.0, batch_log_s=0.0, torch_threads=1)
+    (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    env = {**os.environ}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MLFLOW_REGISTRY_URI", None)
+    cli = [sys.executable, "-m", "flows.cli"]
+    for stage in ("ingest", "vocab", "train", "evaluate", "register"):
+        proc = subprocess.run([*cli, stage], env=env, cwd=root, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    cfg = load_config(root / "params.yaml")
+    translator = Translator.load(
+        root / "models/checkpoints/best.pt", root / "data/vocab", cfg.decode
+    )
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = root / "server.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [*cli, "serve", "--port", str(port)], env=env, cwd=root, stdout=out,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"server did not start: {log.read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield Served(port, log, translator)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already
+            os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_served_champion_translates_like_in_process(served: Served) -> None:
+    expected = served.translator.translate(SENTENCES)
+    split = {"columns": ["src"], "data": [[s] for s in SENTENCES]}
+    status, body = _post(served.port, {"dataframe_split": split})
+    assert status == 200 and body["predictions"] == expected
+    status, body = _post(served.port, {"inputs": {"src": SENTENCES}})
+    assert status == 200 and body["predictions"] == expected
+    status, body = _post(served.port, {"inputs": {"src": [OVER_LONG]}})
+    assert 400 <= status < 500
+    assert "source tokens; the limit is 30 (decode.max_input_tokens)" in body["message"]
+
+
+def _batch_totals(log: Path) -> dict:
+    lines = BATCH_LINE.findall(log.read_text(encoding="utf-8"))
+    return json.loads(lines[-1]) if lines else {"batches": 0, "requests": 0}
+
+
+def test_concurrent_requests_share_batches_and_bad_ones_get_4xx(served: Served) -> None:
+    """12 one-sentence requests fired at once, next to an over-long and a malformed one:
+    the good ones come back as they decode alone, in fewer batches than requests; the bad
+    ones get their 4xx without failing anyone else's batch."""
+    expected = {s: served.translator.translate([s])[0] for s in VERSES}
+    before = _batch_totals(served.log)
+    payloads = [{"inputs": {"src": [s]}} for s in VERSES]
+    payloads += [{"inputs": {"src": [OVER_LONG]}}, {"inputs": {"text": ["no src column"]}}]
+    results: list[tuple[int, dict] | None] = [None] * len(payloads)
+    start = threading.Barrier(len(payloads))
+
+    def send(i: int) -> None:
+        start.wait()
+        results[i] = _post(served.port, payloads[i])
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(payloads))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+
+    for verse, result in zip(VERSES, results, strict=False):
+        assert result is not None and result[0] == 200, result
+        assert result[1]["predictions"] == [expected[verse]]
+    (long_status, long_body), (bad_status, bad_body) = results[-2:]
+    assert 400 <= long_status < 500 and "decode.max_input_tokens" in long_body["message"]
+    assert 400 <= bad_status < 500 and "src" in bad_body["message"]
+
+    time.sleep(0.5)  # the log line follows the last batch's answers
+    after = _batch_totals(served.log)
+    requests = after["requests"] - before["requests"]
+    batches = after["batches"] - before["batches"]
+    assert requests == len(VERSES)  # rejected requests never reach a batch
+    assert batches < requests, after
+    assert after["max_batch_sentences"] > 1
