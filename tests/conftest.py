@@ -20,7 +20,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from tests.support import tiny_params  # noqa: E402
+from tests.support import TrainedWorkspace, tiny_params, train_workspace  # noqa: E402
 
 
 @pytest.fixture
@@ -39,3 +39,10 @@ def _no_store_from_an_earlier_test(monkeypatch: pytest.MonkeyPatch) -> None:
     user's choice in every later test and in the subprocesses they start."""
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(scope="session")
+def trained_workspace(tmp_path_factory: pytest.TempPathFactory) -> TrainedWorkspace:
+    """The one trained tiny model of the session (see support.TrainedWorkspace): read it,
+    or copy it (support.copy_workspace, support.copy_model) to change or register it."""
+    return train_workspace(tmp_path_factory.mktemp("trained"))

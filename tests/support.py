@@ -6,19 +6,23 @@ Fixtures live in conftest.py; everything a test file imports from elsewhere live
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import yaml
 from torch.overrides import TorchFunctionMode
 
 from seq2seq_core.config import DataConfig, ModelConfig, PipelineConfig, TrainConfig
@@ -243,6 +247,19 @@ POOR = [
 ] * 8
 
 
+# Test scores as the evaluate stage writes them (what a logged model carries).
+METRICS = {
+    "test": {
+        "bleu": 1.5,
+        "chrf": 12.0,
+        "ter": 95.0,
+        "signatures": {"bleu": "nrefs:1|tok:13a", "chrf": "nrefs:1|chrf", "ter": "nrefs:1|ter"},
+        "sentences": 8,
+        "test_set_sha256": "c" * 64,
+    }
+}
+
+
 # --------------------------------------------------------------------------- corpora on disk
 
 # Every split in the exact-count tests goes to train, so counts do not depend on hashing.
@@ -380,3 +397,115 @@ def run_gloo_ranks(worker_source: str, tmp_path: Path, world: int = 2) -> None:
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
+
+
+# --------------------------------------------------------------------------- trained workspace
+
+
+@dataclass
+class TrainedWorkspace:
+    """The one tiny model the serving, registry, tracking, pyfunc and CLI tests share.
+
+    ``root`` is a workspace as the stages leave it (params.yaml, data/prepared, data/vocab,
+    models/checkpoints, reports/train.json); ``store`` the MLflow store its training ran in
+    (run ``run_id``, model ``model_uri`` logged in it). Tests never write here: those that
+    change files or register models work on a copy (``copy_workspace``, ``copy_model``)."""
+
+    root: Path
+    params: dict
+    cfg: PipelineConfig
+    store: Path
+    run_id: str
+    result: TrainResult
+    model_uri: str
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / self.cfg.train.checkpoint_dir / "best.pt"
+
+    @property
+    def vocab_dir(self) -> Path:
+        return self.root / self.cfg.vocab.out_dir
+
+    def config(self, **sections: dict) -> PipelineConfig:
+        """The workspace's config with some sections' keys changed (decode, register...)."""
+        from seq2seq_core.config import config_from_dict
+
+        return config_from_dict(self.params_with(**sections))
+
+    def params_with(self, **sections: dict) -> dict:
+        params = copy.deepcopy(self.params)
+        for section, values in sections.items():
+            params[section].update(values)
+        return params
+
+
+# The shared model: tiny_params (208 Genesis verses, the stages' own paths) with a 16-unit
+# GRU, two epochs (the tracking tests read two epochs of metrics) and a 100-piece vocabulary
+# (with 200 pieces two epochs translate every sentence to nothing; the pyfunc tests need
+# some output to compare).
+SHARED_MODEL = {"hidden_size": 16, "emb_size": 8, "dropout": 0.0}
+SHARED_VOCAB = {"size": 100}
+SHARED_TRAIN = {"max_epochs": 2, "batch_tokens": 400, "valid_bleu_sentences": 5}
+
+
+def train_workspace(root: Path) -> TrainedWorkspace:
+    """Ingest, vocab and train the shared model in ``root``, the training inside a
+    `pipeline_run` of an MLflow store in ``root/mlflow`` with the metrics callback, and log
+    the model there. The tracking tests read that run; its name and tags are theirs."""
+    import mlflow
+
+    from flows import tracking
+    from seq2seq_core import stages
+    from seq2seq_core.config import config_from_dict
+
+    params = tiny_params()
+    params["model"].update(SHARED_MODEL)
+    params["train"].update(SHARED_TRAIN)
+    params["vocab"].update(SHARED_VOCAB)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    cfg = config_from_dict(params)
+    previous = mlflow.get_tracking_uri()
+    cwd = Path.cwd()
+    try:
+        os.chdir(root)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+            mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
+            tracking.configure_tracking(root / "mlflow")
+            stages.ingest(cfg)
+            stages.build_vocab(cfg)
+            tags = {"prefect.flow_run_id": "flow-run-123", "empty": ""}
+            os.chdir(REPO)  # the run's lineage tags (git commit, dvc.lock) are the repo's
+            with tracking.pipeline_run(cfg, run_name="tiny", tags=tags) as run:
+                os.chdir(root)
+                callback = tracking.MlflowTrainCallback(run.info.run_id, flush_every_steps=7)
+                result = stages.train(cfg, callbacks=[callback])
+                model_uri = tracking.log_translator_model(
+                    checkpoint=root / cfg.train.checkpoint_dir / "best.pt",
+                    vocab_dir=root / cfg.vocab.out_dir,
+                    cfg=cfg,
+                    metrics=METRICS,
+                )
+    finally:
+        os.chdir(cwd)
+        mlflow.set_tracking_uri(previous)
+    return TrainedWorkspace(root, params, cfg, root / "mlflow", run.info.run_id, result, model_uri)
+
+
+def copy_workspace(trained: TrainedWorkspace, dest: Path, **sections: dict) -> Path:
+    """A copy of the trained workspace (without its MLflow store) in ``dest``, its
+    params.yaml with some sections' keys changed: cheap, where training is not."""
+    shutil.copytree(trained.root, dest, ignore=shutil.ignore_patterns("mlflow"))
+    params = trained.params_with(**sections)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    return dest
+
+
+def copy_model(trained: TrainedWorkspace, dest: Path) -> tuple[Path, Path]:
+    """The trained checkpoint and vocabulary copied to dest/ckpt/best.pt and dest/vocab."""
+    (dest / "ckpt").mkdir(parents=True)
+    shutil.copy2(trained.checkpoint, dest / "ckpt" / "best.pt")
+    shutil.copytree(trained.vocab_dir, dest / "vocab")
+    return dest / "ckpt" / "best.pt", dest / "vocab"

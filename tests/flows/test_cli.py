@@ -1,4 +1,5 @@
-"""`seq2seq translate`: arguments, --input, stdin, beam/n-best output, limits."""
+"""The `seq2seq` CLI: `translate` (arguments, --input, stdin, beam/n-best output, limits) and
+the stage commands' errors on bad input and unknown parameters."""
 
 from __future__ import annotations
 
@@ -8,32 +9,23 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from flows.cli import main
-from seq2seq_core import stages
 from seq2seq_core.config import load_config
 from seq2seq_core.decoding.translator import InputTooLongError, Translator
-from tests.support import tiny_params
+from tests.support import TrainedWorkspace, copy_workspace
 
 SENTENCES = ["Im Anfang schuf Gott die Himmel und die Erde.", "Und Gott sprach: Es werde Licht!"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-
-    root = tmp_path_factory.mktemp("translate")
-    params = tiny_params()
-    params["train"].update(max_epochs=1)
-    params["decode"].update(max_input_tokens=40)
-    (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        cfg = load_config("params.yaml")
-        stages.ingest(cfg)
-        stages.build_vocab(cfg)
-        stages.train(cfg)
-    return root
+def trained(tmp_path_factory: pytest.TempPathFactory, trained_workspace: TrainedWorkspace) -> Path:
+    """A copy of the session's trained workspace that allows 40 source tokens."""
+    return copy_workspace(
+        trained_workspace,
+        tmp_path_factory.mktemp("translate") / "ws",
+        decode={"max_input_tokens": 40},
+    )
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str], str]:

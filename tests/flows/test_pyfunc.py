@@ -21,11 +21,9 @@ from mlflow.exceptions import MlflowException
 
 from flows import registry, tracking
 from flows.pyfunc import InputRejectedError, TranslatorModel
-from seq2seq_core.config import PipelineConfig, config_from_dict
-from seq2seq_core.data.tokenization import SubwordTokenizer
+from seq2seq_core.config import PipelineConfig
 from seq2seq_core.decoding.translator import Translator
-from seq2seq_core.training.loop import train_model
-from tests.support import GENESIS_TSV, REPO
+from tests.support import METRICS, REPO, TrainedWorkspace, copy_model
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -36,16 +34,6 @@ SENTENCES = [
     "Und Gott sprach: Es werde Licht! und es ward Licht.",
     "Und Gott nannte das Licht Tag.",
 ]
-METRICS = {
-    "test": {
-        "bleu": 1.5,
-        "chrf": 12.0,
-        "ter": 95.0,
-        "signatures": {"bleu": "nrefs:1|tok:13a", "chrf": "nrefs:1|chrf", "ter": "nrefs:1|ter"},
-        "sentences": 8,
-        "test_set_sha256": "c" * 64,
-    }
-}
 
 
 @dataclass
@@ -57,37 +45,15 @@ class Registered:
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory: pytest.TempPathFactory):
-    """Train a tiny model, log it from a staging copy that is then deleted, register it."""
+def registered(tmp_path_factory: pytest.TempPathFactory, trained_workspace: TrainedWorkspace):
+    """Log the session's tiny model from a staging copy that is then deleted, register it."""
     root = tmp_path_factory.mktemp("pyfunc")
-    lines = GENESIS_TSV.read_text(encoding="utf-8").splitlines()[:60]
-    pairs = [tuple(line.split("\t")) for line in lines]
-    cfg = config_from_dict(
-        {
-            "data": {"max_chars": MAX_CHARS},
-            "vocab": {"size": 100},
-            "model": {"hidden_size": 16, "emb_size": 8, "dropout": 0.0, "tie_embeddings": "none"},
-            "train": {"max_epochs": 2, "batch_tokens": 400, "valid_bleu_sentences": 5},
-            "decode": {"max_len_ratio": 1.0, "max_len_extra": 5},
-            "register": {"model_name": "pyfunc-test"},
-        }
+    cfg = trained_workspace.config(
+        data={"max_chars": MAX_CHARS}, register={"model_name": "pyfunc-test"}
     )
-    SubwordTokenizer.train(
-        [s for s, _ in pairs], [t for _, t in pairs], cfg.vocab, root / "train" / "vocab"
-    )
-    train_model(
-        cfg,
-        tokenizer=SubwordTokenizer.load(root / "train" / "vocab"),
-        train_pairs=pairs[:50],
-        valid_pairs=pairs[50:],
-        checkpoint_dir=root / "train" / "ckpt",
-        callbacks=[],
-    )
-    expected = Translator.load(
-        root / "train" / "ckpt" / "best.pt", root / "train" / "vocab", cfg.decode
-    ).translate(SENTENCES)
     staging = root / "staging"
-    shutil.copytree(root / "train", staging)
+    checkpoint, vocab_dir = copy_model(trained_workspace, staging)
+    expected = Translator.load(checkpoint, vocab_dir, cfg.decode).translate(SENTENCES)
 
     previous = mlflow.get_tracking_uri()
     with pytest.MonkeyPatch.context() as mp:

@@ -17,10 +17,8 @@ from mlflow import MlflowClient
 
 from flows import cli_registry, gate, registry, tracking
 from seq2seq_core.config import PipelineConfig, RegisterConfig, config_from_dict
-from seq2seq_core.data.tokenization import SubwordTokenizer
 from seq2seq_core.evaluation.metrics import score_translations
-from seq2seq_core.training.loop import train_model
-from tests.support import GENESIS_TSV, POOR, REFS, REPO
+from tests.support import POOR, REFS, REPO, TrainedWorkspace, copy_model
 
 WORSE = [" ".join(h.split()[:3]) for h in POOR]
 # One of 40 sentences fixed: a real gain, but absent from a third of the resampled sets.
@@ -42,22 +40,15 @@ def cfg_for(name: str, **register: object) -> PipelineConfig:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory):
+def store(tmp_path_factory: pytest.TempPathFactory, trained_workspace: TrainedWorkspace):
+    """A store of this module's own, with a copy of the session's tiny model in ckpt/ and
+    vocab/ that every test registers versions of."""
     root = tmp_path_factory.mktemp("registry")
     previous = mlflow.get_tracking_uri()
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         tracking.configure_tracking(root)
-        lines = GENESIS_TSV.read_text(encoding="utf-8").splitlines()[:40]
-        pairs = [tuple(line.split("\t")) for line in lines]
-        cfg = cfg_for("unused")
-        tok = SubwordTokenizer.train(
-            [s for s, _ in pairs], [t for _, t in pairs], cfg.vocab, root / "vocab"
-        )
-        train_model(
-            cfg, tokenizer=tok, train_pairs=pairs[:30], valid_pairs=pairs[30:],
-            checkpoint_dir=root / "ckpt", callbacks=[],
-        )  # fmt: skip
+        copy_model(trained_workspace, root)
         yield root
     mlflow.set_tracking_uri(previous)
 

@@ -17,9 +17,8 @@ from mlflow import MlflowClient
 
 from flows import gate, registry, tracking
 from seq2seq_core.config import PipelineConfig, config_from_dict
-from seq2seq_core.data.tokenization import SubwordTokenizer
-from seq2seq_core.training.loop import TrainResult, train_model
-from tests.support import GENESIS_TSV, REPO
+from seq2seq_core.training.loop import TrainResult
+from tests.support import REPO, TrainedWorkspace
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -64,13 +63,14 @@ class Trained:
 
 
 @pytest.fixture(scope="module")
-def tracking_root(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("mlflow")
+def tracking_root(trained_workspace: TrainedWorkspace):
+    """The MLflow store the session's tiny model was trained in: only these tests use it
+    (the others register copies of the model in stores of their own)."""
     previous = mlflow.get_tracking_uri()
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        tracking.configure_tracking(root)
-        yield root
+        tracking.configure_tracking(trained_workspace.store)
+        yield trained_workspace.store
     mlflow.set_tracking_uri(previous)
 
 
@@ -83,31 +83,12 @@ def store(tracking_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tracking_root: Path) -> Trained:
-    """A real tiny training run inside `pipeline_run`, metrics through the callback."""
-    lines = GENESIS_TSV.read_text(encoding="utf-8").splitlines()[:60]
-    pairs = [tuple(line.split("\t")) for line in lines]
-    cfg = tiny_cfg()
-    tokenizer = SubwordTokenizer.train(
-        [s for s, _ in pairs], [t for _, t in pairs], cfg.vocab, tracking_root / "vocab"
-    )
-    tags = {"prefect.flow_run_id": "flow-run-123", "empty": ""}
-    with tracking.pipeline_run(cfg, run_name="tiny", tags=tags) as run:
-        result = train_model(
-            cfg,
-            tokenizer=tokenizer,
-            train_pairs=pairs[:50],
-            valid_pairs=pairs[50:],
-            checkpoint_dir=tracking_root / "ckpt",
-            callbacks=[tracking.MlflowTrainCallback(run.info.run_id, flush_every_steps=7)],
-        )
-        model_uri = tracking.log_translator_model(
-            checkpoint=Path(result.best_checkpoint),
-            vocab_dir=tracking_root / "vocab",
-            cfg=cfg,
-            metrics=scores(10.0),
-        )
-    return Trained(tracking_root, cfg, run.info.run_id, result, model_uri)
+def trained(tracking_root: Path, trained_workspace: TrainedWorkspace) -> Trained:
+    """A real tiny training run inside `pipeline_run` (named "tiny", tagged with a flow run
+    id and an empty tag), metrics through the callback flushing every 7 steps, its model
+    logged to the run: the session's shared training (support.train_workspace)."""
+    w = trained_workspace
+    return Trained(tracking_root, w.cfg, w.run_id, w.result, w.model_uri)
 
 
 # --------------------------------------------------------------------------- store

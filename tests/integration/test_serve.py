@@ -1,7 +1,8 @@
 """`seq2seq serve`: a real `mlflow models serve` of the champion on a free loopback port.
 
-One tiny project is trained, registered and served per module; the tests send real HTTP
-requests, one at a time and many at once (dynamic batching), and read the server's log."""
+The session's tiny model is evaluated, registered and served once per module; the tests send
+real HTTP requests, one at a time and many at once (dynamic batching), and read the server's
+log."""
 
 from __future__ import annotations
 
@@ -22,11 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from seq2seq_core.config import load_config
 from seq2seq_core.decoding.translator import Translator
-from tests.support import tiny_params
+from tests.support import TrainedWorkspace, copy_workspace
 
 pytestmark = pytest.mark.integration
 SENTENCES = ["Im Anfang schuf Gott die Himmel und die Erde.", "Und es ward Licht."]
@@ -45,7 +45,7 @@ VERSES = [
     "Und Gott nannte das Trockene Erde.",
     "Und Gott setzte sie an die Feste des Himmels.",
 ]
-OVER_LONG = " ".join(["Gott"] * 80)  # > decode.max_input_tokens = 30 below
+OVER_LONG = " ".join(["Gott"] * 80)  # > decode.max_input_tokens = 60 below
 BATCH_LINE = re.compile(r"batching pid=\d+ (\{.*\})")
 
 
@@ -70,20 +70,25 @@ def _post(port: int, payload: dict) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("served")
-    params = tiny_params()
-    params["train"].update(max_epochs=1)
-    params["decode"].update(max_input_tokens=30)
+def served(
+    tmp_path_factory: pytest.TempPathFactory, trained_workspace: TrainedWorkspace
+) -> Iterator[Served]:
+    """A copy of the session's trained workspace, evaluated and registered by the CLI in a
+    store of its own, served on a free port."""
     # A patient batcher, so that requests fired together share batches even on a loaded
     # machine; every batch logged, so the test can count them.
-    params["serve"].update(batch_wait_ms=200.0, batch_log_s=0.0, torch_threads=1)
-    (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    serve = {"batch_wait_ms": 200.0, "batch_log_s": 0.0, "torch_threads": 1}
+    root = copy_workspace(
+        trained_workspace,
+        tmp_path_factory.mktemp("served") / "workspace",
+        decode={"max_input_tokens": 60},
+        serve=serve,
+    )
     env = {**os.environ}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("MLFLOW_REGISTRY_URI", None)
     cli = [sys.executable, "-m", "flows.cli"]
-    for stage in ("ingest", "vocab", "train", "evaluate", "register"):
+    for stage in ("evaluate", "register"):
         proc = subprocess.run([*cli, stage], env=env, cwd=root, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-2000:]
     cfg = load_config(root / "params.yaml")
@@ -126,7 +131,7 @@ def test_served_champion_translates_like_in_process(served: Served) -> None:
     assert status == 200 and body["predictions"] == expected
     status, body = _post(served.port, {"inputs": {"src": [OVER_LONG]}})
     assert 400 <= status < 500
-    assert "source tokens; the limit is 30 (decode.max_input_tokens)" in body["message"]
+    assert "source tokens; the limit is 60 (decode.max_input_tokens)" in body["message"]
 
 
 def _batch_totals(log: Path) -> dict:
