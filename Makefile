@@ -31,7 +31,7 @@ check: install
 	$(BIN)/ruff check .
 
 test: check
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 format: install
 	$(BIN)/ruff format .
@@ -92,7 +92,7 @@ serve-flows: install
 # PostgreSQL, an S3 server (moto), the MLflow server (PostgreSQL + S3 artifacts), the Prefect
 # server (PostgreSQL) and a process worker in this clone. `make stack` prints the variables
 # to export; `make stack-down` stops exactly those processes. Logs and pids: .state/stack/.
-# tests/services.py is the same code tests/test_scale_out.py starts them with.
+# tests/services.py is the same code tests/integration/test_scale_out.py starts them with.
 STACK_STATE := $(CURDIR)/.state/stack
 .PHONY: stack stack-down
 
