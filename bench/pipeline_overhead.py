@@ -17,14 +17,14 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # for tests.support
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _params(root: Path) -> Path:
-    from conftest import tiny_params
+    from tests.support import tiny_params
 
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(tiny_params()), encoding="utf-8")
@@ -97,7 +97,7 @@ def main() -> None:
         server_s = server_start_s(tmp / "server-home")
     stage_s = sum(v for k, v in result["seconds"].items() if k != "register")
     print(json.dumps({
-        "bench": "pipeline_overhead", "params": "tests/conftest.tiny_params (Genesis, 208 pairs)",
+        "bench": "pipeline_overhead", "params": "tests/support.tiny_params (Genesis, 208 pairs)",
         "bare_stages_s": round(bare_s, 2), "flow_total_s": round(flow_s, 2),
         "flow_stage_s_without_register": round(stage_s, 2),
         "register_s": result["seconds"]["register"],

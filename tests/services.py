@@ -3,7 +3,8 @@ PostgreSQL, an S3-compatible object store (moto's server), the MLflow tracking s
 (PostgreSQL backend, artifacts proxied to the bucket), the Prefect server (PostgreSQL) and
 a Prefect process worker.
 
-One implementation for the tests (test_postgres.py, test_scale_out.py) and for people:
+One implementation for the tests (integration/test_postgres.py, integration/test_scale_out.py)
+and for people:
 
     python tests/services.py up --state .state/stack     # make stack: start, print the env
     python tests/services.py down --state .state/stack   # make stack-down: stop them

@@ -1,7 +1,7 @@
 """The model's CPU fast paths, and ``select``: the one place that decides which to take.
 
 Each kernel computes exactly what a torch reference computes (up to float rounding) and is
-tested against it, values and gradients, in ``tests/kernels/``:
+tested against it, values and gradients, in ``tests/unit/kernels/``:
 
 | module | computes | torch reference |
 | --- | --- | --- |

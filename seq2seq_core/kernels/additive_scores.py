@@ -3,7 +3,7 @@
 Computes: ``scores[b, t, s] = v . tanh(q[b, t] + k[b, s])`` for q (B, T, A), k (B, S, A),
 v (A,) -> (B, T, S), and its gradients for q, k and v.
 Torch reference: ``torch.tanh(q.unsqueeze(2) + k.unsqueeze(1)) @ v`` with autograd
-(``tests/kernels/test_additive_scores.py``: values and gradients, float64 and float32).
+(``tests/unit/kernels/test_additive_scores.py``: values and gradients, float64 and float32).
 
 Why: the (B, T, S, A) energy tensor is the largest of the model (~130 MB for a batch of
 2,000 target tokens) and autograd would write it, keep it and read it back four times.

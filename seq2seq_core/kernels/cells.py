@@ -4,7 +4,7 @@ Computes: for the LSTM, gates (B, 4H) = x W_ih^T + b_ih + h W_hh^T + b_hh in tor
 order i, f, g, o, and c (B, H) -> (h', c'); for the GRU, gi = x W_ih^T + b_ih and
 gh = h W_hh^T + b_hh (B, 3H) in the order r, z, n, and h (B, H) -> h'.
 Torch reference: ``torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)`` and
-``torch.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh)`` (``tests/kernels/test_cells.py``: values
+``torch.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh)`` (``tests/unit/kernels/test_cells.py``: values
 and gradients in float64, and the packed-weight step against torch's in float32).
 
 Why: the decoder runs one step at a time when decoding. Calling ``nn.LSTM``/``nn.GRU`` for a

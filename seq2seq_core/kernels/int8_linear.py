@@ -5,7 +5,7 @@ decoding call, symmetric per output channel (scale = max |w| / 127 of its row); 
 call ``x`` is quantized to uint8 with one scale and zero point from its own range (dynamic
 quantization), the product runs in int8 with int32 accumulation, and the result is
 dequantized to fp32 with the bias added. Torch reference: ``F.linear`` (the error is the
-two roundings, tested in ``tests/kernels/test_int8_linear.py``).
+two roundings, tested in ``tests/unit/kernels/test_int8_linear.py``).
 
 Why: a decoding step is a few rows times each weight, bound by reading the weights and by
 per-call overhead; int8 weights are a quarter of fp32's bytes and VNNI/AMX multiply int8

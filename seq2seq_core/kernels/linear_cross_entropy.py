@@ -4,7 +4,7 @@ Computes: ``sum_i CE(x_i W^T + b, y_i)`` against targets smoothed towards unifor
 ``label_smoothing``, for x (N, H), W (V, H), b (V,), y (N,) -> an fp32 scalar, and its
 gradients for x, W and b.
 Torch reference: ``F.cross_entropy(F.linear(x, W, b), y, reduction="sum",
-label_smoothing=eps)`` (``tests/kernels/test_linear_cross_entropy.py``).
+label_smoothing=eps)`` (``tests/unit/kernels/test_linear_cross_entropy.py``).
 
 Why: the plain route materialises four (N, V) tensors (logits, log-probs and both their
 gradients; 77 MB each for 2,400 tokens and an 8k vocabulary), which on CPU costs as much in

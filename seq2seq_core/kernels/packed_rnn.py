@@ -5,7 +5,7 @@ batch-first or not, any number of layers, uni- or bidirectional: the same output
 PackedSequence), the same final state (in the batch's original order) and the same
 gradients for the inputs and every weight; dropout between layers as torch applies it.
 Torch reference: ``torch.nn.LSTM`` / ``torch.nn.GRU`` called on the same PackedSequence
-(``tests/kernels/test_packed_rnn.py`` compares them in float64 and float32).
+(``tests/unit/kernels/test_packed_rnn.py`` compares them in float64 and float32).
 
 Why: on CPU, ``nn.LSTM`` and ``nn.GRU`` over a PackedSequence leave oneDNN's fused kernel for
 a step-by-step loop that multiplies each step's inputs by W_ih separately and records a dozen
