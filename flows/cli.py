@@ -19,6 +19,7 @@ from flows import cli_registry
 from flows.run_logging import log_to_stderr
 from flows.workspace_lock import WorkspaceBusyError
 from seq2seq_core.config import ConfigError, PipelineConfig, load_config
+from seq2seq_core.model.checkpoint import CheckpointDir
 
 QUIET_ENV = {
     "DO_NOT_TRACK": "true",
@@ -183,7 +184,7 @@ def _load_translator(cfg: PipelineConfig, model: str | None) -> Any:
 
         checkpoint = Path(model)
         if checkpoint.is_dir():
-            checkpoint = checkpoint / "best.pt"
+            checkpoint = CheckpointDir(checkpoint).best
         from seq2seq_core.runtime.device import resolve_device
 
         device = resolve_device(cfg.train.device)

@@ -21,8 +21,8 @@ from test_training import PAIRS, CharTokenizer, Recorder, _cfg, _train
 from seq2seq_core.config import ModelConfig, TrainConfig
 from seq2seq_core.data.batches import collate
 from seq2seq_core.model.seq2seq import build_model
-from seq2seq_core.training.loop import train_step
 from seq2seq_core.training.optim import LearningRate, build_optimizer, teacher_forcing_ratio
+from seq2seq_core.training.step import train_step
 
 REPO = Path(__file__).resolve().parents[1]
 

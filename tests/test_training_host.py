@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,8 @@ from gloo_ranks import run_gloo_ranks
 from host_syncs import HostSyncCounter
 from test_training import PAIRS, CharTokenizer, Recorder, _cfg, _train
 
-from seq2seq_core.training import loop as training
-from seq2seq_core.training.loop import TrainingData, set_up, train_epoch
+from seq2seq_core.training.loop import train_epoch
+from seq2seq_core.training.session import TrainingData, set_up
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,11 +66,11 @@ def _epoch_syncs(tmp_path: Path, batch_tokens: int, accumulate: int) -> tuple[in
         checkpoint_every_steps=10_000, max_epochs=1, device="cpu",
     )  # fmt: skip
     data = TrainingData.encode(CharTokenizer(), PAIRS * 4, PAIRS[:3], cfg.train)
-    run = set_up(cfg, data, tmp_path, [Recorder()], None, None, training.time.monotonic)
+    session = set_up(cfg, data, tmp_path, [Recorder()], None, None, time.monotonic)
     with DeviceSyncCounter() as counter:
-        train_epoch(run)
-    assert run.state.step >= 4
-    return counter.total, run.state.step
+        train_epoch(session)
+    assert session.state.step >= 4
+    return counter.total, session.state.step
 
 
 def test_training_syncs_per_step_are_bounded_and_independent_of_batch_size(
@@ -149,7 +150,7 @@ DDP_WORKER = textwrap.dedent(
     import torch
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
     from test_training import PAIRS, _cfg, _train
-    from seq2seq_core.training import loop as training
+    from seq2seq_core.training import session as training
 
     buckets = []
 
