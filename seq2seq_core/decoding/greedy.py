@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from seq2seq_core.data.batches import pad_sources
+from seq2seq_core.decoding.limits import output_limits
 from seq2seq_core.kernels import Kernels
 from seq2seq_core.kernels.packed_weights import PackedWeights
 from seq2seq_core.model.seq2seq import Seq2Seq
@@ -78,7 +79,7 @@ def _decode_batch(
 ) -> tuple[list[list[int]], Tensor | None]:
     batch = len(sources)
     src, src_len = pad_sources(sources)  # (B, S), (B,)
-    limits = [max(1, int(max_len_ratio * len(s) + max_len_extra)) for s in sources]
+    limits = output_limits(sources, max_len_ratio, max_len_extra)
     limit_t = torch.tensor(limits, device=device)  # (B,)
     first_limit = min(limits)
 

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from seq2seq_core.config import TrainConfig
 from seq2seq_core.data.batches import EncodedPairs, token_batches
 
-BUDGET_SCHEDULES = ("budget_linear", "budget_cosine")
-
 
 class TimeBudget:
     """``train.time_budget_min`` over the whole run, resumptions included: a resumed run
