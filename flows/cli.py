@@ -25,7 +25,7 @@ QUIET_ENV = {
     "DO_NOT_TRACK": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
-    # The ephemeral Prefect API took 10-27 s to start on 2-core machines.
+    # The ephemeral Prefect API starts slowly on 2-core machines: Prefect's default wait is short.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 

@@ -248,7 +248,7 @@ class DecodeConfig:
     max_len_extra: int = 10
     # Served/translated inputs longer than this many source tokens are rejected.
     max_input_tokens: int = 256
-    # fp32 | bf16 | int8. bf16 autocast for decoding: ~2x faster where the CPU has
+    # fp32 | bf16 | int8. bf16 autocast for decoding: faster where the CPU has
     # AVX512_BF16/AMX or on CUDA, and translations may differ from fp32's in a few tokens.
     # int8 (CPU only): the decoder's weights quantized to int8, activations per step.
     precision: str = "fp32"
