@@ -24,13 +24,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 REQUEST_THREADS_ENV = "SEQ2SEQ_REQUEST_THREADS"
 LOOP_SPEC = "seq2seq_serve_loop:new_event_loop"
-# Default of `serve.request_threads` (seq2seq_core.config.ServeConfig).
-DEFAULT_REQUEST_THREADS = 64
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
-    """An asyncio loop whose default executor has ``SEQ2SEQ_REQUEST_THREADS`` threads."""
-    threads = int(os.environ.get(REQUEST_THREADS_ENV, DEFAULT_REQUEST_THREADS))
+    """An asyncio loop whose default executor has ``SEQ2SEQ_REQUEST_THREADS`` threads.
+
+    ``seq2seq serve`` always sets the variable, from ``serve.request_threads`` (whose default
+    lives in ``seq2seq_core.config.ServeConfig`` only); without it the loop keeps asyncio's
+    own default executor, as a plain ``mlflow models serve`` would have."""
     loop = asyncio.SelectorEventLoop()
-    loop.set_default_executor(ThreadPoolExecutor(threads, thread_name_prefix="predict"))
+    threads = os.environ.get(REQUEST_THREADS_ENV, "").strip()
+    if threads:
+        if not threads.isdigit() or int(threads) < 1:
+            raise ValueError(f"{REQUEST_THREADS_ENV}={threads!r}: expected a whole number >= 1")
+        executor = ThreadPoolExecutor(int(threads), thread_name_prefix="predict")
+        loop.set_default_executor(executor)
     return loop

@@ -40,8 +40,8 @@ from seq2seq_core.evaluation.metrics import bleu_tokenizer, target_language  # n
 from seq2seq_core.kernels import Kernels  # noqa: E402
 from seq2seq_core.model.seq2seq import build_model  # noqa: E402
 from seq2seq_core.runtime.precision import autocast, set_tf32  # noqa: E402
-from seq2seq_core.training.loop import train_step  # noqa: E402
 from seq2seq_core.training.optim import build_optimizer  # noqa: E402
+from seq2seq_core.training.step import train_step  # noqa: E402
 
 # run name -> (train.precision, TF32 on)
 RUNS = {"fp32": ("fp32", False), "tf32": ("fp32", True), "bf16": ("bf16", False)}

@@ -1,7 +1,7 @@
 """Training throughput on synthetic Bible-like data: one JSON line per configuration.
 
 Each line: target tokens/s of real training steps (forward, backward, clip, Adam) through
-`seq2seq_core.training.loop.train_step`, the very step the training loop takes; peak RSS,
+`seq2seq_core.training.step.train_step`, the very step the training loop takes; peak RSS,
 parameter count, and model FLOP/s (the matmuls of one forward+backward, counted on real
 tokens) as a fraction of an fp32 `torch.mm` peak measured in the same process, and the
 time to greedy-decode 300 sentences (a random model rarely emits EOS, so this is the worst
@@ -39,8 +39,8 @@ from seq2seq_core.data.batches import Batch, EncodedPairs, epoch_batches
 from seq2seq_core.decoding.greedy import greedy_decode
 from seq2seq_core.model.seq2seq import build_model
 from seq2seq_core.runtime.threads import prepare_host
-from seq2seq_core.training.loop import train_step
 from seq2seq_core.training.optim import build_optimizer
+from seq2seq_core.training.step import train_step
 
 VOCAB = 8000
 REPO = Path(__file__).resolve().parents[1]

@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows import registry, tracking
+from flows.gate import TEST_BLEU_TAG, TEST_SET_TAG
 from seq2seq_core.config import load_config
 from seq2seq_core.data.prepare import read_prepared_split
 from seq2seq_core.evaluation.metrics import eval_set_digest, score_translations
@@ -75,8 +76,8 @@ def evaluate_champion(
         "version": int(champion.version),
         "sentences": len(sources),
         "test_set_sha256": test_sha,
-        "same_test_set_as_registration": champion.tags.get("test.test_set_sha256") == test_sha,
-        "registered_bleu": _float_or_none(champion.tags.get("test.bleu")),
+        "same_test_set_as_registration": champion.tags.get(TEST_SET_TAG) == test_sha,
+        "registered_bleu": _float_or_none(champion.tags.get(TEST_BLEU_TAG)),
         "scores": scores,
         "mlflow_run_id": run.info.run_id,
     }

@@ -19,12 +19,13 @@ from flows import cli_registry
 from flows.run_logging import log_to_stderr
 from flows.workspace_lock import WorkspaceBusyError
 from seq2seq_core.config import ConfigError, PipelineConfig, load_config
+from seq2seq_core.model.checkpoint import CheckpointDir
 
 QUIET_ENV = {
     "DO_NOT_TRACK": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
-    # The ephemeral Prefect API took 10-27 s to start on 2-core machines.
+    # The ephemeral Prefect API starts slowly on 2-core machines: Prefect's default wait is short.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
@@ -183,7 +184,7 @@ def _load_translator(cfg: PipelineConfig, model: str | None) -> Any:
 
         checkpoint = Path(model)
         if checkpoint.is_dir():
-            checkpoint = checkpoint / "best.pt"
+            checkpoint = CheckpointDir(checkpoint).best
         from seq2seq_core.runtime.device import resolve_device
 
         device = resolve_device(cfg.train.device)

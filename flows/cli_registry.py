@@ -95,7 +95,7 @@ def serve_env(cfg: PipelineConfig) -> dict[str, str]:
         "OMP_NUM_THREADS": threads,
         "MKL_NUM_THREADS": threads,
         # OpenMP threads that spin while they wait collapse when another process takes a
-        # core (batch-16 beam 5 on 2 threads: 1.4-4.8 sent/s spinning, 19-23 passive).
+        # core: passive waiting keeps decoding steady on a shared machine.
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
         "UVICORN_LOOP": LOOP_SPEC,
         REQUEST_THREADS_ENV: str(cfg.serve.request_threads),

@@ -29,6 +29,16 @@ from seq2seq_core.evaluation.significance import (
 Systems = tuple[list[str], list[str], list[str]]
 
 
+# Model-version tags of the test scores, written at registration and read by the gate,
+# the champion's weekly evaluation and the run notes: the keys live here only.
+TEST_BLEU_TAG = "test.bleu"
+TEST_CHRF_TAG = "test.chrf"
+TEST_TER_TAG = "test.ter"
+TEST_SET_TAG = "test.test_set_sha256"
+TEST_SENTENCES_TAG = "test.sentences"
+SIGNATURE_TAG_PREFIX = "test.signature."
+
+
 class MetricsFormatError(ValueError):
     """metrics.json lacks a key the registry needs; the message names it."""
 
@@ -59,15 +69,15 @@ def score_tags(metrics: Mapping[str, Any]) -> dict[str, str]:
     """Model-version tags the gate reads back from the registry."""
     test = read_test_scores(metrics)
     tags = {
-        "test.bleu": str(float(test["bleu"])),
-        "test.chrf": str(float(test["chrf"])),
-        "test.ter": str(float(test["ter"])),
-        "test.test_set_sha256": str(test["test_set_sha256"]),
+        TEST_BLEU_TAG: str(float(test["bleu"])),
+        TEST_CHRF_TAG: str(float(test["chrf"])),
+        TEST_TER_TAG: str(float(test["ter"])),
+        TEST_SET_TAG: str(test["test_set_sha256"]),
     }
     if "sentences" in test:
-        tags["test.sentences"] = str(test["sentences"])
+        tags[TEST_SENTENCES_TAG] = str(test["sentences"])
     for metric, sig in test["signatures"].items():
-        tags[f"test.signature.{metric}"] = str(sig)
+        tags[f"{SIGNATURE_TAG_PREFIX}{metric}"] = str(sig)
     return tags
 
 
@@ -80,8 +90,8 @@ def bleu_tokenize(signature: str) -> str:
 def _scores(tags: Mapping[str, str]) -> dict[str, Any]:
     """`score_tags`' tags back as the metric record `significance.comparable` reads."""
     return {
-        "test_set_sha256": tags.get("test.test_set_sha256"),
-        "signatures": {m: tags.get(f"test.signature.{m}") for m in METRIC_LABELS},
+        "test_set_sha256": tags.get(TEST_SET_TAG),
+        "signatures": {m: tags.get(f"{SIGNATURE_TAG_PREFIX}{m}") for m in METRIC_LABELS},
     }
 
 
@@ -99,14 +109,14 @@ def decide_promotion(
     if champion is None:
         return GateDecision(True, "no champion yet")
     who = f"champion v{champion_version}"
-    if "test.bleu" not in champion or "test.test_set_sha256" not in champion:
+    if TEST_BLEU_TAG not in champion or TEST_SET_TAG not in champion:
         return GateDecision(False, f"not comparable: {who} has no recorded test BLEU/test set")
     mismatch = comparable(_scores(champion), _scores(challenger), baseline_name=who)
     if mismatch is not None:
         return GateDecision(False, f"not comparable: {mismatch}")
-    new, old = float(challenger["test.bleu"]), float(champion["test.bleu"])
+    new, old = float(challenger[TEST_BLEU_TAG]), float(champion[TEST_BLEU_TAG])
     bleu_delta = round(new - old, 4)
-    chrf_delta = round(float(challenger["test.chrf"]) - float(champion["test.chrf"]), 4)
+    chrf_delta = round(float(challenger[TEST_CHRF_TAG]) - float(champion[TEST_CHRF_TAG]), 4)
     deltas = {"bleu_delta": bleu_delta, "chrf_delta": chrf_delta}
     if bleu_delta <= 0 or bleu_delta < settings.min_bleu_gain:
         return GateDecision(
@@ -129,7 +139,7 @@ def decide_promotion(
         test = paired_bootstrap(
             *systems,
             resamples=resamples,
-            tokenize=bleu_tokenize(challenger.get("test.signature.bleu", "")),
+            tokenize=bleu_tokenize(challenger.get(f"{SIGNATURE_TAG_PREFIX}bleu", "")),
         )
     except IncomparableScoresError as exc:
         return GateDecision(False, f"not comparable: {exc}", **deltas)

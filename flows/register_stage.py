@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 
 from flows import freshness, lineage, registry, tracking
 from seq2seq_core.config import PipelineConfig
+from seq2seq_core.model.checkpoint import CheckpointDir
 from seq2seq_core.runtime.files import write_json
 
 
@@ -43,7 +44,7 @@ def register_stage(
     trained on (the flow commits the earlier stages first; `dvc repro` has written them),
     and it records `fingerprint` (default: computed now), which later runs compare theirs
     with to find they are up to date."""
-    checkpoint = _require(Path(cfg.train.checkpoint_dir) / "best.pt", "train")
+    checkpoint = _require(CheckpointDir(cfg.train.checkpoint_dir).best, "train")
     vocab_dir = _require(Path(cfg.vocab.out_dir), "vocab")
     metrics_path = _require(Path(cfg.evaluate.reports_dir) / "metrics.json", "evaluate")
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
@@ -112,7 +113,7 @@ def log_stage_reports(cfg: PipelineConfig) -> None:
             reports / "test_hypotheses.txt",
             reports / "length_bleu.csv",
             reports / "train_history.csv",
-            Path(cfg.train.checkpoint_dir) / "history.json",
+            CheckpointDir(cfg.train.checkpoint_dir).history,
         ],
         "reports",
     )

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from flows.gate import SIGNATURE_TAG_PREFIX, TEST_BLEU_TAG
 from seq2seq_core.data.report import report_markdown
 from seq2seq_core.runtime.markdown import cell, code_cell
 
@@ -95,8 +96,8 @@ def up_to_date_markdown(version: Any, champion: str | None, message: str) -> str
         "| --- | --- |",
         f"| version | {version.version} |",
         f"| champion | {('v' + champion) if champion else 'none'} |",
-        f"| test BLEU | {cell(tags.get('test.bleu', '-'))} |",
-        f"| BLEU signature | {code_cell(tags.get('test.signature.bleu', '-'))} |",
+        f"| test BLEU | {cell(tags.get(TEST_BLEU_TAG, '-'))} |",
+        f"| BLEU signature | {code_cell(tags.get(f'{SIGNATURE_TAG_PREFIX}bleu', '-'))} |",
         f"| inputs sha256 | {code_cell(tags.get('pipeline.inputs_sha256', '-'))} |",
         f"| source run | {code_cell(tags.get('source.run_id', '-'))} |",
     ]

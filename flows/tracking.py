@@ -40,7 +40,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.types.schema import ColSpec, Schema
 
-from flows.gate import read_test_scores
+from flows.gate import TEST_BLEU_TAG, TEST_SET_TAG, read_test_scores
 from flows.lineage import dist_version, lineage_tags
 from seq2seq_core.config import PipelineConfig
 
@@ -339,7 +339,7 @@ def log_translator_model(
             signature=signature,
             input_example=_example_input(SRC_COLUMN),
             pip_requirements=[f"{n}=={dist_version(n)}" for n in MODEL_REQUIREMENTS],
-            tags={"test.bleu": str(test["bleu"]), "test.test_set_sha256": test["test_set_sha256"]},
+            tags={TEST_BLEU_TAG: str(test["bleu"]), TEST_SET_TAG: test["test_set_sha256"]},
         )
     return info.model_uri
 

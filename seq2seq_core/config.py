@@ -9,13 +9,21 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import Any
 
-import yaml
+from seq2seq_core.runtime.typed_yaml import (
+    ConfigError,
+    build_section,
+    check_choice,
+    check_positive,
+    parse_override,
+    read_mapping,
+)
 
-
-class ConfigError(ValueError):
-    """A parameter file or override is invalid; the message names the key."""
+# Learning-rate schedules (training/optim.py implements each); the budget ones decay over
+# the time budget or max_epochs, whichever ends first (training/budget.py).
+BUDGET_LR_SCHEDULES = ("budget_linear", "budget_cosine")
+LR_SCHEDULES = ("constant", "plateau", "inverse_sqrt", *BUDGET_LR_SCHEDULES)
 
 
 @dataclass(frozen=True)
@@ -55,12 +63,14 @@ class DataConfig:
     prepared_dir: str = "data/prepared"
 
     def validate(self) -> None:
-        _choice("data.format", self.format, ("auto", "tsv", "csv", "jsonl", "parquet", "text"))
+        check_choice("data.format", self.format, ("auto", "tsv", "csv", "jsonl", "parquet", "text"))
         if not 0 <= self.valid_fraction < 0.5 or not 0 <= self.test_fraction < 0.5:
             raise ConfigError("data.valid_fraction and data.test_fraction must be in [0, 0.5)")
-        _positive("data.max_chars", self.max_chars)
-        _choice("data.unicode_normalization", self.unicode_normalization, ("NFC", "NFKC", "none"))
-        _positive("data.min_tokens", self.min_tokens)
+        check_positive("data.max_chars", self.max_chars)
+        check_choice(
+            "data.unicode_normalization", self.unicode_normalization, ("NFC", "NFKC", "none")
+        )
+        check_positive("data.min_tokens", self.min_tokens)
         if self.max_tokens < self.min_tokens:
             raise ConfigError("data.max_tokens must be >= data.min_tokens")
         if self.max_length_ratio < 0:
@@ -83,10 +93,10 @@ class VocabConfig:
     out_dir: str = "data/vocab"
 
     def validate(self) -> None:
-        _choice("vocab.kind", self.kind, ("sentencepiece", "word", "char"))
-        _choice("vocab.model_type", self.model_type, ("unigram", "bpe"))
-        _positive("vocab.min_freq", self.min_freq)
-        _positive("vocab.size", self.size)
+        check_choice("vocab.kind", self.kind, ("sentencepiece", "word", "char"))
+        check_choice("vocab.model_type", self.model_type, ("unigram", "bpe"))
+        check_positive("vocab.min_freq", self.min_freq)
+        check_positive("vocab.size", self.size)
         if not 0.9 <= self.character_coverage <= 1.0:
             raise ConfigError("vocab.character_coverage must be in [0.9, 1.0]")
 
@@ -115,13 +125,13 @@ class ModelConfig:
     tie_embeddings: str = "decoder"
 
     def validate(self) -> None:
-        _choice("model.cell", self.cell, ("lstm", "gru"))
-        _choice("model.luong_score", self.luong_score, ("general", "dot"))
-        _choice("model.tie_embeddings", self.tie_embeddings, ("none", "decoder", "all"))
-        _choice("model.attention", self.attention, ("none", "bahdanau", "luong"))
-        _choice("model.context", self.context, ("last", "mean"))
+        check_choice("model.cell", self.cell, ("lstm", "gru"))
+        check_choice("model.luong_score", self.luong_score, ("general", "dot"))
+        check_choice("model.tie_embeddings", self.tie_embeddings, ("none", "decoder", "all"))
+        check_choice("model.attention", self.attention, ("none", "bahdanau", "luong"))
+        check_choice("model.context", self.context, ("last", "mean"))
         for key in ("emb_size", "hidden_size", "layers"):
-            _positive(f"model.{key}", getattr(self, key))
+            check_positive(f"model.{key}", getattr(self, key))
         if self.bidirectional and self.hidden_size % 2:
             raise ConfigError("model.hidden_size must be even with model.bidirectional: true")
         if not 0.0 <= self.dropout < 1.0:
@@ -156,7 +166,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     # Average the last this many weight snapshots of the budget's final quarter and keep
     # the average as best.pt when its validation BLEU is at least the best single's
-    # (0 or 1 = off; snapshots are taken with each last.pt, see snapshots.py).
+    # (0 or 1 = off; snapshots are taken with each last.pt, see training/averaging.py).
     average_checkpoints: int = 0
     # Optimizer step every this many batches (effective batch = batch_tokens * this).
     accumulate_steps: int = 1
@@ -170,7 +180,7 @@ class TrainConfig:
     # Sentences longer than this many subword tokens (either side) are left out of
     # training batches (counted in the train report), so one long verse cannot blow a batch.
     max_len: int = 128
-    # 0 = the number of idle cores, at least 1 (see training.pick_threads).
+    # 0 = the number of idle cores, at least 1 (see runtime/threads.py, pick_threads).
     threads: int = 0
     device: str = "auto"
     # CUDA only: TF32 tensor cores for fp32 matmuls and cuDNN (Ampere+); no effect on CPU.
@@ -191,23 +201,19 @@ class TrainConfig:
     def validate(self) -> None:
         if not 0.0 <= self.teacher_forcing <= 1.0:
             raise ConfigError("train.teacher_forcing must be in [0, 1]")
-        _positive("train.batch_tokens", self.batch_tokens)
-        _positive("train.max_epochs", self.max_epochs)
+        check_positive("train.batch_tokens", self.batch_tokens)
+        check_positive("train.max_epochs", self.max_epochs)
         if self.time_budget_min <= 0:
             raise ConfigError("train.time_budget_min must be > 0")
-        _choice("train.device", self.device, ("auto", "cpu", "cuda"))
-        _choice("train.precision", self.precision, ("fp32", "bf16"))
-        _choice("train.optimizer", self.optimizer, ("adam", "adamw"))
-        _choice(
-            "train.lr_schedule",
-            self.lr_schedule,
-            ("constant", "plateau", "inverse_sqrt", "budget_linear", "budget_cosine"),
-        )
+        check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("train.precision", self.precision, ("fp32", "bf16"))
+        check_choice("train.optimizer", self.optimizer, ("adam", "adamw"))
+        check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.average_checkpoints < 0:
             raise ConfigError("train.average_checkpoints must be >= 0 (0 or 1 = off)")
         if self.min_lr < 0:
             raise ConfigError("train.min_lr must be >= 0")
-        _choice(
+        check_choice(
             "train.teacher_forcing_schedule",
             self.teacher_forcing_schedule,
             ("constant", "linear", "inverse_sigmoid"),
@@ -224,7 +230,7 @@ class TrainConfig:
             "checkpoint_every_steps",
             "log_every_steps",
         ):
-            _positive(f"train.{key}", getattr(self, key))
+            check_positive(f"train.{key}", getattr(self, key))
 
 
 @dataclass(frozen=True)
@@ -242,21 +248,21 @@ class DecodeConfig:
     max_len_extra: int = 10
     # Served/translated inputs longer than this many source tokens are rejected.
     max_input_tokens: int = 256
-    # fp32 | bf16 | int8. bf16 autocast for decoding: ~2x faster where the CPU has
+    # fp32 | bf16 | int8. bf16 autocast for decoding: faster where the CPU has
     # AVX512_BF16/AMX or on CUDA, and translations may differ from fp32's in a few tokens.
     # int8 (CPU only): the decoder's weights quantized to int8, activations per step.
     precision: str = "fp32"
 
     def validate(self) -> None:
-        _positive("decode.beam_size", self.beam_size)
-        _positive("decode.nbest", self.nbest)
+        check_positive("decode.beam_size", self.beam_size)
+        check_positive("decode.nbest", self.nbest)
         if self.nbest > self.beam_size:
             raise ConfigError("decode.nbest must be <= decode.beam_size")
         if self.length_penalty < 0 or self.no_repeat_ngram < 0:
             raise ConfigError("decode.length_penalty and decode.no_repeat_ngram must be >= 0")
-        _positive("decode.batch_size", self.batch_size)
-        _positive("decode.max_input_tokens", self.max_input_tokens)
-        _choice("decode.precision", self.precision, ("fp32", "bf16", "int8"))
+        check_positive("decode.batch_size", self.batch_size)
+        check_positive("decode.max_input_tokens", self.max_input_tokens)
+        check_choice("decode.precision", self.precision, ("fp32", "bf16", "int8"))
 
 
 @dataclass(frozen=True)
@@ -308,11 +314,9 @@ class RunConfig:
 class ServeConfig:
     """`seq2seq serve` (not a stage's input: changing it retrains or re-registers nothing).
 
-    Defaults chosen by bench/serve_load.py on the shared 2-core machine (README "Serving
-    under load"): one worker, one torch thread. One worker batches all concurrent requests
-    together; a second worker halves every batch and competes for the same cores, and a
-    second torch thread gained nothing once other processes held a core (and stalled
-    decoding for seconds when it did)."""
+    One worker, one torch thread by default (bench/serve_load.py, docs/benchmarks.md): one
+    worker batches all concurrent requests together, a second halves every batch and
+    competes for the same cores, and a second torch thread gained nothing under load."""
 
     # uvicorn worker processes; workers x torch_threads should not exceed the cores.
     workers: int = 1
@@ -327,9 +331,9 @@ class ServeConfig:
     batch_log_s: float = 30.0
 
     def validate(self) -> None:
-        _positive("serve.workers", self.workers)
-        _positive("serve.torch_threads", self.torch_threads)
-        _positive("serve.request_threads", self.request_threads)
+        check_positive("serve.workers", self.workers)
+        check_positive("serve.torch_threads", self.torch_threads)
+        check_positive("serve.request_threads", self.request_threads)
         if self.batch_wait_ms < 0 or self.batch_log_s < 0:
             raise ConfigError("serve.batch_wait_ms and serve.batch_log_s must be >= 0")
 
@@ -354,67 +358,6 @@ class PipelineConfig:
         return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
 
 
-def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
-    if value not in options:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(options)}")
-
-
-def _positive(key: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{key} must be > 0, got {value!r}")
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Check a YAML value against the dataclass field's type (ints pass as floats)."""
-    allowed = set(get_args(hint)) if get_args(hint) else {hint}
-    if value is None:
-        if type(None) in allowed:
-            return None
-        raise ConfigError(f"{key} must not be null")
-    if bool in allowed:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if int in allowed:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if float in allowed:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    if isinstance(value, str):
-        return value
-    raise ConfigError(f"{key} must be a string, got {value!r}")
-
-
-def _build_section(name: str, cls: type, raw: Any) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{name}: expected a mapping, got {type(raw).__name__}")
-    hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(
-            f"{name}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}"
-        )
-    values = {k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in raw.items()}
-    section = cls(**values)
-    section.validate()
-    return section
-
-
-def parse_override(text: str) -> tuple[str, str, Any]:
-    """Parse `section.key=value`; the value is read as YAML so `true`, `3`, `null` work."""
-    if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ConfigError(f"override {text!r} must look like section.key=value")
-    dotted, raw_value = text.split("=", 1)
-    section, key = dotted.split(".", 1)
-    return section.strip(), key.strip(), yaml.safe_load(raw_value) if raw_value else ""
-
-
 def config_from_dict(
     raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
 ) -> PipelineConfig:
@@ -429,7 +372,7 @@ def config_from_dict(
             f"unknown section(s) {', '.join(unknown)}; valid sections: {', '.join(sections)}"
         )
     built = {
-        name: _build_section(name, factory().__class__, raw.get(name))
+        name: build_section(name, factory().__class__, raw.get(name))
         for name, factory in sections.items()
     }
     return PipelineConfig(**built)
@@ -439,14 +382,7 @@ def load_config(
     path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()
 ) -> PipelineConfig:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: parameter file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    raw = read_mapping(path)
     try:
         return config_from_dict(raw, overrides)
     except ConfigError as exc:

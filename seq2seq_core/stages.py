@@ -11,10 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,8 +23,9 @@ import pandas as pd
 from seq2seq_core.config import PipelineConfig
 from seq2seq_core.data.prepare import prepare_corpus, read_prepared_split
 from seq2seq_core.data.tokenization import SubwordTokenizer
+from seq2seq_core.model.checkpoint import CheckpointDir
 from seq2seq_core.runtime.distributed import topology
-from seq2seq_core.runtime.files import write_json
+from seq2seq_core.runtime.files import publish, staging_dir, write_json
 from seq2seq_core.runtime.host_memory import retain_freed_host_memory
 from seq2seq_core.training.loop import TrainCallback, TrainResult, train_model
 from seq2seq_core.training.warm_start import WarmStartSource, vocab_sha256
@@ -115,16 +114,11 @@ def copy_vocabulary(source_dir: Path, out_dir: Path) -> SubwordTokenizer:
     source = SubwordTokenizer.load(Path(source_dir))
     if Path(source_dir).resolve() == out_dir.resolve():
         return source
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staging_dir(out_dir) as tmp:
         files = source.files()  # the manifest first
         for path in files:
             shutil.copyfile(path, tmp / path.name)
-        for path in [*files[1:], files[0]]:
-            os.replace(tmp / path.name, out_dir / path.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        publish(tmp, out_dir, [p.name for p in [*files[1:], files[0]]])
     return SubwordTokenizer.load(out_dir)
 
 
@@ -199,7 +193,7 @@ def _evaluation_translator(cfg: PipelineConfig) -> Translator:
     # The input limit protects a server from abuse; the test set is scored whole.
     decode = dataclasses.replace(cfg.decode, max_input_tokens=sys.maxsize)
     return Translator.load(
-        Path(cfg.train.checkpoint_dir) / "best.pt", Path(cfg.vocab.out_dir), decode,
+        CheckpointDir(cfg.train.checkpoint_dir).best, Path(cfg.vocab.out_dir), decode,
         device=device, max_input_chars=sys.maxsize,
     )  # fmt: skip
 
@@ -254,7 +248,7 @@ def _evaluation_plots(
 
     reports_dir = Path(cfg.evaluate.reports_dir)
     plots_dir = reports_dir / "plots"
-    history_path = Path(cfg.train.checkpoint_dir) / "history.json"
+    history_path = CheckpointDir(cfg.train.checkpoint_dir).history
     history = json.loads(history_path.read_text()) if history_path.exists() else []
     pd.DataFrame(history).to_csv(reports_dir / "train_history.csv", index=False)
     plots = [reports.save_loss_curve(history, plots_dir / "loss.png")]

@@ -15,9 +15,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -36,6 +33,7 @@ from seq2seq_core.data.cleaning import clean_text, clean_with, count_tokens, pai
 from seq2seq_core.data.errors import DataError, Row
 from seq2seq_core.data.readers import FORMATS, detect_format, read_pairs
 from seq2seq_core.data.report import plot_length_histogram
+from seq2seq_core.runtime.files import publish, staging_dir
 
 __all__ = [
     "DROP_REASONS", "FORMATS", "SPLITS", "CleanPairs", "DataError", "Row", "clean_text",
@@ -258,9 +256,7 @@ def _write_outputs(
     train_lengths: dict[str, np.ndarray],
 ) -> None:
     """Write everything into a sibling temp dir, then rename into place (report last)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staging_dir(out_dir) as tmp:
         for split, columns in splits.items():
             _write_parquet(tmp / f"{split}.parquet", *columns)
         plot_length_histogram(
@@ -281,11 +277,8 @@ def _write_outputs(
         (tmp / "report.json").write_text(
             json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name in [f"{s}.parquet" for s in SPLITS] + ["lengths.png", "report.json"]:
-            os.replace(tmp / name, out_dir / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        names = [f"{s}.parquet" for s in SPLITS] + ["lengths.png", "report.json"]
+        publish(tmp, out_dir, names)
 
 
 def _write_parquet(path: Path, ids: list[str], src: list[str], tgt: list[str]) -> None:

@@ -15,8 +15,6 @@ import io
 import json
 import os
 import random
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 import sentencepiece as spm
 
 from seq2seq_core.config import VocabConfig
+from seq2seq_core.runtime.files import publish, staging_dir
 from seq2seq_core.special_tokens import BOS_ID, EOS_ID, PAD_ID, SPECIALS, UNK_ID
 
 MANIFEST = "tokenizer.json"
@@ -230,23 +229,16 @@ class SubwordTokenizer:
     def _save(self) -> None:
         """Write into a sibling temp dir, then rename into place (the manifest last)."""
         out_dir = self.out_dir
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        try:
+        with staging_dir(out_dir) as tmp:
             names = self.settings["files"]
             (tmp / names["src"]).write_bytes(self._src.blob)
             (tmp / names["tgt"]).write_bytes(self._tgt.blob)
             (tmp / MANIFEST).write_text(
                 json.dumps(self.settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
             )
-            out_dir.mkdir(parents=True, exist_ok=True)
-            for name in {*names.values()}:
-                os.replace(tmp / name, out_dir / name)
-            os.replace(tmp / MANIFEST, out_dir / MANIFEST)
+            publish(tmp, out_dir, [*{*names.values()}, MANIFEST])
             for stale in set(_MODEL_FILES) - set(names.values()):
                 (out_dir / stale).unlink(missing_ok=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def load(cls, out_dir: Path) -> SubwordTokenizer:

@@ -8,7 +8,7 @@ Torch reference: ``torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)`` and
 and gradients in float64, and the packed-weight step against torch's in float32).
 
 Why: the decoder runs one step at a time when decoding. Calling ``nn.LSTM``/``nn.GRU`` for a
-single step costs a oneDNN weight reorder per call (~2 ms at batch 1), and torch's cell
+single step costs a oneDNN weight reorder per call (more than the step at batch 1), and torch's cell
 functions multiply by the raw (G, in) weights; here the two gate products come from weights
 packed once per decoding call (``PackedWeights``) and only the elementwise work is left.
 

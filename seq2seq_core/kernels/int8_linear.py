@@ -10,11 +10,10 @@ two roundings, tested in ``tests/unit/kernels/test_int8_linear.py``).
 Why: a decoding step is a few rows times each weight, bound by reading the weights and by
 per-call overhead; int8 weights are a quarter of fp32's bytes and VNNI/AMX multiply int8
 natively. The kernels are torch's own (``torch.ops.quantized.linear_dynamic``): fbgemm's
-("x86") is fastest for a few rows, oneDNN's (AMX where the CPU has it) for many, e.g. an
-8000 x 256 output layer: 1 row 85 us (fp32 packed 368 us), 64 rows 0.9 ms (fp32 3.9 ms).
-Both packings are made and the row count picks one per call.
+("x86") is fastest for a few rows, oneDNN's (AMX where the CPU has it) for many. Both
+packings are made and the row count picks one per call.
 
-Packing is slow (~50 ms for 8000 x 256: torch reads each channel's scale on the host), so
+Packing is slow (torch reads each channel's scale on the host: many decoding steps' worth), so
 ``int8_weights`` keeps the packed weights of a parameter across decoding calls, as long as
 the parameter lives, together with a copy of the values they were made from: a call whose
 parameter no longer equals the copy repacks (the version counter cannot tell: fused AdamW
@@ -35,8 +34,8 @@ import torch
 from torch import Tensor
 
 SMALL_ENGINE, LARGE_ENGINE = "x86", "onednn"
-# At and above this many rows oneDNN's kernel is faster than fbgemm's (measured on a Xeon
-# with AMX: equal near 16 rows for 8000 x 256).
+# At and above this many rows oneDNN's kernel is faster than fbgemm's (where the two
+# cross on a Xeon with AMX; docs/benchmarks.md).
 LARGE_ROWS = 16
 
 

@@ -9,7 +9,7 @@ Torch reference: ``torch.nn.LSTM`` / ``torch.nn.GRU`` called on the same PackedS
 
 Why: on CPU, ``nn.LSTM`` and ``nn.GRU`` over a PackedSequence leave oneDNN's fused kernel for
 a step-by-step loop that multiplies each step's inputs by W_ih separately and records a dozen
-autograd nodes per step; for the Joey-sized BiLSTM encoder that is ~1.8x the time of the
+autograd nodes per step; for the Joey-sized BiLSTM encoder that is slower than even the
 fused kernel on the same tokens padded, which in turn computes (and differentiates) the
 padding. Here the input projection of every token and direction is one matmul; only
 ``h @ W_hh`` and the cell's elementwise work stay in the time loop, which runs over the
@@ -171,8 +171,8 @@ class _GRUDirection(torch.autograd.Function):
 
 def _times_transposed(weight: Tensor) -> Callable[[Tensor], Tensor]:
     """x -> x @ weight.T for the time loop. A few rows per step times the same matrix
-    is where oneDNN's layout matters: packed once per call, the step's product runs ~25%
-    faster than ``torch.mm`` at 48 rows (2 threads). oneDNN has no float64."""
+    is where oneDNN's layout matters: packed once per call, the step's product beats
+    ``torch.mm``, which repacks every call. oneDNN has no float64."""
     if weight.dtype != torch.float32 or not can_pack_weights(weight.device):
         return lambda x: x @ weight.t()
     packed = pack_weight(weight)

@@ -9,7 +9,7 @@ mid-save leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import dataclasses
-import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,29 @@ import torch
 
 from seq2seq_core.config import ModelConfig
 from seq2seq_core.model.seq2seq import Seq2Seq, build_model
+from seq2seq_core.runtime.files import atomic_path
+
+
+@dataclass(frozen=True)
+class CheckpointDir:
+    """The files training keeps in ``train.checkpoint_dir``: their names live here only."""
+
+    path: Path
+
+    @property
+    def best(self) -> Path:
+        """The best validated weights (or their average): what evaluation and serving use."""
+        return Path(self.path) / "best.pt"
+
+    @property
+    def last(self) -> Path:
+        """Weights, optimizer, schedule, RNG and state: what a resumed run continues from."""
+        return Path(self.path) / "last.pt"
+
+    @property
+    def history(self) -> Path:
+        """Per-epoch validation numbers, as JSON."""
+        return Path(self.path) / "history.json"
 
 
 class CheckpointError(ValueError):
@@ -50,11 +73,8 @@ def model_payload(
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:

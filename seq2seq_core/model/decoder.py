@@ -161,7 +161,7 @@ class RecurrentDecoder(nn.Module):
     ) -> RNNState:
         """One time step through all layers on ``self.rnn``'s own parameters, one cell call
         per layer: calling the nn.LSTM module for a single step costs a oneDNN weight
-        reorder per call, ~2 ms at batch 1.
+        reorder per call, more than the step's own work at small batches.
 
         With ``first_layer`` = (w_ih columns for ``rnn_in``, the (B, G) precomputed input
         gates: the embeddings' share plus bias_ih) ``rnn_in`` holds only the rest of the

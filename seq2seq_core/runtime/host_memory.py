@@ -2,9 +2,8 @@
 
 A training step frees and re-allocates the same multi-megabyte activations every step.
 glibc serves blocks above its mmap threshold with fresh mappings and trims the top of its
-heap back to the OS, so every step page-faults (and zero-fills) its activations anew: for
-the Joey-sized model 14-20k minor faults per 1,000 target tokens (2.7k with this) and ~4%
-of the step time (measured in one process, alternating the settings). Raising both
+heap back to the OS, so every step page-faults (and zero-fills) its activations anew, a
+cost paid on every step for nothing (docs/benchmarks.md has the measured share). Raising both
 thresholds keeps the blocks in the heap for reuse, as jemalloc and tcmalloc (which
 PyTorch's CPU performance guide recommends preloading) do by design. The price is a
 resident size that stays at its peak for the life of the process: right for a training

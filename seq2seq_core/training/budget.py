@@ -1,4 +1,5 @@
-"""How much of the training budget is spent, as one fraction, and the budget-aware LR decay.
+"""The time budget: the seconds spent (``TimeBudget``), how much of the budget is spent as
+one fraction (``Horizon``), and the budget-aware LR decay.
 
 A run ends at ``train.time_budget_min`` or ``train.max_epochs``, whichever comes first, so
 "how far along" is the larger of the two fractions: seconds spent / budget seconds, and
@@ -6,7 +7,7 @@ optimizer steps done / (max_epochs x steps per epoch). Budget-aware schedules (L
 Ramanan, "Budgeted Training: Rethinking Deep Neural Network Training Under Resource
 Constraints", ICLR 2020) decay the learning rate with that fraction so that it reaches its
 floor exactly when the budget ends, whatever the budget is; checkpoint averaging
-(``snapshots.py``) uses the same fraction for its window.
+(``averaging.py``) uses the same fraction for its window.
 
 The seconds are the ones the time budget counts (``TimeBudget.spent``: saved in last.pt as
 ``TrainState.elapsed``), so a resumed run continues the fraction where its predecessor
@@ -16,12 +17,33 @@ left it, and the LR is a pure function of (step, elapsed seconds).
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from seq2seq_core.config import TrainConfig
 from seq2seq_core.data.batches import EncodedPairs, token_batches
 
-BUDGET_SCHEDULES = ("budget_linear", "budget_cosine")
+
+class TimeBudget:
+    """``train.time_budget_min`` over the whole run, resumptions included: a resumed run
+    starts with the seconds its predecessors spent (``TrainState.elapsed``)."""
+
+    def __init__(
+        self, minutes: float, spent: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.seconds = minutes * 60.0
+        self.clock = clock
+        self._start = clock() - spent
+
+    def spent(self) -> float:
+        return self.clock() - self._start
+
+    def left(self) -> float:
+        return max(0.0, self.seconds - self.spent())
+
+    def exhausted(self) -> bool:
+        return self.spent() >= self.seconds
 
 
 @dataclass(frozen=True)

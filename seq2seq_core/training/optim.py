@@ -11,18 +11,16 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from seq2seq_core.config import TrainConfig
-from seq2seq_core.training.budget import BUDGET_SCHEDULES, Horizon, budget_decay
-
-SCHEDULES = ("constant", "plateau", "inverse_sqrt", *BUDGET_SCHEDULES)
+from seq2seq_core.config import BUDGET_LR_SCHEDULES, TrainConfig
+from seq2seq_core.training.budget import Horizon, budget_decay
 
 
 def build_optimizer(params: list[torch.nn.Parameter], tc: TrainConfig) -> torch.optim.Optimizer:
     """Adam or AdamW (decoupled weight decay; with weight_decay 0 the two are the same).
 
-    The fused kernels (CPU and CUDA) update every parameter in one pass: on CPU the default
-    per-tensor loop spends ~39 ms per step on a 13M-parameter model against ~7 ms fused,
-    about 5% of a training step. Their state dicts are the same, so checkpoints move freely.
+    The fused kernels (CPU and CUDA) update every parameter in one pass instead of torch's
+    default loop of small per-tensor ops, whose overhead is a visible share of a CPU step.
+    Their state dicts are the same, so checkpoints move freely.
     """
     fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
     kw = {"lr": tc.lr, "weight_decay": tc.weight_decay, "fused": fused or None}
@@ -57,8 +55,6 @@ class LearningRate:
 
     @classmethod
     def from_config(cls, tc: TrainConfig, horizon: Horizon | None = None) -> LearningRate:
-        if tc.lr_schedule not in SCHEDULES:
-            raise ValueError(f"train.lr_schedule: {tc.lr_schedule!r} is not supported")
         return cls(
             tc.lr, tc.lr_schedule, tc.warmup_steps, tc.plateau_factor, tc.plateau_patience,
             tc.min_lr, horizon=horizon,
@@ -69,7 +65,7 @@ class LearningRate:
         seconds of the time budget are spent (the budget schedules use both; the others
         only `step`)."""
         warm = min(1.0, step / self.warmup_steps) if self.warmup_steps > 0 else 1.0
-        if self.schedule in BUDGET_SCHEDULES:
+        if self.schedule in BUDGET_LR_SCHEDULES:
             if self.horizon is None:
                 raise ValueError(f"train.lr_schedule {self.schedule}: no budget horizon set")
             fraction = self.horizon.fraction(step - 1, elapsed)

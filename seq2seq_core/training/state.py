@@ -1,4 +1,4 @@
-"""What a training run carries across a resume, and the time budget it spends.
+"""What a training run carries across a resume.
 
 ``TrainState`` is the run's position (epochs done, optimizer steps, where it is inside the
 epoch being trained), its best validation so far, its timing totals and its history. It
@@ -9,8 +9,6 @@ accepts it and a resumed run continues at the exact batch where the last one sto
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -69,24 +67,3 @@ _FLAT_BEST = {"valid_bleu": "best_valid_bleu", "valid_loss": "best_valid_loss",
               "bad_epochs": "bad_epochs"}  # fmt: skip
 _FLAT_POSITION = {"batch": "batch_in_epoch", "loss_sum": "epoch_loss_sum",
                   "tokens": "epoch_tokens", "seconds": "epoch_seconds"}  # fmt: skip
-
-
-class TimeBudget:
-    """``train.time_budget_min`` over the whole run, resumptions included: a resumed run
-    starts with the seconds its predecessors spent (``TrainState.elapsed``)."""
-
-    def __init__(
-        self, minutes: float, spent: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.seconds = minutes * 60.0
-        self.clock = clock
-        self._start = clock() - spent
-
-    def spent(self) -> float:
-        return self.clock() - self._start
-
-    def left(self) -> float:
-        return max(0.0, self.seconds - self.spent())
-
-    def exhausted(self) -> bool:
-        return self.spent() >= self.seconds

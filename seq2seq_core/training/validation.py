@@ -47,7 +47,7 @@ class Validation:
         )
 
 
-def evaluate_loss(
+def validation_loss(
     model: Seq2Seq, batches: Sequence[Batch], device: torch.device, precision: str = "fp32"
 ) -> float:
     """Teacher-forced loss per target token (nan when there are no batches)."""

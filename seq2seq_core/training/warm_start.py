@@ -21,7 +21,7 @@ import torch
 
 from seq2seq_core.config import ModelConfig, TrainConfig
 from seq2seq_core.data.tokenization import SubwordTokenizer
-from seq2seq_core.model.checkpoint import load_checkpoint, model_config_from
+from seq2seq_core.model.checkpoint import CheckpointDir, load_checkpoint, model_config_from
 from seq2seq_core.training.optim import LearningRate
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def local_source(init_from: str, reset_optimizer: bool) -> WarmStartSource | Non
     directory = Path(init_from)
     if not directory.is_dir():
         raise WarmStartError(f"train.init_from: {directory} is not a checkpoint directory")
-    checkpoint = directory / ("best.pt" if reset_optimizer else "last.pt")
+    checkpoint = CheckpointDir(directory).best if reset_optimizer else CheckpointDir(directory).last
     if not checkpoint.is_file():
         raise WarmStartError(f"train.init_from: {checkpoint} does not exist")
     vocab = directory / "vocab"

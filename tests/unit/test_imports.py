@@ -18,11 +18,12 @@ FLOWS = REPO / "flows"
 # The folder is the import group. A module may import its own folder, any folder of lower
 # rank, and the other folders of the middle tier (rank 3: the training loop decodes for
 # validation BLEU and scores it like evaluation does). The top-level modules are groups of
-# their own: config and special_tokens at the bottom, stages at the top.
+# their own: special_tokens at the bottom, config just above runtime (it reads its sections
+# with runtime.typed_yaml), stages at the top.
 RANKS: dict[str, int] = {
-    "config": 0,
-    "special_tokens": 0,
     "runtime": 0,
+    "special_tokens": 0,
+    "config": 1,
     "kernels": 1,
     "data": 2,
     "model": 2,

@@ -244,7 +244,7 @@ def test_decoding_kernels_match_the_reference_and_pack_once_per_call(cfg: ModelC
 
 @pytest.mark.parametrize("cfg", [c for c in VARIANTS if c.input_feeding][::5], ids=_id)
 def test_validation_loss_under_inference_mode_follows_weight_updates(cfg: ModelConfig) -> None:
-    """evaluate_loss runs the training path under inference mode, where the per-batch
+    """validation_loss runs the training path under inference mode, where the per-batch
     weight slice and per-step biases must not be served from the packed-weight cache."""
     model = _model(cfg)
     src, src_len, tgt_in = _batch()

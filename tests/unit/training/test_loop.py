@@ -1,15 +1,15 @@
-"""training.loop: a tiny model learns, runs repeat exactly, host syncs, accumulation and DDP
-steps, and the losses are pinned."""
+"""training.loop: a tiny model learns, runs repeat exactly, host syncs per step, gradient
+accumulation and DDP across ranks, and the losses are pinned."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import os
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -17,17 +17,11 @@ import torch
 
 from seq2seq_core import stages
 from seq2seq_core.config import config_from_dict
-from seq2seq_core.data.batches import collate
 from seq2seq_core.decoding.greedy import greedy_decode
 from seq2seq_core.model.checkpoint import load_model
 from seq2seq_core.model.seq2seq import build_model
-from seq2seq_core.training import loop as training
-from seq2seq_core.training.loop import (
-    TrainingData,
-    set_up,
-    train_epoch,
-    train_step,
-)
+from seq2seq_core.training.loop import train_epoch
+from seq2seq_core.training.session import TrainingData, set_up
 from tests.support import (
     PAIRS,
     CharTokenizer,
@@ -129,36 +123,6 @@ def test_accumulation_and_early_stopping(tmp_path: Path) -> None:
     assert stuck.stop_reason == "early_stopping" and stuck.epochs == 3
 
 
-def _sgd_step(batches: list, accumulate: int) -> tuple[dict[str, torch.Tensor], float, list]:
-    """The gradient of one ``train_step`` (read off an SGD step with lr 1), its norm and
-    the batches' losses, from the same initial weights every call."""
-    cfg = train_cfg({"dropout": 0.0})
-    tc = dataclasses.replace(cfg.train, accumulate_steps=accumulate, clip_grad=1e9)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, CharTokenizer.src_vocab_size, CharTokenizer.tgt_vocab_size)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    losses, norm = train_step(model, optimizer, batches, teacher_forcing=1.0, lr=1.0, tc=tc)
-    losses, norm = [float(x) for x in losses], float(norm)
-    grads = {k: before[k] - v for k, v in model.state_dict().items()}
-    return grads, norm, losses
-
-
-def test_accumulated_step_equals_one_batch_of_both_halves() -> None:
-    tok = CharTokenizer()
-    src = tok.encode_src([s for s, _ in PAIRS[:4]])
-    tgt = tok.encode_tgt([t for _, t in PAIRS[:4]])
-    half_a, half_b = collate(src, tgt, [0, 2]), collate(src, tgt, [1, 3])
-    # Equal token counts: the mean of the halves' per-token losses is the whole's.
-    assert half_a.ntokens == half_b.ntokens == 35
-    acc_grads, acc_norm, acc_losses = _sgd_step([half_a, half_b], accumulate=2)
-    one_grads, one_norm, one_losses = _sgd_step([collate(src, tgt, [0, 1, 2, 3])], accumulate=1)
-    assert sum(acc_losses) / 2 == pytest.approx(one_losses[0], rel=1e-6)
-    assert acc_norm == pytest.approx(one_norm, rel=1e-5)
-    for name, grad in one_grads.items():
-        torch.testing.assert_close(acc_grads[name], grad, atol=1e-6, rtol=1e-5)
-
-
 DDP_WORKER = textwrap.dedent(
     """
     import os, sys
@@ -244,11 +208,11 @@ def _epoch_syncs(tmp_path: Path, batch_tokens: int, accumulate: int) -> tuple[in
         checkpoint_every_steps=10_000, max_epochs=1, device="cpu",
     )  # fmt: skip
     data = TrainingData.encode(CharTokenizer(), PAIRS * 4, PAIRS[:3], cfg.train)
-    run = set_up(cfg, data, tmp_path, [Recorder()], None, None, training.time.monotonic)
+    session = set_up(cfg, data, tmp_path, [Recorder()], None, None, time.monotonic)
     with DeviceSyncCounter() as counter:
-        train_epoch(run)
-    assert run.state.step >= 4
-    return counter.total, run.state.step
+        train_epoch(session)
+    assert session.state.step >= 4
+    return counter.total, session.state.step
 
 
 def test_training_syncs_per_step_are_bounded_and_independent_of_batch_size(
@@ -282,7 +246,7 @@ DDP_COUNTING_WORKER = textwrap.dedent(
     import torch
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
     from tests.support import PAIRS, train_cfg, run_training
-    from seq2seq_core.training import loop as training
+    from seq2seq_core.training import session as training
 
     buckets = []
 
