@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from seq2seq_core import stages
 from seq2seq_core.config import load_config
 from seq2seq_core.decoding.translator import Translator
 from tests.support import TrainedWorkspace, copy_workspace
@@ -73,8 +74,8 @@ def _post(port: int, payload: dict) -> tuple[int, dict]:
 def served(
     tmp_path_factory: pytest.TempPathFactory, trained_workspace: TrainedWorkspace
 ) -> Iterator[Served]:
-    """A copy of the session's trained workspace, evaluated and registered by the CLI in a
-    store of its own, served on a free port."""
+    """A copy of the session's trained workspace, evaluated, registered by the CLI in a store
+    of its own and served on a free port."""
     # A patient batcher, so that requests fired together share batches even on a loaded
     # machine; every batch logged, so the test can count them.
     serve = {"batch_wait_ms": 200.0, "batch_log_s": 0.0, "torch_threads": 1}
@@ -87,11 +88,13 @@ def served(
     env = {**os.environ}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("MLFLOW_REGISTRY_URI", None)
-    cli = [sys.executable, "-m", "flows.cli"]
-    for stage in ("evaluate", "register"):
-        proc = subprocess.run([*cli, stage], env=env, cwd=root, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-2000:]
     cfg = load_config(root / "params.yaml")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        stages.evaluate(cfg)  # the register stage needs its metrics.json
+    cli = [sys.executable, "-m", "flows.cli"]
+    proc = subprocess.run([*cli, "register"], env=env, cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     translator = Translator.load(
         root / "models/checkpoints/best.pt", root / "data/vocab", cfg.decode
     )
