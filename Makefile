@@ -31,7 +31,7 @@ check: install
 	$(BIN)/ruff check .
 
 test: check
-	$(BIN)/python -m pytest --durations=25
+	$(BIN)/python -m pytest -n auto --dist loadfile --durations=25
 
 format: install
 	$(BIN)/ruff format .
