@@ -27,6 +27,7 @@ from torch.overrides import TorchFunctionMode
 
 from seq2seq_core.config import DataConfig, ModelConfig, PipelineConfig, TrainConfig
 from seq2seq_core.data.prepare import DataError, prepare_corpus, read_pairs
+from seq2seq_core.model.checkpoint import CheckpointDir
 from seq2seq_core.model.seq2seq import build_model
 from seq2seq_core.special_tokens import EOS_ID
 from seq2seq_core.training.loop import TrainResult, train_model
@@ -421,7 +422,7 @@ class TrainedWorkspace:
 
     @property
     def checkpoint(self) -> Path:
-        return self.root / self.cfg.train.checkpoint_dir / "best.pt"
+        return CheckpointDir(self.root / self.cfg.train.checkpoint_dir).best
 
     @property
     def vocab_dir(self) -> Path:
