@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import json
 import os
 import re
 import shutil
@@ -510,3 +511,11 @@ def copy_model(trained: TrainedWorkspace, dest: Path) -> tuple[Path, Path]:
     shutil.copy2(trained.checkpoint, dest / "ckpt" / "best.pt")
     shutil.copytree(trained.vocab_dir, dest / "vocab")
     return dest / "ckpt" / "best.pt", dest / "vocab"
+
+
+def json_report_of(command: list[str], cwd: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Run ``command`` in a fresh process (3 minutes at most); it must succeed, and its last
+    line of output is a JSON report, returned."""
+    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from flows import registry, tracking
 from flows.pyfunc import InputRejectedError, TranslatorModel
 from seq2seq_core.config import PipelineConfig
 from seq2seq_core.decoding.translator import Translator
-from tests.support import METRICS, REPO, TrainedWorkspace, copy_model
+from tests.support import METRICS, REPO, TrainedWorkspace, copy_model, json_report_of
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -146,16 +145,8 @@ def test_champion_translates_in_a_fresh_process_without_the_repo(
         )
     )
     env = {**os.environ, "MLFLOW_TRACKING_URI": registered.tracking_uri}
-    proc = subprocess.run(
-        [sys.executable, str(script), registered.champion_uri, json.dumps(SENTENCES)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    command = [sys.executable, str(script), registered.champion_uri, json.dumps(SENTENCES)]
+    report = json_report_of(command, tmp_path, env)
     assert report["translations"] == registered.expected
     for key in ("core", "pyfunc"):
         path = Path(report[key])

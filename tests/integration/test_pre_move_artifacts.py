@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tarfile
 import textwrap
@@ -28,7 +27,7 @@ from seq2seq_core.config import DecodeConfig, load_config
 from seq2seq_core.decoding.translator import Translator
 from seq2seq_core.model.checkpoint import load_model
 from seq2seq_core.model.seq2seq import Seq2Seq
-from tests.support import FIXTURES, REPO
+from tests.support import FIXTURES, REPO, json_report_of
 
 PRE_MOVE = FIXTURES / "pre_move"
 EXPECTED = json.loads((PRE_MOVE / "expected.json").read_text(encoding="utf-8"))
@@ -95,16 +94,8 @@ def test_pre_move_model_serves_with_its_own_code_in_a_fresh_process(
     model_dir: Path, tmp_path: Path
 ) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, str(model_dir), json.dumps(SENTENCES)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    command = [sys.executable, "-c", FRESH_PROCESS, str(model_dir), json.dumps(SENTENCES)]
+    report = json_report_of(command, tmp_path, env)
     # The current code is installed in this venv, yet the model ran the code it carries.
     code_dir = (model_dir / "code").resolve()
     for key in ("core", "pyfunc"):
