@@ -14,7 +14,6 @@ import codecs
 import dataclasses
 import hashlib
 import itertools
-import json
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -33,7 +32,7 @@ from seq2seq_core.data.cleaning import clean_text, clean_with, count_tokens, pai
 from seq2seq_core.data.errors import DataError, Row
 from seq2seq_core.data.readers import FORMATS, detect_format, read_pairs
 from seq2seq_core.data.report import plot_length_histogram
-from seq2seq_core.runtime.files import publish, staging_dir
+from seq2seq_core.runtime.files import publish, staging_dir, write_json
 
 __all__ = [
     "DROP_REASONS", "FORMATS", "SPLITS", "CleanPairs", "DataError", "Row", "clean_text",
@@ -274,9 +273,7 @@ def _write_outputs(
             "total_s": round(total, 3),
             "pairs_per_s": round(report["pairs_read"] / max(total, 1e-9), 1),
         }
-        (tmp / "report.json").write_text(
-            json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        write_json(tmp / "report.json", report)
         names = [f"{s}.parquet" for s in SPLITS] + ["lengths.png", "report.json"]
         publish(tmp, out_dir, names)
 

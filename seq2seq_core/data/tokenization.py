@@ -23,7 +23,7 @@ from typing import Any
 import sentencepiece as spm
 
 from seq2seq_core.config import VocabConfig
-from seq2seq_core.runtime.files import publish, staging_dir
+from seq2seq_core.runtime.files import publish, staging_dir, write_json
 from seq2seq_core.special_tokens import BOS_ID, EOS_ID, PAD_ID, SPECIALS, UNK_ID
 
 MANIFEST = "tokenizer.json"
@@ -233,9 +233,7 @@ class SubwordTokenizer:
             names = self.settings["files"]
             (tmp / names["src"]).write_bytes(self._src.blob)
             (tmp / names["tgt"]).write_bytes(self._tgt.blob)
-            (tmp / MANIFEST).write_text(
-                json.dumps(self.settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-            )
+            write_json(tmp / MANIFEST, self.settings)
             publish(tmp, out_dir, [*{*names.values()}, MANIFEST])
             for stale in set(_MODEL_FILES) - set(names.values()):
                 (out_dir / stale).unlink(missing_ok=True)
