@@ -39,6 +39,7 @@ from seq2seq_core.model.checkpoint import (
     save_checkpoint,
 )
 from seq2seq_core.model.seq2seq import build_model
+from seq2seq_core.runtime.distributed import MessageError
 from seq2seq_core.training.validation import (
     Validation,
     ValidationTokenizer,
@@ -96,6 +97,40 @@ class CheckpointChoice:
     snapshots: int  # how many were averaged (< K when the final quarter had fewer saves)
     averaged_valid_bleu: float | None  # None: fewer than two snapshots, nothing averaged
     single_valid_bleu: float
+
+
+def choice_from_json(value: Any) -> CheckpointChoice | None:
+    """The ``CheckpointChoice`` (or None) rank 0 broadcast as JSON, its shape checked:
+    exactly the fields, each of its type (``MessageError`` otherwise)."""
+    if value is None:
+        return None
+    fields = {f.name for f in dataclasses.fields(CheckpointChoice)}
+    if not isinstance(value, dict) or set(value) != fields:
+        raise MessageError("checkpoint choice: expected an object with its fields")
+    averaged = value["averaged_valid_bleu"]
+    ok = (
+        value["kept_checkpoint"] in ("averaged", "single")
+        and all(_is_int(value[k]) for k in ("average_checkpoints", "snapshots"))
+        and (averaged is None or _is_number(averaged))
+        and _is_number(value["single_valid_bleu"])
+    )
+    if not ok:
+        raise MessageError("checkpoint choice: a field has the wrong type or value")
+    return CheckpointChoice(
+        kept_checkpoint=value["kept_checkpoint"],
+        average_checkpoints=value["average_checkpoints"],
+        snapshots=value["snapshots"],
+        averaged_valid_bleu=None if averaged is None else float(averaged),
+        single_valid_bleu=float(value["single_valid_bleu"]),
+    )
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 class Scoring(Protocol):

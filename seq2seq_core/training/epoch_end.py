@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from seq2seq_core.model.checkpoint import CheckpointDir, model_payload, save_checkpoint
-from seq2seq_core.runtime.distributed import gather
+from seq2seq_core.runtime.distributed import all_gather_uint8
 from seq2seq_core.runtime.files import write_json
 from seq2seq_core.training.log_lines import epoch_line
 from seq2seq_core.training.resume import resume_payload, rng_state
@@ -75,7 +75,7 @@ def save_best(session: TrainingSession, metrics: dict[str, float], extra: dict[s
 def save_last(session: TrainingSession) -> None:
     """last.pt: the model, optimizer, LR schedule, RNG and state, to resume exactly here."""
     session.state.elapsed = session.budget.spent()
-    rng = gather(rng_state(session.device), session.topo)  # every rank's: a collective
+    rng = all_gather_uint8(rng_state(session.device), session.topo)  # a collective
     if session.topo.is_main:
         payload, fraction = (
             _payload(session),

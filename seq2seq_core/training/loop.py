@@ -33,9 +33,9 @@ import torch
 from seq2seq_core.config import PipelineConfig
 from seq2seq_core.data.batches import epoch_order, feed
 from seq2seq_core.model.checkpoint import CheckpointDir
-from seq2seq_core.runtime.distributed import broadcast, max_over_ranks, shard
+from seq2seq_core.runtime.distributed import broadcast_json, float_dict, max_over_ranks, shard
 from seq2seq_core.runtime.files import write_json
-from seq2seq_core.training.averaging import CheckpointChoice, choose_checkpoint
+from seq2seq_core.training.averaging import CheckpointChoice, choice_from_json, choose_checkpoint
 from seq2seq_core.training.epoch_end import EpochOutcome, end_epoch, end_partial_epoch, save_last
 from seq2seq_core.training.log_lines import StepProgress, duration
 from seq2seq_core.training.optim import teacher_forcing_ratio
@@ -243,7 +243,7 @@ def validate(session: TrainingSession) -> dict[str, float]:
             "tokens_per_s": pos.tokens * session.topo.world / max(pos.seconds, 1e-9),
             "lr": session.schedule.at(max(state.step, 1), session.budget.spent()),
         }
-    return broadcast(metrics, session.topo)
+    return float_dict(broadcast_json(metrics, session.topo))
 
 
 # --- stop ---------------------------------------------------------------------------------
@@ -295,7 +295,8 @@ def average_snapshots(session: TrainingSession) -> CheckpointChoice | None:
     if session.topo.is_main and session.snapshots.enabled:
         best = CheckpointDir(session.checkpoint_dir).best
         choice = choose_checkpoint(session.snapshots, best, session.state.best.valid_bleu, session)
-    return broadcast(choice, session.topo)
+    sent = dataclasses.asdict(choice) if choice is not None else None
+    return choice_from_json(broadcast_json(sent, session.topo))
 
 
 def stop_message(session: TrainingSession, stop: str) -> str:

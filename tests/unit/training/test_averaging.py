@@ -137,3 +137,26 @@ def test_averaging_off_keeps_the_single_checkpoint_and_writes_no_snapshots(
     result = run_training(train_cfg(checkpoint_every_steps=1, average_checkpoints=1), tmp_path)
     assert result.kept_checkpoint == "single" and result.averaging is None
     assert _snapshot_steps(tmp_path) == []
+
+
+def test_the_choice_travels_as_checked_json() -> None:
+    """Rank 0 broadcasts its ``CheckpointChoice`` as JSON; other ranks rebuild it only from
+    an object with exactly its fields and types."""
+    from seq2seq_core.runtime.distributed import MessageError, decode_json, encode_json
+    from seq2seq_core.training.averaging import CheckpointChoice, choice_from_json
+
+    choice = CheckpointChoice("averaged", 3, 2, 14.25, 13.5)
+    wire = decode_json(encode_json(dataclasses.asdict(choice)))
+    assert choice_from_json(wire) == choice and choice_from_json(None) is None
+    assert choice_from_json({**wire, "averaged_valid_bleu": None}).averaged_valid_bleu is None
+    for bad in (
+        [1],
+        {**wire, "extra": 1},
+        {k: v for k, v in wire.items() if k != "snapshots"},
+        {**wire, "kept_checkpoint": "os.system"},
+        {**wire, "snapshots": 2.5},
+        {**wire, "average_checkpoints": True},
+        {**wire, "single_valid_bleu": "13.5"},
+    ):
+        with pytest.raises(MessageError, match="checkpoint choice"):
+            choice_from_json(bad)
