@@ -1,12 +1,15 @@
 """`seq2seq train` on several processes or hosts with torchrun, selected by one line.
 
     export SEQ2SEQ_TORCHRUN="--nnodes 2 --nproc-per-node 1 --rdzv-backend c10d \\
-        --rdzv-endpoint node0.internal:29500 --rdzv-id nightly"
+        --rdzv-endpoint 10.0.0.10:29500"
+    export SEQ2SEQ_RDZV_ID=...   # 32 random hex digits, the same on every node
     seq2seq train            # on every node (or `dvc repro train` on the first)
 
 With ``SEQ2SEQ_TORCHRUN`` set, `seq2seq train` re-launches itself as
 ``torchrun $SEQ2SEQ_TORCHRUN -m flows.cli train ...``; inside torchrun (``WORLD_SIZE`` is
-set) it trains. seq2seq_core.runtime.distributed does the rest (DDP, gloo on CPU, NCCL on CUDA;
+set) it trains. A multi-node line is checked first (flows/rendezvous.py: a private
+rendezvous endpoint, an unguessable run id passed in torchrun's environment, not on its
+command line). seq2seq_core.runtime.distributed does the rest (DDP, gloo on CPU, NCCL on CUDA;
 rank 0 writes checkpoints and reports).
 
 MLflow: `seq2seq train` logs step and epoch metrics when ``MLFLOW_RUN_ID`` names a run
@@ -25,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from flows import rendezvous
 from seq2seq_core.runtime import distributed
 
 TORCHRUN_ENV = "SEQ2SEQ_TORCHRUN"
@@ -44,12 +48,19 @@ def torchrun_command(params: str, overrides: list[str]) -> list[str] | None:
 
 
 def relaunch(params: str, overrides: list[str]) -> int | None:
-    """Run `seq2seq train` under torchrun when selected; its exit status, else None."""
+    """Run `seq2seq train` under torchrun when selected; its exit status, else None. A
+    multi-node line that ``rendezvous.launch_env`` refuses exits 2 with its reason."""
     cmd = torchrun_command(params, overrides)
     if cmd is None:
         return None
+    options = shlex.split(os.environ.get(TORCHRUN_ENV, ""))
+    try:
+        extra = rendezvous.launch_env(options, os.environ)
+    except rendezvous.RendezvousRefused as refused:
+        print(f"seq2seq train: torchrun refused: {refused}", file=sys.stderr, flush=True)
+        return 2
     print(f"seq2seq train: torchrun {shlex.join(cmd[3:])}", file=sys.stderr, flush=True)
-    return subprocess.run(cmd, check=False).returncode
+    return subprocess.run(cmd, check=False, env={**os.environ, **extra}).returncode
 
 
 class ReplicaReport:

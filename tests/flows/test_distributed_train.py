@@ -51,3 +51,17 @@ def test_only_rank_zero_logs_to_mlflow(
     assert [type(c) for c in train_callbacks()] == [ReplicaReport]
     no_launch_env.setenv("RANK", "0")
     assert [type(c) for c in train_callbacks()] == [ReplicaReport, MlflowTrainCallback]
+
+
+def test_a_refused_multi_node_line_exits_2_before_torchrun_starts(
+    no_launch_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    no_launch_env.setenv("SEQ2SEQ_TORCHRUN", OPTIONS.replace("h0", "8.8.8.8"))
+    no_launch_env.setenv("SEQ2SEQ_RDZV_ID", "3f9c2a7be01d48c6a5f7e2b9d4c81a06")
+    assert distributed_train.relaunch("p.yaml", []) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seq2seq train: torchrun refused: --rdzv-endpoint 8.8.8.8 resolves")
+    assert "3f9c2a7be01d48c6a5f7e2b9d4c81a06" not in err
+    no_launch_env.delenv("SEQ2SEQ_RDZV_ID")
+    assert distributed_train.relaunch("p.yaml", []) == 2
+    assert "SEQ2SEQ_RDZV_ID must be 32+ random hex digits" in capsys.readouterr().err
