@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -292,10 +293,13 @@ def test_torchrun_two_nodes_train_one_model(
     run_id = client.create_run(experiment.experiment_id, run_name="torchrun-2-nodes").info.run_id
     # One line selects torchrun (flows/distributed_train.py); the same on both "hosts".
     torchrun = (
-        f"--nnodes 2 --nproc-per-node 1 --rdzv-backend c10d "
-        f"--rdzv-endpoint 127.0.0.1:{free_port()} --rdzv-id scale-out-test"
+        f"--nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:{free_port()}"
     )
-    env = clean_env(MLFLOW_TRACKING_URI=uri, MLFLOW_RUN_ID=run_id, SEQ2SEQ_TORCHRUN=torchrun)
+    rdzv_id = secrets.token_hex(16)  # flows/rendezvous.py: in the environment, not argv
+    env = clean_env(
+        MLFLOW_TRACKING_URI=uri, MLFLOW_RUN_ID=run_id, SEQ2SEQ_TORCHRUN=torchrun,
+        SEQ2SEQ_RDZV_ID=rdzv_id,
+    )  # fmt: skip
     nodes = [tmp_path / "node0", tmp_path / "node1"]
     launchers = []
     try:
@@ -313,6 +317,8 @@ def test_torchrun_two_nodes_train_one_model(
         for proc in launchers:
             stop_group(proc.pid)
     clock.part("torchrun_2_nodes", t0)
+    for node in nodes:  # the run id went through the environment: in no launcher's log
+        assert rdzv_id not in (node / "launcher.log").read_text()
 
     # Identical weights on both ranks, and they are the ones rank 0 saved.
     reports = {}
