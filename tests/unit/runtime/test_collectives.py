@@ -24,7 +24,7 @@ from tests.support import run_gloo_ranks
 
 WORKER = textwrap.dedent(
     """
-    import json, os, sys
+    import json, os, pickle, sys
     sys.path.insert(0, sys.argv[1])
     import torch
     import torch.distributed as dist
@@ -48,9 +48,17 @@ WORKER = textwrap.dedent(
         out["oversize"] = "accepted"
     except d.MessageError as exc:
         out["oversize"] = str(exc)
-    # Rank 0 broadcasts bytes that are not JSON (a pickle): refused, never unpickled.
+    # Rank 0 broadcasts a pickle that would create a file when unpickled: refused as not
+    # JSON, never unpickled (what broadcast_object_list would have run on rank 1).
+    marker = os.path.join(sys.argv[3], "unpickled-on-rank1")
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (marker, "w"))
+
+    evil = pickle.dumps(Payload(), protocol=4) if r == 0 else None
     try:
-        d.decode_json(d.broadcast_bytes(b"\\x80\\x04K\\x01." if r == 0 else None, topo))
+        d.decode_json(d.broadcast_bytes(evil, topo))
         out["pickle"] = "decoded"
     except d.MessageError as exc:
         out["pickle"] = str(exc)
@@ -73,6 +81,7 @@ def test_two_gloo_ranks_exchange_json_and_refuse_oversize_and_pickles(tmp_path: 
         assert out["oversize"] == "rank 1 sent a message of 65 bytes (limit 64)", rank
         assert out["pickle"] == "not a JSON message (UnicodeDecodeError)", rank
         assert out["after"] == [0, 10]
+    assert not (tmp_path / "unpickled-on-rank1").exists()
 
 
 def test_one_process_is_a_no_op_that_still_bounds_and_validates() -> None:
