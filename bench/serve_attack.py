@@ -112,9 +112,9 @@ def attack(port: int, huge: list[str], half_sent: int) -> tuple[list[threading.T
 
 
 def short_verses(workspace: Path, cfg, count: int) -> list[str]:
-    """``count`` short training verses (the shortest fifth, repeated as needed)."""
+    """``count`` short training verses (the 100 shortest, repeated as needed)."""
     train = sorted(read_prepared_split(workspace / cfg.data.prepared_dir, "train")["src"], key=len)
-    pool = train[: max(1, len(train) // 5)]
+    pool = train[:100]
     return [pool[i % len(pool)] for i in range(count)]
 
 
