@@ -206,9 +206,7 @@ class DynamicBatcher:
             deadline = time.monotonic() + self.max_request_s
         request = _Request(list(sentences), deadline, cancelled)
         with self._cond:
-            if self._closed:
-                raise RuntimeError("the batcher is closed")
-            if not self._running():
+            if self._closed or not self._running():
                 raise BatcherUnavailableError("the decoding thread is not running")
             self._fresh.append(request)
             self._cond.notify()
