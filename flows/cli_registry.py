@@ -135,7 +135,8 @@ def serve_env(cfg: PipelineConfig) -> dict[str, str]:
 # AWS_*, MLFLOW_TRACKING_* and PREFECT_* (and anything else) stay behind.
 INHERITED_ENV = frozenset(
     {"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH",
-     "CUDA_VISIBLE_DEVICES", "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY"}
+     "CUDA_VISIBLE_DEVICES", "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY",
+     "DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY"}
 )  # fmt: skip
 INHERITED_PREFIXES = ("LC_", "OMP_", "MKL_", "KMP_")
 
