@@ -18,14 +18,17 @@ barely use (one small JSON request at a time each).
 from __future__ import annotations
 
 import argparse
+import atexit
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -108,33 +111,50 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 
 
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
-    """`seq2seq serve` (its command and environment), or MLflow's defaults with --plain."""
-    from flows.cli_registry import serve_command, serve_env
+    """`seq2seq serve`'s server (its command and scrubbed environment) on the model, or
+    `mlflow models serve` with MLflow's defaults (--plain)."""
+    from flows.cli_registry import serve_command, serve_process_env
 
     cfg = load_config(args.params, args.set)
-    command = serve_command(cfg, "champion", port, "127.0.0.1")
-    if args.model:
-        command[command.index("-m", 3) + 1] = args.model
-    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent),
-                                                   os.environ.get("PATH", "")])}  # fmt: skip
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    model = args.model or f"models:/{cfg.register.model_name}@champion"
     if args.plain:
-        command = command[: command.index("--workers")]
+        command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model,
+                   "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+        env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent),
+                                                       os.environ.get("PATH", "")])}  # fmt: skip
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+        if not Path(model).is_dir():
+            env["MLFLOW_TRACKING_URI"] = _tracking_uri()
     else:
-        env.update(serve_env(cfg))
-    if not args.model:
-        from flows import tracking
-
-        env["MLFLOW_TRACKING_URI"] = tracking.configure_tracking(Path.cwd())
+        command = serve_command(cfg, port, "127.0.0.1")
+        env = serve_process_env(cfg, _local_model(model))
     return subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL if not args.server_log else None,
         stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
 
 
+def _tracking_uri() -> str:
+    from flows import tracking
+
+    return tracking.configure_tracking(Path.cwd())
+
+
+def _local_model(model: str) -> Path:
+    """A model directory as is; a URI fetched (as `seq2seq serve` does) to a temporary one."""
+    if Path(model).is_dir():
+        return Path(model)
+    from flows.model_integrity import fetch_verified_model
+
+    _tracking_uri()
+    dest = Path(tempfile.mkdtemp(prefix="serve-load-"))
+    atexit.register(shutil.rmtree, dest, ignore_errors=True)
+    return fetch_verified_model(model, dest)
+
+
 def stop_server(server: subprocess.Popen) -> None:
     """SIGTERM to the server's process group, then SIGKILL to what is left of it: uvicorn
-    (MLflow's CLI's child) would otherwise finish every open request first."""
+    would otherwise finish every open request first."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(server.pid, sig)

@@ -7,9 +7,12 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import math
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -75,56 +78,124 @@ def _num(move: Mapping[str, Any], key: str, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def serve_command(cfg: PipelineConfig, alias: str, port: int, host: str) -> list[str]:
-    uri = f"models:/{cfg.register.model_name}@{alias}"
+def serve_command(cfg: PipelineConfig, port: int, host: str) -> list[str]:
+    """uvicorn on ``seq2seq_serve_app`` (MLflow's scoring app behind the request guard),
+    with the serve limits uvicorn itself enforces. No secret is ever an argument."""
+    from seq2seq_serve_app import APP_SPEC
+    from seq2seq_serve_loop import LOOP_SPEC
+
+    s = cfg.serve
     return [
-        sys.executable, "-m", "mlflow", "models", "serve", "-m", uri,
-        "--env-manager", "local", "-h", host, "-p", str(port),
-        "--workers", str(cfg.serve.workers),
+        sys.executable, "-m", "uvicorn", "--factory", APP_SPEC,
+        "--host", host, "--port", str(port), "--workers", str(s.workers),
+        "--loop", LOOP_SPEC,
+        "--limit-concurrency", str(s.limit_concurrency),
+        "--timeout-keep-alive", _seconds(s.keep_alive_s),
+        # A request runs request_timeout_s at most, so shutdown waits no longer.
+        "--timeout-graceful-shutdown", _seconds(s.request_timeout_s),
     ]  # fmt: skip
 
 
+def _seconds(value: float) -> str:
+    """uvicorn's timeouts are whole seconds (at least 1)."""
+    return str(max(1, math.ceil(value)))
+
+
 def serve_env(cfg: PipelineConfig) -> dict[str, str]:
-    """What the scoring server's workers read: torch threads, the predict pool (see
-    ``seq2seq_serve_loop``) and the pyfunc's batching settings (see ``flows.pyfunc``)."""
-    from flows.pyfunc import BATCH_LOG_ENV, BATCH_WAIT_ENV
+    """The settings the serving process reads: torch threads, the predict pool (see
+    ``seq2seq_serve_loop``), the request guard's limits (``seq2seq_serve_app``) and the
+    pyfunc's batching and request-size settings (``flows.pyfunc``)."""
+    from flows.pyfunc import BATCH_LOG_ENV, BATCH_WAIT_ENV, MAX_SENTENCES_ENV
+    from seq2seq_serve_app import BODY_TIMEOUT_ENV, MAX_REQUEST_BYTES_ENV, REQUEST_TIMEOUT_ENV
     from seq2seq_serve_loop import LOOP_SPEC, REQUEST_THREADS_ENV
 
-    threads = str(cfg.serve.torch_threads)
+    s = cfg.serve
+    threads = str(s.torch_threads)
     return {
         "OMP_NUM_THREADS": threads,
         "MKL_NUM_THREADS": threads,
         # OpenMP threads that spin while they wait collapse when another process takes a
         # core: passive waiting keeps decoding steady on a shared machine.
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+        # For a plain `mlflow models serve` of the same model; `seq2seq serve` passes --loop.
         "UVICORN_LOOP": LOOP_SPEC,
-        REQUEST_THREADS_ENV: str(cfg.serve.request_threads),
-        BATCH_WAIT_ENV: str(cfg.serve.batch_wait_ms),
-        BATCH_LOG_ENV: str(cfg.serve.batch_log_s),
+        REQUEST_THREADS_ENV: str(s.request_threads),
+        BATCH_WAIT_ENV: str(s.batch_wait_ms),
+        BATCH_LOG_ENV: str(s.batch_log_s),
+        MAX_SENTENCES_ENV: str(s.max_sentences_per_request),
+        MAX_REQUEST_BYTES_ENV: str(s.max_request_bytes),
+        BODY_TIMEOUT_ENV: str(s.body_timeout_s),
+        REQUEST_TIMEOUT_ENV: str(s.request_timeout_s),
+        # MLflow's own timeout (504) stays behind the guard's, which stops the decoding too.
+        "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": _seconds(s.request_timeout_s + 30),
     }
+
+
+# What the serving process may inherit: the model is local and needs no credential, so
+# AWS_*, MLFLOW_TRACKING_* and PREFECT_* (and anything else) stay behind.
+INHERITED_ENV = frozenset(
+    {"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH",
+     "CUDA_VISIBLE_DEVICES", "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY",
+     "DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY"}
+)  # fmt: skip
+INHERITED_PREFIXES = ("LC_", "OMP_", "MKL_", "KMP_")
+
+
+def serve_process_env(
+    cfg: PipelineConfig, model_dir: Path, parent: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The serving process's whole environment: an allowlist of ``parent``'s (default:
+    this process's), the serve settings, the model directory, the venv's bin on PATH and
+    this checkout on PYTHONPATH (uvicorn imports ``seq2seq_serve_app``/``_loop`` from it)."""
+    from seq2seq_serve_app import MODEL_DIR_ENV
+
+    parent = os.environ if parent is None else parent
+    env = {
+        k: v for k, v in parent.items() if k in INHERITED_ENV or k.startswith(INHERITED_PREFIXES)
+    }
+    env.update(serve_env(cfg))
+    env[MODEL_DIR_ENV] = str(model_dir)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in (bin_dir, parent.get("PATH")) if p)
+    repo = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, parent.get("PYTHONPATH")) if p)
+    return env
 
 
 def cmd_serve(args: argparse.Namespace, cfg: PipelineConfig) -> None:
     from flows import tracking
+    from flows.model_integrity import fetch_verified_model
 
-    uri = tracking.configure_tracking(Path.cwd())
+    tracking.configure_tracking(Path.cwd())
     port = args.port or cfg.register.serve_port
-    command = serve_command(cfg, args.alias, port, args.host)
-    print(f"serving models:/{cfg.register.model_name}@{args.alias} on http://{args.host}:{port}"
-          f"/invocations ({cfg.serve.workers} worker(s) x {cfg.serve.torch_threads} torch "
-          "thread(s))", file=sys.stderr)  # fmt: skip
-    # MLflow execs `uvicorn` by name: the venv's bin must be on PATH even when the venv
-    # is not activated. The uvicorn workers import seq2seq_serve_loop from this checkout.
-    bin_dir = str(Path(sys.executable).parent)
-    repo = str(Path(__file__).resolve().parents[1])
-    env = {
-        **os.environ,
-        **serve_env(cfg),
-        "MLFLOW_TRACKING_URI": uri,
-        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
-        "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p),
-    }
-    raise SystemExit(subprocess.call(command, env=env))
+    uri = f"models:/{cfg.register.model_name}@{args.alias}"
+    with tempfile.TemporaryDirectory(prefix="seq2seq-serve-") as tmp:
+        # Fetched (and checked) here, with this process's credentials; the server gets a
+        # local directory and an environment without them.
+        model_dir = fetch_verified_model(uri, Path(tmp))
+        print(f"serving {uri} on http://{args.host}:{port}/invocations ({cfg.serve.workers} "
+              f"worker(s) x {cfg.serve.torch_threads} torch thread(s))",
+              file=sys.stderr)  # fmt: skip
+        code = run_server(serve_command(cfg, port, args.host), serve_process_env(cfg, model_dir))
+    raise SystemExit(code)
+
+
+def run_server(command: list[str], env: dict[str, str]) -> int:
+    """Run the server until it exits; a SIGTERM to this process stops it gracefully (and
+    lets the caller remove the fetched model)."""
+    server = subprocess.Popen(command, env=env)
+    previous = signal.signal(signal.SIGTERM, lambda *_: server.terminate())
+    try:
+        return server.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
 
 
 def add_commands(add) -> None:
@@ -135,7 +206,7 @@ def add_commands(add) -> None:
     p = add("registry", cmd_history, "show the registry's alias history")
     p.add_argument("what", choices=["history"], help="history: every recorded alias move")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
-    p = add("serve", cmd_serve, "serve a registry alias with `mlflow models serve`")
+    p = add("serve", cmd_serve, "serve a registry alias (MLflow's scoring app under uvicorn)")
     p.add_argument("--alias", default="champion")
     p.add_argument("--port", type=int, help="default register.serve_port")
     p.add_argument("--host", default="127.0.0.1")

@@ -11,8 +11,16 @@ request (bad input gets its 400 alone), then hands the sentences to a
 ``seq2seq_core.decoding.request_batcher.DynamicBatcher`` and waits for its slice of a shared batch.
 MLflow's scoring server calls ``predict`` from a thread pool (``asyncio.to_thread``), so
 requests do overlap; ``seq2seq_serve_loop`` makes that pool large enough to fill a batch.
-Two environment variables, set by ``seq2seq serve`` from the ``serve`` config section, tune
-it at serve time: ``SEQ2SEQ_BATCH_WAIT_MS`` and ``SEQ2SEQ_BATCH_LOG_S``.
+Environment variables, set by ``seq2seq serve`` from the ``serve`` config section, tune
+it at serve time: ``SEQ2SEQ_BATCH_WAIT_MS``, ``SEQ2SEQ_BATCH_LOG_S`` and
+``SEQ2SEQ_MAX_SENTENCES`` (a request with more sentences gets 413 before anything decodes;
+without the variable, as in ``champion_eval``, there is no limit).
+
+Under `seq2seq serve`, ``seq2seq_serve_app.current_request`` holds the HTTP request's
+deadline and a cancel event (its client has gone); ``predict`` hands both to the batcher,
+which drops the request between chunks. It is imported defensively: the model also loads
+where that module is absent or no request is being served. ``healthy()`` tells the serve
+app's ``/ping`` whether the decoding thread still runs.
 """
 
 from __future__ import annotations
@@ -30,7 +38,12 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import (
+    CANCELLED,
+    DEADLINE_EXCEEDED,
+    INVALID_PARAMETER_VALUE,
+    TEMPORARILY_UNAVAILABLE,
+)
 
 SRC_COLUMN = "src"
 # Keys of the `config` artifact (written by tracking.log_translator_model).
@@ -38,6 +51,9 @@ DECODE_KEY = "decode"
 MAX_INPUT_KEY = "max_input_chars"
 BATCH_WAIT_ENV = "SEQ2SEQ_BATCH_WAIT_MS"
 BATCH_LOG_ENV = "SEQ2SEQ_BATCH_LOG_S"
+MAX_SENTENCES_ENV = "SEQ2SEQ_MAX_SENTENCES"
+# MLflow's error codes have no 413; the serve app's guard applies this status instead.
+TOO_LARGE_STATUS = 413
 log = logging.getLogger("seq2seq.serving")
 
 
@@ -49,6 +65,11 @@ class InputRejectedError(MlflowException, ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+class RequestTooLargeError(InputRejectedError):
+    """More sentences than ``serve.max_sentences_per_request``: refused before decoding
+    (HTTP 413 under `seq2seq serve`, 400 elsewhere)."""
 
 
 class TranslatorModel(mlflow.pyfunc.PythonModel):
@@ -77,12 +98,18 @@ class TranslatorModel(mlflow.pyfunc.PythonModel):
         defaults = ServeConfig()
         wait_ms = float(os.environ.get(BATCH_WAIT_ENV, defaults.batch_wait_ms))
         self.batch_log = BatchLog(float(os.environ.get(BATCH_LOG_ENV, defaults.batch_log_s)))
+        limit = os.environ.get(MAX_SENTENCES_ENV, "").strip()
+        self.max_sentences = int(limit) if limit else None
         self.batcher = DynamicBatcher(
             self.translator.translate,
             max_sentences=decode.batch_size,
             max_wait_s=wait_ms / 1000,
             on_batch=self.batch_log,
         )
+
+    def healthy(self) -> bool:
+        """False once the decoding thread has stopped (the serve app's /ping says 503)."""
+        return self.batcher.alive
 
     def predict(
         self,
@@ -96,14 +123,43 @@ class TranslatorModel(mlflow.pyfunc.PythonModel):
         one from a dict ``{"src": [...]}`` and rejects a bare list (the signature names the
         column). Called directly, a list or a dict works too. (The DataFrame hint also
         keeps MLflow from deriving a schema from type hints.)"""
+        from seq2seq_core.decoding import request_batcher as rb
         from seq2seq_core.decoding.translator import InputTooLongError
 
+        request = _served_request()
         sentences = source_sentences(model_input)
+        if self.max_sentences is not None and len(sentences) > self.max_sentences:
+            if request is not None:
+                request.status = TOO_LARGE_STATUS
+            raise RequestTooLargeError(
+                f"{len(sentences)} sentences in one request; the limit is "
+                f"{self.max_sentences} (serve.max_sentences_per_request)"
+            )
         try:
             self.translator.validate(sentences)
-            return self.batcher.submit(sentences)
+            return self.batcher.submit(
+                sentences,
+                deadline=getattr(request, "deadline", None),
+                cancelled=getattr(request, "cancelled", None),
+            )
         except InputTooLongError as exc:
             raise InputRejectedError(str(exc)) from None
+        except rb.BatcherUnavailableError as exc:
+            raise MlflowException(str(exc), error_code=TEMPORARILY_UNAVAILABLE) from None
+        except rb.DeadlineExceededError as exc:
+            raise MlflowException(str(exc), error_code=DEADLINE_EXCEEDED) from None
+        except rb.RequestDroppedError as exc:
+            raise MlflowException(str(exc), error_code=CANCELLED) from None
+
+
+def _served_request() -> Any:
+    """The serve app's state of the HTTP request being answered, or None (no serve app in
+    this process, or a call from outside a request)."""
+    try:
+        from seq2seq_serve_app import current_request
+    except ImportError:
+        return None
+    return current_request.get()
 
 
 class BatchLog:

@@ -329,13 +329,33 @@ class ServeConfig:
     batch_wait_ms: float = 5.0
     # Seconds between a worker's batching log lines (batches, sentences per batch).
     batch_log_s: float = 30.0
+    # One client must not stall the others (seq2seq_serve_app.py, decoding/request_batcher.py).
+    # More sentences in one request: 413 before anything decodes.
+    max_sentences_per_request: int = 256
+    # A larger body: 413 (by Content-Length before reading it, or while a chunked one comes).
+    max_request_bytes: int = 1_048_576
+    # A body not complete this long after its headers: 408; it never reaches the model.
+    body_timeout_s: float = 10.0
+    # A request not answered this long after it arrived: 504, and its remaining chunks are
+    # not decoded (nor those of a request whose client disconnected).
+    request_timeout_s: float = 60.0
+    # uvicorn --limit-concurrency (connections + requests per worker; more get 503) and
+    # --timeout-keep-alive (seconds an idle connection stays open).
+    limit_concurrency: int = 256
+    keep_alive_s: float = 5.0
 
     def validate(self) -> None:
         check_positive("serve.workers", self.workers)
         check_positive("serve.torch_threads", self.torch_threads)
         check_positive("serve.request_threads", self.request_threads)
+        check_positive("serve.max_sentences_per_request", self.max_sentences_per_request)
+        check_positive("serve.max_request_bytes", self.max_request_bytes)
+        check_positive("serve.limit_concurrency", self.limit_concurrency)
         if self.batch_wait_ms < 0 or self.batch_log_s < 0:
             raise ConfigError("serve.batch_wait_ms and serve.batch_log_s must be >= 0")
+        check_positive("serve.body_timeout_s", self.body_timeout_s)
+        check_positive("serve.request_timeout_s", self.request_timeout_s)
+        check_positive("serve.keep_alive_s", self.keep_alive_s)
 
 
 @dataclass(frozen=True)

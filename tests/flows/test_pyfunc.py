@@ -204,3 +204,36 @@ def test_scoring_server_answers_translations_and_400_for_bad_input(
         "/invocations", json={"dataframe_split": {"columns": ["x"], "data": [["a"]]}}
     )
     assert response.status_code == 400 and "src" in response.json()["message"]
+
+
+def test_behind_the_serve_guard_too_many_sentences_get_413_and_a_dead_model_503(
+    registered: Registered, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model as `seq2seq serve` runs it (MLflow's app behind seq2seq_serve_app's guard):
+    a request over serve.max_sentences_per_request gets 413 without decoding, and once the
+    decoding thread has stopped /ping and /invocations answer 503 instead of hanging."""
+    from fastapi.testclient import TestClient
+    from mlflow.pyfunc import scoring_server
+
+    from seq2seq_serve_app import Limits, RequestGuard, health_probe
+
+    monkeypatch.setenv("SEQ2SEQ_MAX_SENTENCES", "2")
+    mlflow.set_tracking_uri(registered.tracking_uri)
+    model = mlflow.pyfunc.load_model(registered.champion_uri)
+    guard = RequestGuard(scoring_server.init(model), Limits(100_000, 5.0, 30.0),
+                         health_probe(model))  # fmt: skip
+    client = TestClient(guard)
+    batcher = model.unwrap_python_model().batcher
+    response = client.post("/invocations", json={"inputs": {"src": SENTENCES}})
+    assert response.status_code == 413, response.text
+    assert "3 sentences in one request; the limit is 2" in response.json()["message"]
+    assert batcher.stats.summary()["sentences"] == 0  # nothing was decoded
+    response = client.post("/invocations", json={"inputs": {"src": SENTENCES[:2]}})
+    assert response.status_code == 200 and response.json()["predictions"] == registered.expected[:2]
+    assert client.get("/ping").status_code == 200
+
+    batcher.close()
+    assert client.get("/ping").status_code == 503
+    assert client.get("/health").status_code == 503
+    response = client.post("/invocations", json={"inputs": {"src": SENTENCES[:1]}})
+    assert response.status_code == 503 and "not running" in response.json()["message"]

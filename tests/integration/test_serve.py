@@ -1,8 +1,8 @@
-"""`seq2seq serve`: a real `mlflow models serve` of the champion on a free loopback port.
+"""`seq2seq serve`: a real server of the champion on a free loopback port.
 
 The session's tiny model is evaluated, registered and served once per module; the tests send
-real HTTP requests, one at a time and many at once (dynamic batching), and read the server's
-log."""
+real HTTP requests, one at a time and many at once (dynamic batching), oversized ones, read
+the server's log, and look for planted credentials in the server process."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from seq2seq_core import stages
@@ -48,6 +49,9 @@ VERSES = [
 ]
 OVER_LONG = " ".join(["Gott"] * 80)  # > decode.max_input_tokens = 60 below
 BATCH_LINE = re.compile(r"batching pid=\d+ (\{.*\})")
+MAX_SENTENCES = 50
+# In `seq2seq serve`'s environment; the server process must never see them.
+PLANTED = {"AWS_SECRET_ACCESS_KEY": "planted-aws-xyz", "MLFLOW_TRACKING_PASSWORD": "planted-pw"}
 
 
 @dataclass
@@ -55,6 +59,7 @@ class Served:
     port: int
     log: Path
     translator: Translator
+    pid: int
 
 
 def _post(port: int, payload: dict) -> tuple[int, dict]:
@@ -78,7 +83,8 @@ def served(
     of its own and served on a free port."""
     # A patient batcher, so that requests fired together share batches even on a loaded
     # machine; every batch logged, so the test can count them.
-    serve = {"batch_wait_ms": 200.0, "batch_log_s": 0.0, "torch_threads": 1}
+    serve = {"batch_wait_ms": 200.0, "batch_log_s": 0.0, "torch_threads": 1,
+             "max_sentences_per_request": MAX_SENTENCES}  # fmt: skip
     root = copy_workspace(
         trained_workspace,
         tmp_path_factory.mktemp("served") / "workspace",
@@ -105,7 +111,7 @@ def served(
     log = root / "server.log"
     with log.open("w") as out:
         server = subprocess.Popen(
-            [*cli, "serve", "--port", str(port)], env=env, cwd=root, stdout=out,
+            [*cli, "serve", "--port", str(port)], env={**env, **PLANTED}, cwd=root, stdout=out,
             stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )  # fmt: skip
     try:
@@ -118,7 +124,7 @@ def served(
                 if server.poll() is not None or time.time() > deadline:
                     pytest.fail(f"server did not start: {log.read_text()[-3000:]}")
                 time.sleep(0.5)
-        yield Served(port, log, translator)
+        yield Served(port, log, translator, server.pid)
     finally:
         with contextlib.suppress(ProcessLookupError):  # it may have exited already
             os.killpg(server.pid, signal.SIGTERM)
@@ -177,3 +183,44 @@ def test_concurrent_requests_share_batches_and_bad_ones_get_4xx(served: Served) 
     assert requests == len(VERSES)  # rejected requests never reach a batch
     assert batches < requests, after
     assert after["max_batch_sentences"] > 1
+
+
+def test_an_oversized_request_gets_413_at_once_and_others_are_still_served(
+    served: Served,
+) -> None:
+    """Too many sentences: 413 from predict before anything decodes; too many bytes: 413
+    from the guard before the body is read. A normal request is answered afterwards."""
+    before = _batch_totals(served.log)
+    start = time.monotonic()
+    status, body = _post(served.port, {"inputs": {"src": ["Und es ward Licht."] * 2000}})
+    seconds = time.monotonic() - start
+    assert status == 413 and seconds < 1.0, (status, seconds)
+    assert "serve.max_sentences_per_request" in body["message"]
+
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as s:
+        start = time.monotonic()
+        s.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                  b"\r\nContent-Length: 50000000\r\n\r\n")  # fmt: skip
+        answer = s.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 413") and time.monotonic() - start < 1.0
+
+    status, body = _post(served.port, {"inputs": {"src": [SENTENCES[1]]}})
+    assert status == 200 and body["predictions"] == served.translator.translate([SENTENCES[1]])
+    time.sleep(0.5)
+    after = _batch_totals(served.log)
+    assert after["sentences"] - before["sentences"] == 1  # the refused ones never decoded
+
+
+def test_the_server_process_holds_no_credential_of_its_caller(served: Served) -> None:
+    """`seq2seq serve` had AWS and MLflow secrets in its environment; the uvicorn process
+    it started (and its workers) has none in its environment or command line."""
+    children = psutil.Process(served.pid).children(recursive=True)
+    server = [c for c in children if b"uvicorn" in Path(f"/proc/{c.pid}/cmdline").read_bytes()]
+    assert server, "seq2seq serve has no uvicorn process"
+    assert b"SEQ2SEQ_MODEL_DIR=" in Path(f"/proc/{server[0].pid}/environ").read_bytes()
+    for child in children:
+        environ = Path(f"/proc/{child.pid}/environ").read_bytes()
+        cmdline = Path(f"/proc/{child.pid}/cmdline").read_bytes()
+        for name, secret in PLANTED.items():
+            assert secret.encode() not in environ and name.encode() not in environ
+            assert secret.encode() not in cmdline

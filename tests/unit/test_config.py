@@ -39,6 +39,10 @@ def test_overrides_are_parsed_as_yaml_values() -> None:
         ({"train": {"max_epochs": "ten"}}, "train.max_epochs must be an integer"),
         ({"modle": {}}, "unknown section(s) modle"),
         ({"train": {"teacher_forcing": 1.5}}, "train.teacher_forcing must be in [0, 1]"),
+        ({"serve": {"max_sentences_per_request": 0}}, "serve.max_sentences_per_request must"),
+        ({"serve": {"max_request_bytes": -1}}, "serve.max_request_bytes must be > 0"),
+        ({"serve": {"body_timeout_s": 0}}, "serve.body_timeout_s must be > 0"),
+        ({"serve": {"request_timeout_s": 0.0}}, "serve.request_timeout_s must be > 0"),
     ],
 )
 def test_bad_parameters_name_the_key(raw: dict, message: str) -> None:
