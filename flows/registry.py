@@ -30,6 +30,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
+from flows import model_integrity
 from flows.gate import (
     GateDecision,
     Systems,
@@ -113,13 +114,15 @@ def _create_version(
     metrics: Mapping[str, Any],
     extra_tags: Mapping[str, str] | None,
 ) -> str:
-    """A new version of `name` tagged with its test scores and the run's lineage."""
+    """A new version of `name` tagged with its test scores, the run's lineage and the
+    sha256 digests of its files as the store holds them now (model_integrity)."""
     version_tags = score_tags(metrics)
     if run_id:
         run_tags = client.get_run(run_id).data.tags
         version_tags |= {k: v for k, v in run_tags.items() if k.startswith(LINEAGE_PREFIXES)}
         version_tags["source.run_id"] = run_id
     version_tags |= dict(extra_tags or {})
+    version_tags |= model_integrity.digest_tags_of(model_uri)
     created = client.create_model_version(
         name, model_uri, run_id=run_id, tags=version_tags, model_id=_model_id(model_uri)
     )
@@ -208,7 +211,9 @@ def _move_champion(
     decision: GateDecision,
     now: str,
 ) -> None:
-    """`champion` to `version`; the version it leaves learns what replaced it, and when."""
+    """`champion` to `version`; the version it leaves learns what replaced it, and when.
+    A version whose files differ from its recorded digests never becomes the champion."""
+    model_integrity.verify_registered_version(name, version)
     client.set_registered_model_alias(name, CHAMPION, version)
     if champion is not None:
         for key, value in (("replaced_by", version), ("replaced_at", now)):
@@ -246,6 +251,8 @@ def rollback(cfg: PipelineConfig, *, trigger: str = "") -> RegistrationResult:
                 f"{name}: champion v{champion.version} replaced no earlier champion"
             )
         target = client.get_model_version(name, previous)
+        # Refuse to roll back onto a tampered version: the alias stays where it is.
+        model_integrity.verify_registered_version(name, previous)
         reason = f"rollback from v{champion.version} to v{previous}"
         client.set_registered_model_alias(name, CHAMPION, previous)
         client.set_model_version_tag(name, champion.version, "promotion.rolled_back_at", _now())
