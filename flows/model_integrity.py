@@ -235,6 +235,20 @@ def manifest_differences(recorded: Mapping[str, str], actual: Mapping[str, str])
     return problems
 
 
+def verify_file(version: ModelVersion, rel: str, local: Path) -> Path:
+    """Check one downloaded file of ``version`` (``rel``: its path in the model directory)
+    against the recorded digests, when the version has them: the gate reads the test
+    hypotheses this way, so faked evidence cannot promote a model."""
+    recorded_json = version.tags.get(FILES_TAG)
+    if recorded_json:
+        want, got = json.loads(recorded_json).get(rel), file_sha256(Path(local))
+        if want != got:
+            problem = manifest_differences({rel: want} if want else {}, {rel: got})[0]
+            label = f"models:/{version.name}/{version.version}"
+            raise ModelIntegrityError(f"{label}: {problem}; refusing to use it")
+    return Path(local)
+
+
 def fetch_verified_model(model_uri: str, dest: Path) -> Path:
     """Download the registered version ``model_uri`` names into ``dest`` (created; must be
     empty) and check every file against its recorded digests; returns the local model
@@ -302,5 +316,5 @@ __all__ = [
     "CODE_TAG", "DIGEST_TAGS", "FILES_TAG", "MANIFEST_TAG", "RECORDED_BY_TAG", "TOKENIZER_TAG",
     "WEIGHTS_TAG", "ModelIntegrityError", "RegisteredModelNotFoundError", "attest",
     "digest_tags", "digest_tags_of", "fetch_verified_model", "file_manifest", "resolve",
-    "verify_model_dir", "verify_registered_version",
+    "verify_file", "verify_model_dir", "verify_registered_version",
 ]  # fmt: skip

@@ -308,20 +308,24 @@ def _record_move(
 
 
 def _systems(name: str, champion: ModelVersion, version: str) -> Systems | None:
-    """(champion hyps, challenger hyps, references) from the two models' artifacts."""
+    """(champion hyps, challenger hyps, references) from the two models' artifacts, each
+    checked against its version's recorded digests (a mismatch raises, never decides)."""
+    candidate = MlflowClient().get_model_version(name, version)
     try:
-        base = _artifact_lines(f"models:/{name}/{champion.version}/{HYPOTHESES_ARTIFACT}")
-        cand = _artifact_lines(f"models:/{name}/{version}/{HYPOTHESES_ARTIFACT}")
-        refs = _artifact_lines(f"models:/{name}/{version}/{REFERENCES_ARTIFACT}")
+        base = _artifact_lines(champion, HYPOTHESES_ARTIFACT)
+        cand = _artifact_lines(candidate, HYPOTHESES_ARTIFACT)
+        refs = _artifact_lines(candidate, REFERENCES_ARTIFACT)
     except (MlflowException, OSError):
         return None
     return base, cand, refs
 
 
-def _artifact_lines(uri: str) -> list[str]:
+def _artifact_lines(version: ModelVersion, rel: str) -> list[str]:
+    uri = f"models:/{version.name}/{version.version}/{rel}"
     with tempfile.TemporaryDirectory(prefix="seq2seq-gate-") as tmp:
         path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
-        return Path(path).read_text(encoding="utf-8").splitlines()
+        checked = model_integrity.verify_file(version, rel, Path(path))
+        return checked.read_text(encoding="utf-8").splitlines()
 
 
 def registry_lock() -> AbstractContextManager[None]:

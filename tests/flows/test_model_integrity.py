@@ -244,3 +244,18 @@ def test_a_version_without_digests_is_refused_until_attested(
         assert main(attest) == 1
         err = capsys.readouterr().err
         assert "artifacts/translator.json sha256 " in err and "--replace only if" in err
+
+
+def test_the_gate_reads_only_evidence_that_matches_the_digests(in_store: Store) -> None:
+    """The promotion gate's test hypotheses come from the store too: a changed file raises
+    rather than deciding (shown on translator.json: these versions were logged without
+    hypotheses)."""
+    version = MlflowClient().get_model_version(NAME, "1")
+    rel = "artifacts/translator.json"
+    settings = registry._artifact_lines(version, rel)
+    assert json.loads("\n".join(settings))["max_input_chars"] == in_store.cfg.data.max_chars
+    with (
+        tampered(in_store.files_of(1) / rel, append=b"\n"),
+        pytest.raises(ModelIntegrityError, match=rf"models:/{NAME}/1: {rel} sha256 "),
+    ):
+        registry._artifact_lines(version, rel)
