@@ -192,9 +192,8 @@ def resolve(model_uri: str, client: MlflowClient | None = None) -> VersionRef:
     return VersionRef(found, model_uri)
 
 
-def verify_model_dir(ref: VersionRef, model_dir: Path) -> Path:
-    """Compare every file of ``model_dir`` with the digests recorded on ``ref``'s version;
-    raise ``ModelIntegrityError`` naming the first file that differs. Reads bytes only."""
+def recorded_files(ref: VersionRef) -> dict[str, str]:
+    """The version's ``sha256.files``; a version without it is refused, with the way out."""
     recorded_json = ref.version.tags.get(FILES_TAG)
     if not recorded_json:
         raise ModelIntegrityError(
@@ -202,7 +201,13 @@ def verify_model_dir(ref: VersionRef, model_dir: Path) -> Path:
             f"check its files, then run `seq2seq registry attest --version "
             f"{ref.version.version}`; refusing to load"
         )
-    recorded: dict[str, str] = json.loads(recorded_json)
+    return json.loads(recorded_json)
+
+
+def verify_model_dir(ref: VersionRef, model_dir: Path) -> Path:
+    """Compare every file of ``model_dir`` with the digests recorded on ``ref``'s version;
+    raise ``ModelIntegrityError`` naming the first file that differs. Reads bytes only."""
+    recorded = recorded_files(ref)
     actual = file_manifest(model_dir)
     problems = manifest_differences(recorded, actual)
     if problems:
@@ -258,8 +263,7 @@ def fetch_verified_model(model_uri: str, dest: Path) -> Path:
     The alias is resolved once, and that version is downloaded by number, so a concurrent
     alias move cannot mix two versions' files and tags."""
     ref = resolve(model_uri)
-    if not ref.version.tags.get(FILES_TAG):
-        verify_model_dir(ref, Path(dest))  # refuses before downloading anything
+    recorded_files(ref)  # a version without digests is refused before any download
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
