@@ -8,6 +8,9 @@ alias as a tag `alias_move.<UTC time>` holding JSON (alias, from, to, trigger, d
 p-value, reason), so `seq2seq registry history` can list them. Moves are serialised by a
 lock file next to the tracking store, and the champion is re-read under the lock: when two
 promotions race, the second re-decides against whatever the first left behind.
+
+A new version records the sha256 of its files (flows/model_integrity.py), and `champion`
+moves (promotion, rollback) only onto a version whose files in the store still match.
 """
 
 from __future__ import annotations
