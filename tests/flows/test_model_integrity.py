@@ -259,3 +259,19 @@ def test_the_gate_reads_only_evidence_that_matches_the_digests(in_store: Store) 
         pytest.raises(ModelIntegrityError, match=rf"models:/{NAME}/1: {rel} sha256 "),
     ):
         registry._artifact_lines(version, rel)
+
+
+def test_uris_without_recorded_digests_are_refused(
+    in_store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = MlflowClient().get_model_version(NAME, "1").source  # models:/m-<id>
+    run_uri = f"runs:/{MlflowClient().get_model_version(NAME, '1').run_id}/translator"
+    for uri in (run_uri, source):
+        assert main(["translate", *SENTENCES, "--model", uri]) == 1
+        err = capsys.readouterr().err
+        assert err == (
+            f"seq2seq translate: {uri}: only a registered version (models:/NAME/VERSION or "
+            "models:/NAME@ALIAS) has recorded sha256 digests; refusing to load\n"
+        )
+    assert main(["translate", *SENTENCES, "--model", f"models:/{NAME}/9"]) == 1
+    assert capsys.readouterr().err.endswith(f"models:/{NAME}/9: no such registered model version\n")
