@@ -1,6 +1,7 @@
 """The weekly check on the registry: score the champion on the current prepared test split.
 
-Reads the model by alias (``models:/<register.model_name>@champion``), translates the test
+Reads the model by alias (``models:/<register.model_name>@champion``), checked against its
+recorded sha256 digests (flows/model_integrity.py) before it is loaded, translates the test
 split that ingest wrote last, scores it with the same sacrebleu metrics as the evaluate
 stage, logs the scores to a new MLflow run and leaves a markdown artifact in Prefect.
 It changes no alias: a drop in the score is for a person (or the nightly gate) to act on.
@@ -8,6 +9,7 @@ It changes no alias: a drop in the score is for a person (or the nightly gate) t
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from prefect.runtime import flow_run
 
 from flows import registry, tracking
 from flows.gate import TEST_BLEU_TAG, TEST_SET_TAG
+from flows.model_integrity import fetch_verified_model
 from seq2seq_core.config import load_config
 from seq2seq_core.data.prepare import read_prepared_split
 from seq2seq_core.evaluation.metrics import eval_set_digest, score_translations
@@ -46,8 +49,7 @@ def evaluate_champion(
 
     test = read_prepared_split(Path(cfg.data.prepared_dir), "test")
     sources, references = test["src"].tolist(), test["tgt"].tolist()
-    translator = mlflow.pyfunc.load_model(model_uri)
-    hypotheses = list(translator.predict(pd.DataFrame({"src": sources})))
+    hypotheses = translate_verified(name, champion.version, sources)
     scores = score_translations(hypotheses, references)
     test_sha = eval_set_digest(sources, references)
     logger.info(
@@ -83,6 +85,16 @@ def evaluate_champion(
     }
     create_markdown_artifact(key="champion-eval", markdown=_markdown(summary))
     return summary
+
+
+def translate_verified(name: str, version: str | int, sources: list[str]) -> list[str]:
+    """``sources`` translated by ``name`` v``version``, the version the alias named a moment
+    ago, checked against its recorded digests before its code is imported: a tampered
+    champion raises ``ModelIntegrityError`` and fails the flow run, unscored."""
+    with tempfile.TemporaryDirectory(prefix="seq2seq-champion-eval-") as tmp:
+        model_dir = fetch_verified_model(f"models:/{name}/{version}", Path(tmp) / "model")
+        translator = mlflow.pyfunc.load_model(str(model_dir))
+        return list(translator.predict(pd.DataFrame({"src": sources})))
 
 
 def _version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion:

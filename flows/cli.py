@@ -7,10 +7,13 @@ parses arguments and calls the one stage function.
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import json
 import os
+import shutil
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -178,7 +181,8 @@ def cmd_average(args: argparse.Namespace) -> None:
 
 def _load_translator(cfg: PipelineConfig, model: str | None) -> Any:
     """A `Translator` from a local checkpoint (.pt, with the vocab of the params) or a
-    registry/run URI (the pyfunc model's own checkpoint, vocab and decode settings)."""
+    registered version (the pyfunc model's own checkpoint, vocab and decode settings),
+    verified first (flows/model_integrity.py; `runs:/` URIs carry no digests: refused)."""
     if model and not model.startswith(("models:/", "runs:/")):
         from seq2seq_core.decoding.translator import Translator
 
@@ -192,10 +196,16 @@ def _load_translator(cfg: PipelineConfig, model: str | None) -> Any:
     import mlflow.pyfunc
 
     from flows import tracking
+    from flows.model_integrity import fetch_verified_model
 
     tracking.configure_tracking(Path.cwd())
     uri = model or f"models:/{cfg.register.model_name}@champion"
-    return mlflow.pyfunc.load_model(uri).unwrap_python_model().translator
+    # Checked against the version's recorded digests before any of its code is imported;
+    # the folder lives as long as the process (the model imports some modules lazily).
+    local = Path(tempfile.mkdtemp(prefix="seq2seq-translate-"))
+    atexit.register(shutil.rmtree, local, ignore_errors=True)
+    model_dir = fetch_verified_model(uri, local / "model")
+    return mlflow.pyfunc.load_model(str(model_dir)).unwrap_python_model().translator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write translations here instead of stdout")
     p.add_argument(
         "--model",
-        help="models:/NAME@ALIAS (default: the champion), runs:/..., a .pt checkpoint or its dir",
+        help="models:/NAME@ALIAS or models:/NAME/VERSION (default: the champion; checked "
+        "against its recorded sha256 digests), a .pt checkpoint or its dir",
     )
     p.add_argument("--beam", type=int, help="beam size (default decode.beam_size; 1 = greedy)")
     p.add_argument("--nbest", type=int, help="print the n best hypotheses: i ||| text ||| score")

@@ -1,4 +1,5 @@
-"""`seq2seq promote | rollback | registry history | serve`: the registry from a shell.
+"""`seq2seq promote | rollback | registry history | registry attest | serve`: the registry
+from a shell.
 
 Kept apart from flows/cli.py so that the stage commands do not import MLflow."""
 
@@ -47,6 +48,28 @@ def cmd_promote(args: argparse.Namespace, cfg: PipelineConfig) -> None:
 def cmd_rollback(args: argparse.Namespace, cfg: PipelineConfig) -> None:
     registry = _registry(cfg)
     print(json.dumps(asdict(registry.rollback(cfg, trigger=_trigger("rollback"))), indent=2))
+
+
+def cmd_registry(args: argparse.Namespace, cfg: PipelineConfig) -> None:
+    if args.what == "attest":
+        cmd_attest(args, cfg)
+    else:
+        cmd_history(args, cfg)
+
+
+def cmd_attest(args: argparse.Namespace, cfg: PipelineConfig) -> None:
+    """Record the sha256 digests of a version registered before they existed, after a
+    person checked its files (flows/model_integrity.py); loaders refuse it until then."""
+    from flows import model_integrity
+
+    _registry(cfg)
+    if not args.version:
+        raise ValueError("registry attest: give --version N (the version you checked)")
+    name = cfg.register.model_name
+    tags = model_integrity.attest(name, args.version, replace=args.replace)
+    files = json.loads(tags.pop(model_integrity.FILES_TAG, "{}"))
+    print(json.dumps({"model": name, "version": str(args.version), "files": len(files), **tags},
+                     indent=2))  # fmt: skip
 
 
 def cmd_history(args: argparse.Namespace, cfg: PipelineConfig) -> None:
@@ -203,10 +226,18 @@ def add_commands(add) -> None:
     p.add_argument("--version", help="model version to consider (default: the challenger)")
     p.add_argument("--force", action="store_true", help="promote even if the gate says no")
     add("rollback", cmd_rollback, "move champion back to the previous champion")
-    p = add("registry", cmd_history, "show the registry's alias history")
-    p.add_argument("what", choices=["history"], help="history: every recorded alias move")
+    p = add("registry", cmd_registry, "the registry's alias history; attest an old version")
+    p.add_argument(
+        "what",
+        choices=["history", "attest"],
+        help="history: every recorded alias move; attest: record the sha256 digests of "
+        "--version's current files (a version registered before digests existed, checked "
+        "by you)",
+    )
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
-    p = add("serve", cmd_serve, "serve a registry alias (MLflow's scoring app under uvicorn)")
+    p.add_argument("--version", help="attest: the model version")
+    p.add_argument("--replace", action="store_true", help="attest: overwrite digests that disagree")
+        p = add("serve", cmd_serve, "serve a registry alias (MLflow's scoring app under uvicorn)")
     p.add_argument("--alias", default="champion")
     p.add_argument("--port", type=int, help="default register.serve_port")
     p.add_argument("--host", default="127.0.0.1")

@@ -2,8 +2,10 @@
 
 `champion` and `models:/NAME@ALIAS` (or `models:/NAME/VERSION`) name a registered model;
 the core knows no MLflow, so the model's checkpoint and vocabulary are downloaded here into
-`.state/warm-start/NAME-vVERSION/` (kept: a retried run does not download again) and handed
-to the stages as a `WarmStartSource`. A checkpoint directory is the core's own business.
+`.state/warm-start/NAME-vVERSION/` (kept: a retried run does not download again), checked
+against the version's recorded sha256 digests (flows/model_integrity.py) before the core
+torch-loads anything, and handed to the stages as a `WarmStartSource`. A checkpoint
+directory is the core's own business.
 
 With `init_from: champion` and no champion yet (the first night), there is nothing to start
 from: the run trains from scratch and says so.
@@ -16,12 +18,17 @@ import os
 import shutil
 from pathlib import Path
 
-import mlflow
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from flows.model_integrity import (
+    ModelIntegrityError,
+    VersionRef,
+    fetch_verified_model,
+    verify_model_dir,
+)
 from seq2seq_core.config import PipelineConfig
 from seq2seq_core.training.warm_start import WarmStartError, WarmStartSource, local_source
 
@@ -62,22 +69,30 @@ def _registered_source(name: str, ref: str, *, required: bool) -> WarmStartSourc
             raise WarmStartError(f"train.init_from: {name} has no version {ref!r} in the registry")
         log.info("warm start: %s has no %s yet; training from scratch", name, ref)
         return None
+    exact = VersionRef(version, f"models:/{name}/{version.version}")
     target = CACHE_DIR / f"{name}-v{version.version}"
-    if not (target / "MLmodel").is_file():
+    if (target / "MLmodel").is_file():
+        # A download kept from an earlier run is checked again: it is cheap, and the
+        # folder is as writable as the store.
+        verify_model_dir(exact, target)
+    else:
         # Each process downloads into a folder of its own (torchrun ranks on one host resolve
-        # the source at once) and renames it into place: complete or absent, never mixed.
+        # the source at once), checks it, and renames it into place: complete and verified,
+        # or absent.
         partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version.version}", dst_path=str(partial)
-        )
+        try:
+            fetched = fetch_verified_model(exact.uri, partial)
+        except ModelIntegrityError:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         if target.is_dir() and not (target / "MLmodel").is_file():
             shutil.rmtree(target, ignore_errors=True)  # not a complete download
         try:
-            partial.rename(target)
+            fetched.rename(target)
         except OSError:  # another process put the same version in place first
             shutil.rmtree(partial, ignore_errors=True)
+            verify_model_dir(exact, target)
     artifacts = _pyfunc_artifacts(target)
     label = f"{name} v{version.version}" + (f" ({ref})" if not ref.isdigit() else "")
     return WarmStartSource(

@@ -8,6 +8,9 @@ alias as a tag `alias_move.<UTC time>` holding JSON (alias, from, to, trigger, d
 p-value, reason), so `seq2seq registry history` can list them. Moves are serialised by a
 lock file next to the tracking store, and the champion is re-read under the lock: when two
 promotions race, the second re-decides against whatever the first left behind.
+
+A new version records the sha256 of its files (flows/model_integrity.py), and `champion`
+moves (promotion, rollback) only onto a version whose files in the store still match.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
+from flows import model_integrity
 from flows.gate import (
     GateDecision,
     Systems,
@@ -113,13 +117,15 @@ def _create_version(
     metrics: Mapping[str, Any],
     extra_tags: Mapping[str, str] | None,
 ) -> str:
-    """A new version of `name` tagged with its test scores and the run's lineage."""
+    """A new version of `name` tagged with its test scores, the run's lineage and the
+    sha256 digests of its files as the store holds them now (model_integrity)."""
     version_tags = score_tags(metrics)
     if run_id:
         run_tags = client.get_run(run_id).data.tags
         version_tags |= {k: v for k, v in run_tags.items() if k.startswith(LINEAGE_PREFIXES)}
         version_tags["source.run_id"] = run_id
     version_tags |= dict(extra_tags or {})
+    version_tags |= model_integrity.digest_tags_of(model_uri)
     created = client.create_model_version(
         name, model_uri, run_id=run_id, tags=version_tags, model_id=_model_id(model_uri)
     )
@@ -208,7 +214,9 @@ def _move_champion(
     decision: GateDecision,
     now: str,
 ) -> None:
-    """`champion` to `version`; the version it leaves learns what replaced it, and when."""
+    """`champion` to `version`; the version it leaves learns what replaced it, and when.
+    A version whose files differ from its recorded digests never becomes the champion."""
+    model_integrity.verify_registered_version(name, version)
     client.set_registered_model_alias(name, CHAMPION, version)
     if champion is not None:
         for key, value in (("replaced_by", version), ("replaced_at", now)):
@@ -246,6 +254,8 @@ def rollback(cfg: PipelineConfig, *, trigger: str = "") -> RegistrationResult:
                 f"{name}: champion v{champion.version} replaced no earlier champion"
             )
         target = client.get_model_version(name, previous)
+        # Refuse to roll back onto a tampered version: the alias stays where it is.
+        model_integrity.verify_registered_version(name, previous)
         reason = f"rollback from v{champion.version} to v{previous}"
         client.set_registered_model_alias(name, CHAMPION, previous)
         client.set_model_version_tag(name, champion.version, "promotion.rolled_back_at", _now())
@@ -301,20 +311,24 @@ def _record_move(
 
 
 def _systems(name: str, champion: ModelVersion, version: str) -> Systems | None:
-    """(champion hyps, challenger hyps, references) from the two models' artifacts."""
+    """(champion hyps, challenger hyps, references) from the two models' artifacts, each
+    checked against its version's recorded digests (a mismatch raises, never decides)."""
+    candidate = MlflowClient().get_model_version(name, version)
     try:
-        base = _artifact_lines(f"models:/{name}/{champion.version}/{HYPOTHESES_ARTIFACT}")
-        cand = _artifact_lines(f"models:/{name}/{version}/{HYPOTHESES_ARTIFACT}")
-        refs = _artifact_lines(f"models:/{name}/{version}/{REFERENCES_ARTIFACT}")
+        base = _artifact_lines(champion, HYPOTHESES_ARTIFACT)
+        cand = _artifact_lines(candidate, HYPOTHESES_ARTIFACT)
+        refs = _artifact_lines(candidate, REFERENCES_ARTIFACT)
     except (MlflowException, OSError):
         return None
     return base, cand, refs
 
 
-def _artifact_lines(uri: str) -> list[str]:
+def _artifact_lines(version: ModelVersion, rel: str) -> list[str]:
+    uri = f"models:/{version.name}/{version.version}/{rel}"
     with tempfile.TemporaryDirectory(prefix="seq2seq-gate-") as tmp:
         path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
-        return Path(path).read_text(encoding="utf-8").splitlines()
+        checked = model_integrity.verify_file(version, rel, Path(path))
+        return checked.read_text(encoding="utf-8").splitlines()
 
 
 def registry_lock() -> AbstractContextManager[None]:

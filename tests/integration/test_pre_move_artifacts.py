@@ -2,7 +2,8 @@
 ``seq2seq_core/translator.py``) still work: the current code loads the old checkpoint and
 translates as the old code did, and a model registered then still serves, both in a
 fresh process (with the pre-move code it carries) and in this one the way
-``seq2seq translate`` loads the champion (the current code on the old model's artifacts).
+``seq2seq translate`` loads the champion (the current code on the old model's artifacts),
+once a maintainer has attested it (it was registered before versions recorded digests).
 
 The fixtures in tests/fixtures/pre_move/ were made by its make_fixtures.py with the
 pre-move code; ``expected.json`` holds that code's greedy and beam translations.
@@ -137,6 +138,12 @@ def test_pre_move_champion_translates_in_process_like_seq2seq_translate(
     previous = mlflow.get_tracking_uri()
     try:
         _register_champion(model_dir, uri, work)
+        # Registered the way it was then, with no sha256 digests: refused until a maintainer
+        # who checked it attests it (flows/model_integrity.py).
+        assert main(["translate", *SENTENCES, "--params", str(params)]) == 1
+        assert "registry attest --version 1`; refusing to load" in capsys.readouterr().err
+        assert main(["registry", "attest", "--version", "1", "--params", str(params)]) == 0
+        assert json.loads(capsys.readouterr().out)["sha256.recorded_by"].startswith("attested")
 
         # What `seq2seq translate` loads: the current code on the old model's artifacts.
         translator = _load_translator(load_config(params), None)
