@@ -237,7 +237,7 @@ def add_commands(add) -> None:
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.add_argument("--version", help="attest: the model version")
     p.add_argument("--replace", action="store_true", help="attest: overwrite digests that disagree")
-        p = add("serve", cmd_serve, "serve a registry alias (MLflow's scoring app under uvicorn)")
+    p = add("serve", cmd_serve, "serve a registry alias (MLflow's scoring app under uvicorn)")
     p.add_argument("--alias", default="champion")
     p.add_argument("--port", type=int, help="default register.serve_port")
     p.add_argument("--host", default="127.0.0.1")
