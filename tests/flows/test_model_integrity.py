@@ -25,6 +25,7 @@ from flows.champion_eval import translate_verified
 from flows.cli import main
 from flows.model_integrity import ModelIntegrityError, fetch_verified_model
 from seq2seq_core.config import PipelineConfig
+from tests.services import free_port
 from tests.support import METRICS, REPO, TrainedWorkspace, copy_model
 
 NAME = "integrity"
@@ -182,6 +183,25 @@ def test_a_tampered_model_never_runs_its_code(in_store: Store, tmp_path: Path) -
         unchecked = "import mlflow.pyfunc, sys; mlflow.pyfunc.load_model(sys.argv[1])"
         subprocess.run([sys.executable, "-c", unchecked, str(script.parent)], env=env, timeout=180)
         assert marker.read_text() == "ran"
+
+
+def test_serve_refuses_to_start_on_a_tampered_version(in_store: Store, tmp_path: Path) -> None:
+    """`seq2seq serve` checks the files before it starts the server: exit 1, one line, no
+    port opened and the planted code never ran."""
+    marker = tmp_path / "served"
+    script = in_store.files_of(2) / "translator_model.py"
+    plant = f"open({str(marker)!r}, 'w').write('ran')\n".encode()
+    with tampered(script, plant + script.read_bytes()):
+        proc = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "serve", "--port", str(free_port())],
+            cwd=in_store.root, env={**os.environ, "OMP_NUM_THREADS": "1"},
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "translator_model.py sha256" in lines[0], proc.stderr
+    assert lines[0].endswith("; refusing to load")
+    assert not marker.exists()
 
 
 def test_warm_start_champion_eval_promotion_and_rollback_refuse_a_tampered_version(
