@@ -5,6 +5,7 @@ One implementation for the Makefile and the tests (tests/unit/test_lock.py):
 
     python tests/lockfile.py stamp requirements.lock    # make lock, after pip-compile
     python tests/lockfile.py verify requirements.lock   # make install, before pip runs
+    python tests/lockfile.py entry pip                  # make install: the locked pip first
 
 The inputs are pyproject.toml's dependency tables and the requirement lines of
 constraints.txt (measured pins) and cve-floors.txt (the advisories' floors);
@@ -148,14 +149,28 @@ def verify(lock: Path = LOCK) -> None:
         )
 
 
+def entry(name: str, lock: Path = LOCK) -> str:
+    """One package's line of the lock, hashes included, for `pip install -r`."""
+    pin = read_pins(lock).get(normalize(name))
+    if pin is None:
+        raise LockError(f"{lock.name} does not lock {name}")
+    return " ".join(
+        [f"{normalize(name)}=={pin.version}", *(f"--hash=sha256:{h}" for h in pin.hashes)]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["stamp", "verify"])
-    parser.add_argument("lock", nargs="?", type=Path, default=LOCK)
+    sub = parser.add_subparsers(dest="action", required=True)
+    for action in ("stamp", "verify"):
+        sub.add_parser(action).add_argument("lock", nargs="?", type=Path, default=LOCK)
+    sub.add_parser("entry").add_argument("name")
     args = parser.parse_args(argv)
     try:
         if args.action == "stamp":
             print(f"{args.lock.name}: inputs-sha256 {stamp(args.lock)}")
+        elif args.action == "entry":
+            print(entry(args.name))
         else:
             verify(args.lock)
     except LockError as exc:

@@ -208,6 +208,7 @@ def test_a_stale_or_malformed_lock_is_refused(tmp_path: Path) -> None:
     lock = tmp_path / "requirements.lock"
     lock.write_text("# inputs-sha256: 00ff\nsix==1.17.0 \\\n    --hash=sha256:" + "b" * 64 + "\n")
     assert lockfile.read_pins(lock) == {"six": Pin("1.17.0", ("b" * 64,))}
+    assert lockfile.entry("Six", lock) == "six==1.17.0 --hash=sha256:" + "b" * 64
     with pytest.raises(lockfile.LockError, match="run `make lock`"):
         lockfile.verify(lock)
     lock.write_text("six>=1.16\n")
