@@ -22,7 +22,7 @@ LOCK := requirements.lock
 
 install: $(STAMP)
 
-$(STAMP): $(LOCK) pyproject.toml
+$(STAMP): $(LOCK) pyproject.toml constraints.txt cve-floors.txt
 	# A lock made from other inputs than today's pyproject.toml and constraints stops here.
 	$(PYTHON) tests/lockfile.py verify $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
