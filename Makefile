@@ -13,16 +13,46 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 # Prefect's local state (its SQLite database) stays inside the repo's ignored .state/.
 export PREFECT_HOME ?= $(CURDIR)/.state/prefect
 
-.PHONY: install run test check format bench clean joey-venv
+.PHONY: install lock run test check format bench clean joey-venv
+
+# requirements.lock: every package of `pip install -e '.[dev,scale]'`, pip and setuptools
+# included, at one version each with the sha256 of its files. `make lock` makes it from
+# pyproject.toml, constraints.txt and cve-floors.txt; `make install` installs exactly it.
+LOCK := requirements.lock
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): $(LOCK) pyproject.toml constraints.txt cve-floors.txt
+	# A lock made from other inputs than today's pyproject.toml and constraints stops here.
+	$(PYTHON) tests/lockfile.py verify $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	# constraints.txt pins torch to the CPU build and the versions measured to work here.
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,scale]'
+	# The locked pip first: the venv's bundled one is older and installs the rest slower.
+	$(PYTHON) tests/lockfile.py entry pip > $(VENV)/pip.lock
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(VENV)/pip.lock
+	# pip's hash-checking mode: each file must match a sha256 in the lock, or nothing installs.
+	# --no-deps: the lock is the whole set (pip-compile resolved it; pip check proves it below).
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	# The project itself (editable installs carry no hash), built by the locked setuptools.
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $(STAMP)
+
+# Re-resolve the lock after editing pyproject.toml, constraints.txt or cve-floors.txt.
+# pip-compile keeps the versions already locked where they still fit; `make lock LOCK_ARGS=--upgrade` moves every
+# package to its newest allowed release, `LOCK_ARGS='--upgrade-package mlflow'` one of them.
+# pip-compile runs from its own ignored venv, so `make install` never needs it.
+LOCK_TOOLS := .state/lock-tools
+LOCK_ARGS ?=
+lock:
+	test -x $(LOCK_TOOLS)/bin/python || $(PYTHON) -m venv $(LOCK_TOOLS)
+	$(LOCK_TOOLS)/bin/python -m pip install --quiet pip-tools==7.7.0
+	# pip itself comes in on stdin: nothing depends on it, yet the lock pins the installer.
+	printf 'pip\n' | CUSTOM_COMPILE_COMMAND='make lock' $(LOCK_TOOLS)/bin/pip-compile --quiet \
+		--generate-hashes --allow-unsafe --strip-extras --extra dev --extra scale \
+		--constraint constraints.txt --constraint cve-floors.txt \
+		--no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
+		$(LOCK_ARGS) --output-file $(LOCK) pyproject.toml -
+	$(PYTHON) tests/lockfile.py stamp $(LOCK)
 
 run: install
 	$(BIN)/seq2seq pipeline
