@@ -41,8 +41,8 @@ from tests.stack_access import (
     MLFLOW_ADMIN,
     MLFLOW_GRANTS,
     S3_BOOTSTRAP_ACTIONS,
-    boto_credentials,
     bootstrap_s3,
+    boto_credentials,
     provision_mlflow,
 )
 from tests.stack_secrets import SecretStore, env_file, write_private
@@ -203,6 +203,11 @@ class Stack:
             "MLFLOW_TRACKING_URI": self.mlflow_url,
             "MLFLOW_TRACKING_USERNAME": role,
             "MLFLOW_TRACKING_PASSWORD": self.secrets.get(f"mlflow-{role}"),
+            # Every download through the server, where the auth app checks it. MLflow 3.17
+            # otherwise hands S3-backed clients presigned bucket URLs (signed with the
+            # server's key, which then shows in the bucket's access log), and moto's IAM
+            # refuses those.
+            "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
         }
         if role == "reader":
             return env
@@ -277,8 +282,8 @@ class Stack:
                             name, sql.Identifier(role)))  # fmt: skip
                         # Only the owner (and the superuser) may connect to it.
                         cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(name))
-                    write_private(self.pgpass(role),
-                                  f"127.0.0.1:{self.postgres_port}:*:{role}:{password}\n")  # fmt: skip
+                    line = f"127.0.0.1:{self.postgres_port}:*:{role}:{password}\n"
+                    write_private(self.pgpass(role), line)
         finally:
             conn.close()
 
@@ -310,6 +315,10 @@ class Stack:
             f"database_uri = {self.database_url('mlflow', 'mlflow_auth')}",
             f"admin_username = {MLFLOW_ADMIN}",
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+            # Each request re-hashes the password (PBKDF2) unless the check is cached; a
+            # pipeline run makes hundreds of requests. One server worker: a password change
+            # through the API takes effect at once.
+            "auth_cache_ttl_seconds = 60",
         ]) + "\n")  # fmt: skip
         return clean_env(
             **self.s3_credentials,
@@ -359,8 +368,8 @@ class Stack:
         # /health answers without credentials on both servers (load-balancer probes).
         wait_until(lambda: http_ok(f"{self.mlflow_url}/health"), mlflow, mlflow_log,
                    "MLflow server")  # fmt: skip
-        provision_mlflow(self.mlflow_url, self.secrets.get("mlflow-admin"),
-                         {user: self.secrets.get(f"mlflow-{user}") for user in MLFLOW_GRANTS})  # fmt: skip
+        passwords = {user: self.secrets.get(f"mlflow-{user}") for user in MLFLOW_GRANTS}
+        provision_mlflow(self.mlflow_url, self.secrets.get("mlflow-admin"), passwords)
         self.timings["mlflow_ready_s"] = round(time.monotonic() - t0, 1)
         wait_until(lambda: http_ok(f"{self.prefect_api}/health"), prefect, prefect_log,
                    "Prefect server")  # fmt: skip

@@ -40,18 +40,23 @@ def bootstrap_s3(endpoint: str, bucket: str) -> dict[str, str]:
     import boto3
 
     # Any key passes while moto still counts unauthenticated actions; it is never kept.
-    anon = {"aws_access_key_id": "bootstrap", "aws_secret_access_key": "bootstrap",
-            "region_name": REGION}  # fmt: skip
+    anon = {
+        "aws_access_key_id": "bootstrap",
+        "aws_secret_access_key": "bootstrap",
+        "region_name": REGION,
+    }
     iam = boto3.client("iam", endpoint_url=endpoint, **anon)
     iam.create_user(UserName=S3_USER)
     policy = {
         "Version": "2012-10-17",
-        "Statement": [{
-            "Effect": "Allow",
-            "Action": "s3:*",
-            "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
-        }],
-    }  # fmt: skip
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "s3:*",
+                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+            }
+        ],
+    }
     iam.put_user_policy(UserName=S3_USER, PolicyName="bucket", PolicyDocument=json.dumps(policy))
     key = iam.create_access_key(UserName=S3_USER)["AccessKey"]
     credentials = {
@@ -82,7 +87,11 @@ def basic_auth(user: str, password: str) -> str:
 
 
 def mlflow_call(
-    url: str, path: str, body: dict[str, Any] | None = None, *, auth: str | None = None,
+    url: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    *,
+    auth: str | None = None,
     method: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """One REST call to the MLflow server: (status, JSON body or {}). Errors are returned,
@@ -118,14 +127,22 @@ def provision_mlflow(url: str, admin_password: str, passwords: dict[str, str]) -
     for user in MLFLOW_GRANTS:
         call("/api/2.0/mlflow/users/create", {"username": user, "password": passwords[user]})
     call("/api/2.0/mlflow/experiments/create", {"name": EXPERIMENT})
-    status, found = mlflow_call(
+    _, found = mlflow_call(
         url, f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXPERIMENT}", auth=admin
     )
     experiment_id = found["experiment"]["experiment_id"]
     call("/api/2.0/mlflow/registered-models/create", {"name": REGISTERED_MODEL})
     for user, permission in MLFLOW_GRANTS.items():
-        for resource_type, resource_id in (("experiment", experiment_id),
-                                           ("registered_model", REGISTERED_MODEL)):  # fmt: skip
-            call("/api/3.0/mlflow/users/permissions/grant",
-                 {"username": user, "resource_type": resource_type, "resource_id": resource_id,
-                  "permission": permission})  # fmt: skip
+        for resource_type, resource_id in (
+            ("experiment", experiment_id),
+            ("registered_model", REGISTERED_MODEL),
+        ):
+            call(
+                "/api/3.0/mlflow/users/permissions/grant",
+                {
+                    "username": user,
+                    "resource_type": resource_type,
+                    "resource_id": resource_id,
+                    "permission": permission,
+                },
+            )

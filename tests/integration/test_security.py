@@ -35,14 +35,15 @@ from tests.support import TrainedWorkspace, copy_workspace
 
 pytestmark = pytest.mark.integration
 
-SENTENCE = "Im Anfang schuf Gott die Himmel und die Erde."
+SENTENCES = ["Im Anfang schuf Gott die Himmel und die Erde.", "Und Gott sprach: Es werde Licht!"]
 PYTHON_CLI = [sys.executable, "-m", "flows.cli"]
 CODE_FILE = "code/flows/pyfunc.py"  # what every loader of the model executes
 EVIL = b"import os; os.system('touch /tmp/pwned')\n"
 
 
-def _http(method: str, url: str, data: bytes | None = None,
-          headers: dict[str, str] | None = None) -> int:  # fmt: skip
+def _http(
+    method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None = None
+) -> int:
     """The status of one raw request (no client library that might add credentials)."""
     request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
@@ -53,8 +54,15 @@ def _http(method: str, url: str, data: bytes | None = None,
 
 
 def _cli(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([*PYTHON_CLI, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=240, check=False)  # fmt: skip
+    return subprocess.run(
+        [*PYTHON_CLI, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +87,9 @@ def registered(
         assert proc.returncode == 0, f"{stage} as the worker:\n{proc.stderr[-3000:]}"
     record = json.loads((work / "reports" / "registration.json").read_text(encoding="utf-8"))
     assert (record["version"], record["promoted"]) == (1, True)
-    version = _admin(stack, f"/api/2.0/mlflow/registered-models/alias?name={REGISTERED_MODEL}"
-                            "&alias=champion")["model_version"]  # fmt: skip
+    version = _admin(
+        stack, f"/api/2.0/mlflow/registered-models/alias?name={REGISTERED_MODEL}&alias=champion"
+    )["model_version"]
     run = _admin(stack, f"/api/2.0/mlflow/runs/get?run_id={version['run_id']}")["run"]
     return {"workspace": work, "version": version, "run": run}
 
@@ -97,16 +106,26 @@ def _snapshot(stack: Stack) -> dict[str, Any]:
     and every object in the bucket with its ETag (read as admin and with the S3 key)."""
     model = _admin(stack, f"/api/2.0/mlflow/registered-models/get?name={REGISTERED_MODEL}")
     versions = _admin(stack, "/api/2.0/mlflow/model-versions/search?max_results=100")
-    experiment = _admin(stack, f"/api/2.0/mlflow/experiments/get-by-name?experiment_name="
-                               f"{EXPERIMENT}")["experiment"]  # fmt: skip
+    experiment = _admin(
+        stack, f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXPERIMENT}"
+    )["experiment"]
     auth = basic_auth(MLFLOW_ADMIN, stack.secrets.get("mlflow-admin"))
-    _, runs = mlflow_call(stack.mlflow_url, "/api/2.0/mlflow/runs/search",
-                          {"experiment_ids": [experiment["experiment_id"]]}, auth=auth)  # fmt: skip
+    _, runs = mlflow_call(
+        stack.mlflow_url,
+        "/api/2.0/mlflow/runs/search",
+        {"experiment_ids": [experiment["experiment_id"]]},
+        auth=auth,
+    )
     return {
-        "aliases": sorted((a["alias"], a["version"])
-                          for a in model["registered_model"].get("aliases", [])),  # fmt: skip
+        "aliases": sorted(
+            (a["alias"], a["version"]) for a in model["registered_model"].get("aliases", [])
+        ),
         "versions": sorted(
-            (v["version"], v.get("source"), sorted((t["key"], t["value"]) for t in v.get("tags", [])))
+            (
+                v["version"],
+                v.get("source"),
+                sorted((t["key"], t["value"]) for t in v.get("tags", [])),
+            )
             for v in versions.get("model_versions", [])
         ),
         "runs": sorted(r["info"]["run_id"] for r in runs.get("runs", [])),
@@ -124,8 +143,10 @@ def code_path(stack: Stack, registered: dict[str, Any]) -> str:
         found = _admin(stack, f"/api/2.0/mlflow/logged-models/{model_id}")["model"]
         source = found["info"]["artifact_uri"]
     assert source.startswith("mlflow-artifacts:/"), source
-    return (f"/api/2.0/mlflow-artifacts/artifacts/{source.removeprefix('mlflow-artifacts:/')}"
-            f"/{CODE_FILE}")  # fmt: skip
+    return (
+        f"/api/2.0/mlflow-artifacts/artifacts/{source.removeprefix('mlflow-artifacts:/')}"
+        f"/{CODE_FILE}"
+    )
 
 
 def _identities(stack: Stack) -> dict[str, tuple[str | None, int]]:
@@ -146,26 +167,48 @@ def test_anonymous_and_reader_writes_are_refused_and_change_nothing(
     experiment_id = registered["run"]["info"]["experiment_id"]
     run_id = registered["run"]["info"]["run_id"]
     writes: dict[str, tuple[str, str, dict[str, Any] | None]] = {
-        "move champion": ("POST", "/api/2.0/mlflow/registered-models/alias",
-                          {"name": REGISTERED_MODEL, "alias": "champion", "version": version}),
-        "delete champion": ("DELETE", f"/api/2.0/mlflow/registered-models/alias?name="
-                                      f"{REGISTERED_MODEL}&alias=champion", None),
-        "tag the version": ("POST", "/api/2.0/mlflow/model-versions/set-tag",
-                            {"name": REGISTERED_MODEL, "version": version, "key": "sha256",
-                             "value": "0" * 64}),
-        "register a version": ("POST", "/api/2.0/mlflow/model-versions/create",
-                               {"name": REGISTERED_MODEL, "source": registered["version"]["source"],
-                                "run_id": run_id}),
-        "create a run": ("POST", "/api/2.0/mlflow/runs/create",
-                         {"experiment_id": experiment_id}),
-        "tag the run": ("POST", "/api/2.0/mlflow/runs/set-tag",
-                        {"run_id": run_id, "key": "x", "value": "y"}),
-        "grant itself MANAGE": ("POST", "/api/2.0/mlflow/registered-models/permissions/create",
-                                {"name": REGISTERED_MODEL, "username": "reader",
-                                 "permission": "MANAGE"}),
-        "create a user": ("POST", "/api/2.0/mlflow/users/create",
-                          {"username": "mallory", "password": "mallory-password-1"}),
-    }  # fmt: skip
+        "move champion": (
+            "POST",
+            "/api/2.0/mlflow/registered-models/alias",
+            {"name": REGISTERED_MODEL, "alias": "champion", "version": version},
+        ),
+        "delete champion": (
+            "DELETE",
+            "/api/2.0/mlflow/registered-models/alias",
+            {"name": REGISTERED_MODEL, "alias": "champion"},
+        ),
+        "tag the version": (
+            "POST",
+            "/api/2.0/mlflow/model-versions/set-tag",
+            {"name": REGISTERED_MODEL, "version": version, "key": "sha256", "value": "0" * 64},
+        ),
+        "register a version": (
+            "POST",
+            "/api/2.0/mlflow/model-versions/create",
+            {"name": REGISTERED_MODEL, "source": registered["version"]["source"], "run_id": run_id},
+        ),
+        "create a run": ("POST", "/api/2.0/mlflow/runs/create", {"experiment_id": experiment_id}),
+        "tag the run": (
+            "POST",
+            "/api/2.0/mlflow/runs/set-tag",
+            {"run_id": run_id, "key": "x", "value": "y"},
+        ),
+        "log a model": (
+            "POST",
+            "/api/2.0/mlflow/logged-models",
+            {"experiment_id": experiment_id, "name": "swap"},
+        ),
+        "grant itself MANAGE": (
+            "POST",
+            "/api/2.0/mlflow/registered-models/permissions/create",
+            {"name": REGISTERED_MODEL, "username": "reader", "permission": "MANAGE"},
+        ),
+        "create a user": (
+            "POST",
+            "/api/2.0/mlflow/users/create",
+            {"username": "mallory", "password": "mallory-password-1"},
+        ),
+    }
     refused: dict[str, int] = {}
     for caller, (auth, expected) in _identities(stack).items():
         for what, (method, path, body) in writes.items():
@@ -185,11 +228,18 @@ def test_anonymous_and_reader_writes_are_refused_and_change_nothing(
 def test_prefect_refuses_callers_without_the_auth_string(stack: Stack) -> None:
     api = stack.prefect_api
     wrong = "Basic " + __import__("base64").b64encode(b"seq2seq:guess").decode()
-    deployment = json.dumps({"name": "x", "flow_id": "00000000-0000-0000-0000-000000000000",
-                             "job_variables": {"command": "touch /tmp/pwned"}}).encode()  # fmt: skip
+    deployment = json.dumps(
+        {
+            "name": "x",
+            "flow_id": "00000000-0000-0000-0000-000000000000",
+            "job_variables": {"command": "touch /tmp/pwned"},
+        }
+    ).encode()
     json_headers = {"Content-Type": "application/json"}
-    right = {"Authorization": basic_auth(*stack.prefect_auth_string().split(":", 1)),
-             **json_headers}  # fmt: skip
+    right = {
+        "Authorization": basic_auth(*stack.prefect_auth_string().split(":", 1)),
+        **json_headers,
+    }
     for headers in (json_headers, {"Authorization": wrong, **json_headers}):
         assert _http("POST", f"{api}/deployments/filter", b"{}", headers) == 401
         assert _http("POST", f"{api}/deployments/", deployment, headers) == 401
@@ -218,7 +268,8 @@ def test_the_bucket_refuses_unsigned_and_wrong_keys(
     assert _http("PUT", url, EVIL) == 403  # unsigned
     assert _http("DELETE", url) == 403
     assert _http("GET", url) == 403
-    assert _http("GET", f"{stack.s3_endpoint}/{stack.bucket}?list-type=2") == 403
+    # moto answers an anonymous listing with 500 (its IAM check fails), S3 with 403.
+    assert _http("GET", f"{stack.s3_endpoint}/{stack.bucket}?list-type=2") in (403, 500)
     right = stack.s3_credentials
     for wrong in (
         {**right, "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE"},
@@ -237,20 +288,30 @@ def test_postgres_refuses_missing_and_wrong_passwords(stack: Stack) -> None:
     where = {"host": "127.0.0.1", "port": stack.postgres_port, "passfile": "/nonexistent"}
     attempts = {
         "postgres, no password": {"user": "postgres", "dbname": "postgres"},
-        "postgres, wrong password": {"user": "postgres", "dbname": "postgres",
-                                     "password": "postgres"},
-        "mlflow, prefect's password": {"user": "mlflow", "dbname": "mlflow",
-                                       "password": stack.secrets.get("postgres-prefect")},
-        "mlflow into prefect's database": {"user": "mlflow", "dbname": "prefect",
-                                           "password": stack.secrets.get("postgres-mlflow")},
-    }  # fmt: skip
+        "postgres, wrong password": {
+            "user": "postgres",
+            "dbname": "postgres",
+            "password": "postgres",
+        },
+        "mlflow, prefect's password": {
+            "user": "mlflow",
+            "dbname": "mlflow",
+            "password": stack.secrets.get("postgres-prefect"),
+        },
+        "mlflow into prefect's database": {
+            "user": "mlflow",
+            "dbname": "prefect",
+            "password": stack.secrets.get("postgres-mlflow"),
+        },
+    }
     for what, params in attempts.items():
         with pytest.raises(psycopg2.OperationalError):
             psycopg2.connect(**where, **params).close()
             pytest.fail(f"connected: {what}")
     # The control: the role's own password opens its own database.
-    psycopg2.connect(**where, user="mlflow", dbname="mlflow",
-                     password=stack.secrets.get("postgres-mlflow")).close()  # fmt: skip
+    psycopg2.connect(
+        **where, user="mlflow", dbname="mlflow", password=stack.secrets.get("postgres-mlflow")
+    ).close()
 
 
 def test_the_maintainer_moves_an_alias_and_the_reader_reads(
@@ -260,21 +321,37 @@ def test_the_maintainer_moves_an_alias_and_the_reader_reads(
     maintainer = basic_auth("maintainer", stack.secrets.get("mlflow-maintainer"))
     reader = basic_auth("reader", stack.secrets.get("mlflow-reader"))
     alias = {"name": REGISTERED_MODEL, "alias": "rollback-drill", "version": version}
-    status, _ = mlflow_call(stack.mlflow_url, "/api/2.0/mlflow/registered-models/alias",
-                            alias, auth=maintainer)  # fmt: skip
+    status, _ = mlflow_call(
+        stack.mlflow_url, "/api/2.0/mlflow/registered-models/alias", alias, auth=maintainer
+    )
     assert status == 200
     status, found = mlflow_call(
-        stack.mlflow_url, f"/api/2.0/mlflow/registered-models/alias?name={REGISTERED_MODEL}"
-        "&alias=rollback-drill", auth=reader,
-    )  # fmt: skip
+        stack.mlflow_url,
+        f"/api/2.0/mlflow/registered-models/alias?name={REGISTERED_MODEL}&alias=rollback-drill",
+        auth=reader,
+    )
     assert (status, found["model_version"]["version"]) == (200, version)
     status, _ = mlflow_call(
-        stack.mlflow_url, f"/api/2.0/mlflow/registered-models/alias?name={REGISTERED_MODEL}"
-        "&alias=rollback-drill", auth=maintainer, method="DELETE",
-    )  # fmt: skip
+        stack.mlflow_url,
+        "/api/2.0/mlflow/registered-models/alias",
+        {"name": REGISTERED_MODEL, "alias": "rollback-drill"},
+        auth=maintainer,
+        method="DELETE",
+    )
     assert status == 200
-    request = urllib.request.Request(f"{stack.mlflow_url}{code_path}",
-                                     headers={"Authorization": reader})  # fmt: skip
+    # The worker may set aliases (the gate) but not delete them (MANAGE only).
+    worker = basic_auth("worker", stack.secrets.get("mlflow-worker"))
+    status, _ = mlflow_call(
+        stack.mlflow_url,
+        "/api/2.0/mlflow/registered-models/alias",
+        {"name": REGISTERED_MODEL, "alias": "champion"},
+        auth=worker,
+        method="DELETE",
+    )
+    assert status == 403
+    request = urllib.request.Request(
+        f"{stack.mlflow_url}{code_path}", headers={"Authorization": reader}
+    )
     with urllib.request.urlopen(request, timeout=30) as resp:
         assert b"class" in resp.read()  # the reader downloads the model's files
 
@@ -283,12 +360,20 @@ def test_the_reader_translates_with_the_champion(
     stack: Stack, registered: dict[str, Any], tmp_path: Path
 ) -> None:
     env = clean_env(**stack.role_env("reader"))
-    served = _cli(["translate", "--beam", "1", "--model", f"models:/{REGISTERED_MODEL}@champion",
-                   SENTENCE], tmp_path, env)  # fmt: skip
+    # In the workspace for its params.yaml; the model itself comes through the server.
+    served = _cli(
+        ["translate", "--beam", "1", "--model", f"models:/{REGISTERED_MODEL}@champion", *SENTENCES],
+        registered["workspace"],
+        env,
+    )
     assert served.returncode == 0, served.stderr[-3000:]
-    local = _cli(["translate", "--beam", "1", "--model", "models/checkpoints/best.pt", SENTENCE],
-                 registered["workspace"], env)  # fmt: skip
-    assert served.stdout.strip() and served.stdout == local.stdout
+    local = _cli(
+        ["translate", "--beam", "1", "--model", "models/checkpoints/best.pt", *SENTENCES],
+        registered["workspace"],
+        env,
+    )
+    # (The tiny model may translate a verse to nothing; the two must agree line by line.)
+    assert served.stdout.count("\n") == 2 and served.stdout == local.stdout
 
 
 @pytest.mark.xfail(strict=False, reason="needs the integrity branch")
@@ -299,16 +384,27 @@ def test_a_tampered_artifact_makes_translate_exit_1(
     behind MLflow's back; the loader must refuse it, naming the file."""
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=stack.s3_endpoint,
-                      **boto_credentials(stack.s3_credentials))  # fmt: skip
+    s3 = boto3.client(
+        "s3", endpoint_url=stack.s3_endpoint, **boto_credentials(stack.s3_credentials)
+    )
     keys = s3_objects(stack.s3_endpoint, stack.bucket, "mlflow/", stack.s3_credentials)
     key = next(k for k in keys if k.endswith(CODE_FILE))
     original = s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read()
     s3.put_object(Bucket=stack.bucket, Key=key, Body=original + b"\n" + EVIL)
     try:
         env = clean_env(**stack.role_env("reader"))
-        proc = _cli(["translate", "--beam", "1", "--model",
-                     f"models:/{REGISTERED_MODEL}@champion", SENTENCE], tmp_path, env)  # fmt: skip
+        proc = _cli(
+            [
+                "translate",
+                "--beam",
+                "1",
+                "--model",
+                f"models:/{REGISTERED_MODEL}@champion",
+                *SENTENCES,
+            ],
+            registered["workspace"],
+            env,
+        )
         assert proc.returncode == 1, proc.stdout
         assert "pyfunc.py" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
     finally:
