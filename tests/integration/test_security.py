@@ -411,3 +411,20 @@ def test_a_tampered_artifact_makes_translate_exit_1(
         assert "pyfunc.py" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
     finally:
         s3.put_object(Bucket=stack.bucket, Key=key, Body=original)
+
+
+def test_secret_files_are_private_and_reused(stack: Stack, tmp_path: Path) -> None:
+    import stat
+
+    from tests.stack_secrets import SecretStore, env_file
+
+    folder = stack.secrets.folder
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+    assert len(modes) == 13 and set(modes.values()) == {0o600}, modes  # 11 + 2 PGPASSFILEs
+    assert stat.S_IMODE((stack.state / "mlflow-auth.ini").stat().st_mode) == 0o600
+    # A second start reads the same values back; nothing is regenerated.
+    assert SecretStore(folder).values() == stack.secrets.values()
+    role = env_file(tmp_path / "reader.env", stack.role_env("reader"))
+    assert stat.S_IMODE(role.stat().st_mode) == 0o600
+    assert "MLFLOW_TRACKING_PASSWORD" in role.read_text() and "AWS_" not in role.read_text()
