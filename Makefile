@@ -120,15 +120,17 @@ serve-flows: install
 
 # The scale-out services of docs/scaling.md on 127.0.0.1, one process each, for trying them:
 # PostgreSQL, an S3 server (moto), the MLflow server (PostgreSQL + S3 artifacts), the Prefect
-# server (PostgreSQL) and a process worker in this clone. `make stack` prints the variables
-# to export; `make stack-down` stops exactly those processes. Logs and pids: .state/stack/.
+# server (PostgreSQL) and a process worker in this clone, each behind credentials generated on
+# the first start (.state/stack/secrets/, mode 0600; docs/security.md). `make stack` writes
+# one env file per role (worker, maintainer, reader; 0600) and prints their paths, never a
+# secret; `make stack-down` stops exactly those processes. Logs and pids: .state/stack/.
 # tests/services.py is the same code tests/integration/test_scale_out.py starts them with.
 STACK_STATE := $(CURDIR)/.state/stack
 .PHONY: stack stack-down
 
 stack: install
-	$(BIN)/python tests/services.py up --state $(STACK_STATE) --repo $(CURDIR) \
+	$(BIN)/python -m tests.services up --state $(STACK_STATE) --repo $(CURDIR) \
 		--pool $(PREFECT_POOL)
 
 stack-down:
-	$(BIN)/python tests/services.py down --state $(STACK_STATE)
+	$(BIN)/python -m tests.services down --state $(STACK_STATE)

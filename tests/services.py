@@ -1,16 +1,22 @@
-"""The scale-out services on 127.0.0.1, each a process in its own group on a free port:
-PostgreSQL, an S3-compatible object store (moto's server), the MLflow tracking server
-(PostgreSQL backend, artifacts proxied to the bucket), the Prefect server (PostgreSQL) and
-a Prefect process worker.
+"""The scale-out services on 127.0.0.1, each a process in its own group on a free port,
+each behind its own credentials: PostgreSQL (scram-sha-256), an S3-compatible object store
+(moto's server with IAM enforced), the MLflow tracking server (basic-auth app, PostgreSQL
+backend, artifacts proxied to the bucket), the Prefect server (API auth string,
+PostgreSQL) and a Prefect process worker.
 
-One implementation for the tests (integration/test_postgres.py, integration/test_scale_out.py)
-and for people:
+One implementation for the tests (integration/test_postgres.py, integration/test_scale_out.py,
+integration/test_security.py) and for people:
 
-    python tests/services.py up --state .state/stack     # make stack: start, print the env
-    python tests/services.py down --state .state/stack   # make stack-down: stop them
+    python -m tests.services up --state .state/stack     # make stack: start, write env files
+    python -m tests.services down --state .state/stack   # make stack-down: stop them
 
-The project itself never sees moto: clients get only ``MLFLOW_TRACKING_URI``,
-``PREFECT_API_URL``, ``AWS_*`` and the DVC remote's ``endpointurl``, as with MinIO or S3.
+Secrets live in ``<state>/secrets/`` (tests/stack_secrets.py: 0600 files, generated once);
+each role's variables in ``<state>/<role>.env`` (0600) to ``source``. Nothing secret is
+printed, logged, written to pids.json or passed as a process argument.
+
+The project itself never sees moto: clients get only ``MLFLOW_TRACKING_URI`` (+ user and
+password), ``PREFECT_API_URL`` (+ auth string), ``AWS_*`` and the DVC remote's
+``endpointurl``, as with MinIO or S3.
 """
 
 from __future__ import annotations
@@ -31,14 +37,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.stack_access import (
+    MLFLOW_ADMIN,
+    MLFLOW_GRANTS,
+    S3_BOOTSTRAP_ACTIONS,
+    bootstrap_s3,
+    boto_credentials,
+    provision_mlflow,
+)
+from tests.stack_secrets import SecretStore, env_file, write_private
+
 BIN = Path(sys.executable).parent
 BUCKET = "seq2seq"
-# moto accepts any key; these stand for the credentials of a real bucket.
-S3_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "seq2seq-test-key",
-    "AWS_SECRET_ACCESS_KEY": "seq2seq-test-secret",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
+# PostgreSQL roles -> the databases each owns; the superuser is used only to create them.
+DB_ROLES = {"mlflow": ("mlflow", "mlflow_auth"), "prefect": ("prefect",)}
+PREFECT_AUTH_USER = "seq2seq"
 QUIET = {
     "DO_NOT_TRACK": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -137,19 +150,24 @@ def tcp_open(port: int) -> bool:
 class Stack:
     """Services started in order, stopped in reverse (also when a start fails).
 
-    ``client_env`` is what a pipeline machine, worker or person exports; ``timings`` the
-    seconds each start took. ``services`` maps a name to (process, log, signal to stop).
+    ``role_env(role)`` is what a worker, maintainer or reader exports (``client_env`` is
+    the worker's); ``timings`` the seconds each start took. ``services`` maps a name to
+    (process, log, signal to stop). ``secrets`` holds every credential (0600 files under
+    ``<state>/secrets``), generated on the first start and reused afterwards.
     """
 
     def __init__(self, state: Path, *, bucket: str = BUCKET, ui: bool = False) -> None:
         self.state = Path(state)
         self.state.mkdir(parents=True, exist_ok=True)
+        self.secrets = SecretStore(self.state / "secrets")
         self.bucket = bucket
         self.ui = ui
         self.services: dict[str, tuple[subprocess.Popen, Path, signal.Signals]] = {}
         self.timings: dict[str, float] = {}
         self.client_env: dict[str, str] = {}
-        self.s3_endpoint = self.postgres_url = ""
+        self.s3_credentials: dict[str, str] = {}
+        self.s3_endpoint = self.postgres_url = self.mlflow_url = self.prefect_api = ""
+        self.postgres_port = 0
         self.pgdata: Path | None = None
 
     def __enter__(self) -> Stack:
@@ -162,24 +180,75 @@ class Stack:
         self.services[name] = (proc, self.state / f"{name}.log", sig)
         return proc
 
+    # ------------------------------------------------------------------ credentials
+
+    def database_url(self, role: str, database: str | None = None,
+                     driver: str = "postgresql") -> str:  # fmt: skip
+        """``role``'s URI of ``database`` (default: the role's name), with no password in
+        it: libpq reads it from ``pgpass(role)`` (``PGPASSFILE``)."""
+        return f"{driver}://{role}@127.0.0.1:{self.postgres_port}/{database or role}"
+
+    def pgpass(self, role: str) -> Path:
+        """A 0600 PGPASSFILE holding ``role``'s password alone."""
+        return self.secrets.path(f"{role}.pgpass")
+
+    def prefect_auth_string(self) -> str:
+        return f"{PREFECT_AUTH_USER}:{self.secrets.get('prefect-auth')}"
+
+    def role_env(self, role: str) -> dict[str, str]:
+        """A role's client variables: the MLflow user of the same name; the worker and the
+        maintainer also get the Prefect auth string and the bucket's key (DVC); the reader
+        gets nothing but read access to MLflow."""
+        env = {
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            "MLFLOW_TRACKING_USERNAME": role,
+            "MLFLOW_TRACKING_PASSWORD": self.secrets.get(f"mlflow-{role}"),
+            # Every download through the server, where the auth app checks it. MLflow 3.17
+            # otherwise hands S3-backed clients presigned bucket URLs (signed with the
+            # server's key, which then shows in the bucket's access log), and moto's IAM
+            # refuses those.
+            "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
+        }
+        if role == "reader":
+            return env
+        return env | {
+            "PREFECT_API_URL": self.prefect_api,
+            "PREFECT_API_AUTH_STRING": self.prefect_auth_string(),
+            # For DVC's S3 remote only; MLflow clients go through the tracking server.
+            **self.s3_credentials,
+        }
+
     # ------------------------------------------------------------------ services
 
-    def start_postgres(self, databases: tuple[str, ...] = ("mlflow", "prefect")) -> str:
-        """initdb + postgres (as the `postgres` user when root: it refuses to run as root)."""
+    def start_postgres(self, roles: dict[str, tuple[str, ...]] = DB_ROLES) -> str:
+        """initdb with scram-sha-256 and a generated superuser password, then postgres (as
+        the `postgres` user when root: it refuses to run as root); each role in ``roles``
+        gets its own password and owns its databases. Returns the URL of the server."""
         binaries = pg_bin()
         if binaries is None:
             raise ServiceError("PostgreSQL not found (Debian: apt-get install postgresql)")
         t0 = time.monotonic()
         # Not under the repo or pytest's basetemp: the postgres user must own and reach it.
         self.pgdata = Path(tempfile.mkdtemp(prefix="seq2seq-pgdata-"))
+        data = self.pgdata / "data"
         as_user: list[str] = []
         if os.geteuid() == 0:
             as_user = ["runuser", "-u", "postgres", "--"]
             shutil.chown(self.pgdata, "postgres")
-        initdb = [str(binaries / "initdb"), "-D", str(self.pgdata), "-U", "postgres"]
-        subprocess.run([*as_user, *initdb, "-A", "trust"], check=True, capture_output=True)
-        port = free_port()
-        server = [str(binaries / "postgres"), "-D", str(self.pgdata), "-p", str(port)]
+        # initdb reads the superuser's password from a file (never an argument); this copy
+        # lives, 0600 and owned by the server's user, only while initdb runs.
+        superuser = self.secrets.get("postgres-superuser")
+        pwfile = write_private(self.pgdata / "pwfile", superuser + "\n")
+        if as_user:
+            shutil.chown(pwfile, "postgres")
+        initdb = [str(binaries / "initdb"), "-D", str(data), "-U", "postgres",
+                  "--auth=scram-sha-256", f"--pwfile={pwfile}"]  # fmt: skip
+        try:
+            subprocess.run([*as_user, *initdb], check=True, capture_output=True)
+        finally:
+            pwfile.unlink(missing_ok=True)
+        port = self.postgres_port = free_port()
+        server = [str(binaries / "postgres"), "-D", str(data), "-p", str(port)]
         socket_dir = ["-h", "127.0.0.1", "-k", str(self.pgdata)]
         log = self.state / "postgres.log"
         # SIGINT is PostgreSQL's fast shutdown (SIGTERM waits for clients to disconnect).
@@ -189,55 +258,103 @@ class Stack:
         ready = [str(binaries / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)]
         wait_until(lambda: subprocess.run(ready, capture_output=True).returncode == 0,
                    proc, log, "PostgreSQL")  # fmt: skip
-        psql = [str(binaries / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
-        for db in databases:
-            subprocess.run([*psql, "-c", f"CREATE DATABASE {db}"], check=True, capture_output=True)
-        self.postgres_url = f"postgresql://postgres@127.0.0.1:{port}"
+        self._create_roles(roles, superuser)
+        self.postgres_url = f"postgresql://127.0.0.1:{port}"
         self.timings["postgres_start_s"] = round(time.monotonic() - t0, 1)
         return self.postgres_url
 
-    def start_object_store(self) -> str:
-        """moto's S3 server on a free port with the bucket created; returns the endpoint."""
-        import boto3
+    def _create_roles(self, roles: dict[str, tuple[str, ...]], superuser: str) -> None:
+        import psycopg2
+        from psycopg2 import sql
 
+        conn = psycopg2.connect(host="127.0.0.1", port=self.postgres_port, user="postgres",
+                                password=superuser, dbname="postgres")  # fmt: skip
+        conn.autocommit = True  # CREATE DATABASE refuses to run in a transaction
+        try:
+            with conn.cursor() as cur:
+                for role, databases in roles.items():
+                    password = self.secrets.get(f"postgres-{role}")
+                    cur.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD %s").format(
+                        sql.Identifier(role)), (password,))  # fmt: skip
+                    for db in databases:
+                        name = sql.Identifier(db)
+                        cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                            name, sql.Identifier(role)))  # fmt: skip
+                        # Only the owner (and the superuser) may connect to it.
+                        cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(name))
+                    line = f"127.0.0.1:{self.postgres_port}:*:{role}:{password}\n"
+                    write_private(self.pgpass(role), line)
+        finally:
+            conn.close()
+
+    def start_object_store(self) -> str:
+        """moto's S3 server on a free port with IAM enforced after the bootstrap actions
+        (tests/stack_access.py); returns the endpoint. The key is minted by the store."""
         t0 = time.monotonic()
         port = free_port()
         log = self.state / "s3.log"
+        env = clean_env(INITIAL_NO_AUTH_ACTION_COUNT=str(S3_BOOTSTRAP_ACTIONS))
         proc = self._add(
-            "s3", start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                        clean_env(), log)
-        )  # fmt: skip
+            "s3", start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], env, log)
+        )
         wait_until(lambda: tcp_open(port), proc, log, "S3 server (moto)")
         self.s3_endpoint = f"http://127.0.0.1:{port}"
-        s3 = boto3.client("s3", endpoint_url=self.s3_endpoint, **_boto_credentials())
-        s3.create_bucket(Bucket=self.bucket)
+        self.s3_credentials = bootstrap_s3(self.s3_endpoint, self.bucket)
+        self.secrets.put("s3-access-key-id", self.s3_credentials["AWS_ACCESS_KEY_ID"])
+        self.secrets.put("s3-secret-access-key", self.s3_credentials["AWS_SECRET_ACCESS_KEY"])
         self.timings["s3_start_s"] = round(time.monotonic() - t0, 1)
         return self.s3_endpoint
 
+    def _mlflow_env(self) -> dict[str, str]:
+        """The tracking server's environment: the only process with the database password
+        (PGPASSFILE) and, with the workers, the bucket's key."""
+        ini = write_private(self.state / "mlflow-auth.ini", "\n".join([
+            "[mlflow]",
+            # A user sees only what they were granted (tests/stack_access.py).
+            "default_permission = NO_PERMISSIONS",
+            f"database_uri = {self.database_url('mlflow', 'mlflow_auth')}",
+            f"admin_username = {MLFLOW_ADMIN}",
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+            # Each request re-hashes the password (PBKDF2) unless the check is cached; a
+            # pipeline run makes hundreds of requests. One server worker: a password change
+            # through the API takes effect at once.
+            "auth_cache_ttl_seconds = 60",
+        ]) + "\n")  # fmt: skip
+        return clean_env(
+            **self.s3_credentials,
+            MLFLOW_S3_ENDPOINT_URL=self.s3_endpoint,
+            MLFLOW_BACKEND_STORE_URI=self.database_url("mlflow"),
+            PGPASSFILE=str(self.pgpass("mlflow")),
+            MLFLOW_AUTH_CONFIG_PATH=str(ini),
+            MLFLOW_AUTH_ADMIN_PASSWORD=self.secrets.get("mlflow-admin"),
+            MLFLOW_FLASK_SERVER_SECRET_KEY=self.secrets.get("mlflow-flask-secret-key"),
+            # No background job runner (GenAI scorers; unused here): it delays shutdown ~10 s.
+            MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+        )
+
     def start_servers(self, prefect_env: dict[str, str] | None = None) -> None:
         """The MLflow and Prefect servers, started together (both migrate their database
-        on first start), then waited for."""
+        on first start), then waited for; then MLflow's users and grants."""
         t0 = time.monotonic()
         mlflow_port, prefect_port = free_port(), free_port()
         mlflow_log, prefect_log = self.state / "mlflow.log", self.state / "prefect.log"
-        # Only the tracking server holds the database URI and the S3 credentials.
-        mlflow_env = clean_env(**S3_CREDENTIALS, MLFLOW_S3_ENDPOINT_URL=self.s3_endpoint)
-        # No background job runner (GenAI scorers; unused here): it delays shutdown ~10 s.
-        mlflow_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         mlflow = self._add("mlflow", start(
-            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-             "--workers", "1", "--backend-store-uri", f"{self.postgres_url}/mlflow",
+            [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
+             "--port", str(mlflow_port), "--workers", "1",
              "--artifacts-destination", f"s3://{self.bucket}/mlflow"],
-            mlflow_env, mlflow_log, cwd=self.state,
+            self._mlflow_env(), mlflow_log, cwd=self.state,
         ))  # fmt: skip
         prefect_home = self.state / "prefect-server-home"
         prefect_home.mkdir(exist_ok=True)
         server_env = clean_env(
             PREFECT_HOME=str(prefect_home),
-            PREFECT_API_DATABASE_CONNECTION_URL=self.postgres_url.replace(
-                "postgresql://", "postgresql+asyncpg://"
-            )
-            + "/prefect",
+            PREFECT_SERVER_DATABASE_DRIVER="postgresql+asyncpg",
+            PREFECT_SERVER_DATABASE_HOST="127.0.0.1",
+            PREFECT_SERVER_DATABASE_PORT=str(self.postgres_port),
+            PREFECT_SERVER_DATABASE_USER="prefect",
+            PREFECT_SERVER_DATABASE_NAME="prefect",
+            PREFECT_SERVER_DATABASE_PASSWORD=self.secrets.get("postgres-prefect"),
+            PREFECT_SERVER_API_AUTH_STRING=self.prefect_auth_string(),
             PREFECT_SERVER_UI_ENABLED=str(self.ui).lower(),
             **(prefect_env or {}),
         )
@@ -246,18 +363,18 @@ class Stack:
              "--port", str(prefect_port)],
             server_env, prefect_log, cwd=self.state,
         ))  # fmt: skip
-        mlflow_url = f"http://127.0.0.1:{mlflow_port}"
-        api_url = f"http://127.0.0.1:{prefect_port}/api"
-        wait_until(lambda: http_ok(f"{mlflow_url}/health"), mlflow, mlflow_log, "MLflow server")
+        self.mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+        self.prefect_api = f"http://127.0.0.1:{prefect_port}/api"
+        # /health answers without credentials on both servers (load-balancer probes).
+        wait_until(lambda: http_ok(f"{self.mlflow_url}/health"), mlflow, mlflow_log,
+                   "MLflow server")  # fmt: skip
+        passwords = {user: self.secrets.get(f"mlflow-{user}") for user in MLFLOW_GRANTS}
+        provision_mlflow(self.mlflow_url, self.secrets.get("mlflow-admin"), passwords)
         self.timings["mlflow_ready_s"] = round(time.monotonic() - t0, 1)
-        wait_until(lambda: http_ok(f"{api_url}/health"), prefect, prefect_log, "Prefect server")
+        wait_until(lambda: http_ok(f"{self.prefect_api}/health"), prefect, prefect_log,
+                   "Prefect server")  # fmt: skip
         self.timings["prefect_ready_s"] = round(time.monotonic() - t0, 1)
-        self.client_env = {
-            "MLFLOW_TRACKING_URI": mlflow_url,
-            "PREFECT_API_URL": api_url,
-            # For DVC's S3 remote only; MLflow clients go through the tracking server.
-            **S3_CREDENTIALS,
-        }
+        self.client_env = self.role_env("worker")
 
     def start_worker(self, project: Path, env: dict[str, str], pool: str) -> subprocess.Popen:
         """`prefect worker start` for a process pool, in ``project`` (a clone)."""
@@ -284,7 +401,8 @@ class Stack:
             self.pgdata = None
 
     def detach(self) -> dict[str, Any]:
-        """Forget the processes (they keep running) and return what `down` needs."""
+        """Forget the processes (they keep running) and return what `down` needs (no
+        secret: pids.json is not private)."""
         record = {
             "services": [[name, proc.pid, int(sig)] for name, (proc, _, sig) in
                          self.services.items()],
@@ -294,19 +412,13 @@ class Stack:
         return record
 
 
-def _boto_credentials() -> dict[str, str]:
-    return {
-        "aws_access_key_id": S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        "region_name": S3_CREDENTIALS["AWS_DEFAULT_REGION"],
-    }
-
-
-def s3_objects(endpoint: str, bucket: str, prefix: str) -> dict[str, str]:
-    """Key -> ETag (the MD5 of a single-part upload) of every object under ``prefix``."""
+def s3_objects(endpoint: str, bucket: str, prefix: str,
+               credentials: dict[str, str]) -> dict[str, str]:  # fmt: skip
+    """Key -> ETag (the MD5 of a single-part upload) of every object under ``prefix``,
+    read with ``credentials`` (``AWS_*`` variables)."""
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=endpoint, **_boto_credentials())
+    s3 = boto3.client("s3", endpoint_url=endpoint, **boto_credentials(credentials))
     found: dict[str, str] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         found |= {obj["Key"]: obj["ETag"].strip('"') for obj in page.get("Contents", [])}
@@ -315,12 +427,11 @@ def s3_objects(endpoint: str, bucket: str, prefix: str) -> dict[str, str]:
 
 # ---------------------------------------------------------------------- make stack
 
+ROLES = ("worker", "maintainer", "reader")
 
-def _exports(stack: Stack, repo: Path) -> dict[str, str]:
-    return {
-        **stack.client_env,
-        "SEQ2SEQ_PROJECT_DIR": str(repo),
-    }
+
+def role_env_file(state: Path, role: str) -> Path:
+    return state / f"{role}.env"
 
 
 def cmd_up(state: Path, repo: Path, pool: str) -> int:
@@ -330,25 +441,29 @@ def cmd_up(state: Path, repo: Path, pool: str) -> int:
     stack = Stack(state, ui=True)
     try:
         stack.up()
-        env = _exports(stack, repo)
-        worker_env = clean_env(**env, PREFECT_HOME=str(state / "worker-home"))
+        envs = {role: stack.role_env(role) for role in ROLES}
+        for role in ("worker", "maintainer"):
+            envs[role]["SEQ2SEQ_PROJECT_DIR"] = str(repo)
+        worker_env = clean_env(**envs["worker"], PREFECT_HOME=str(state / "worker-home"))
         stack.start_worker(repo, worker_env, pool)
     except BaseException:
         stack.stop()
         raise
     record = stack.detach() | {"s3_endpoint": stack.s3_endpoint, "bucket": stack.bucket}
     (state / "pids.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    lines = [f"export {k}={v}" for k, v in env.items()]
-    (state / "env.sh").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    files = {role: env_file(role_env_file(state, role), env) for role, env in envs.items()}
     print("\n".join([
         f"Stack up (logs in {state}): PostgreSQL {stack.postgres_url}, S3 (moto) "
         f"{stack.s3_endpoint} bucket {stack.bucket}, a worker on pool {pool} in {repo}.",
-        f"MLflow UI {env['MLFLOW_TRACKING_URI']}   Prefect UI {env['PREFECT_API_URL'][:-4]}",
+        f"MLflow UI {stack.mlflow_url}   Prefect UI {stack.prefect_api[:-4]}",
+        f"Every service asks for credentials; secrets (0600): {stack.secrets.folder}",
         "",
-        f"# export these (or: source {state / 'env.sh'})",
-        *lines,
+        "# each role's variables (0600 files; `source` them, do not paste them):",
+        f"#   worker, runs flows, logs and registers:  source {files['worker']}",
+        f"#   maintainer, promote / roll back:        source {files['maintainer']}",
+        f"#   reader, serve / translate only:         source {files['reader']}",
         "",
-        "# then: make deploy; .venv/bin/prefect deployment run "
+        "# then, as the maintainer: make deploy; .venv/bin/prefect deployment run "
         "seq2seq-training-pipeline/nightly-retrain",
         "# DVC on the same bucket (changes .dvc/config; not needed for the flow):",
         f"#   dvc remote add -d s3 s3://{stack.bucket}/dvc",
@@ -369,7 +484,9 @@ def cmd_down(state: Path) -> int:
     if record.get("pgdata"):
         shutil.rmtree(record["pgdata"], ignore_errors=True)
     pids.unlink()
-    (state / "env.sh").unlink(missing_ok=True)
+    # The env files point at stopped servers; the secrets stay for the next start.
+    for role in ROLES:
+        role_env_file(state, role).unlink(missing_ok=True)
     return 0
 
 

@@ -25,11 +25,16 @@ def postgres_uri(tmp_path_factory: pytest.TempPathFactory):
     except ImportError:
         pytest.skip("psycopg2 is not installed (pip install psycopg2-binary)")
     with Stack(tmp_path_factory.mktemp("postgres")) as stack:
-        yield f"{stack.start_postgres(('mlflow',))}/mlflow"
+        stack.start_postgres({"mlflow": ("mlflow",)})
+        # The URI names the role, not its password: libpq reads that from the PGPASSFILE.
+        yield stack.database_url("mlflow"), stack.pgpass("mlflow")
 
 
-def test_stages_and_registry_on_postgres(postgres_uri: str, tiny_params_file: Path) -> None:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": postgres_uri}
+def test_stages_and_registry_on_postgres(
+    postgres_uri: tuple[str, Path], tiny_params_file: Path
+) -> None:
+    uri, pgpass = postgres_uri
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PGPASSFILE": str(pgpass)}
     cli = [sys.executable, "-m", "flows.cli"]
     for stage in ("ingest", "vocab", "train", "evaluate", "register"):
         proc = subprocess.run(
@@ -43,7 +48,7 @@ def test_stages_and_registry_on_postgres(postgres_uri: str, tiny_params_file: Pa
 
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(postgres_uri)
+    engine = sqlalchemy.create_engine(uri, connect_args={"passfile": str(pgpass)})
     with engine.connect() as conn:
         rows = conn.execute(sqlalchemy.text("SELECT name, version FROM model_versions")).fetchall()
         aliases = conn.execute(

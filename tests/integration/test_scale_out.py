@@ -9,13 +9,18 @@
                            `seq2seq translate --model models:/...@champion` via the server
     two torchrun launchers (two "hosts") train on C's data with gloo.
 
-Clients get only MLFLOW_TRACKING_URI, PREFECT_API_URL, AWS_* and the DVC remote's
-endpointurl. The checks read the stores themselves: the bucket with boto3, MLflow's tables
-with SQL, the flow run from the Prefect API. Wall times per part are printed at the end.
+Every service asks for credentials (tests/services.py, docs/security.md): the deploying
+clone A has the Prefect auth string, the worker B its MLflow user, the auth string and the
+bucket's key, C translates as the read-only MLflow user. The checks read the stores
+themselves: the bucket with boto3, MLflow's tables with SQL, the flow run from the Prefect
+API; the last test greps every log, tag, param, flow-run log, artifact, git history and
+process argument seen during the run for each generated secret. Wall times per part are
+printed at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,6 +29,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +40,6 @@ import yaml
 
 from tests.services import (
     BIN,
-    S3_CREDENTIALS,
     Stack,
     clean_env,
     free_port,
@@ -95,13 +100,40 @@ def clock() -> Iterator[Clock]:
     print(f"\nscale-out test wall seconds: {json.dumps(clock.seconds)}")
 
 
+class ArgvSampler:
+    """Every process's command line on this host, sampled every 0.2 s while the module runs
+    (what `ps -eo args` shows any user): a secret passed as an argument would be caught."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                with contextlib.suppress(OSError):  # the process ended
+                    self.seen.add(
+                        cmdline.read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+                    )
+
+    def __enter__(self) -> ArgvSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, clock: Clock) -> Iterator[Stack]:
     if pg_bin() is None:
         pytest.skip("PostgreSQL server binaries not found (Debian: apt-get install postgresql)")
     t0 = time.monotonic()
-    with Stack(tmp_path_factory.mktemp("services")) as services:
+    with Stack(tmp_path_factory.mktemp("services")) as services, ArgvSampler() as argv:
         services.up()
+        services.argv = argv  # type: ignore[attr-defined]
         clock.part("services_up", t0)
         yield services
         t1 = time.monotonic()
@@ -116,7 +148,7 @@ def origin(stack: Stack, tmp_path_factory: pytest.TempPathFactory, clock: Clock)
     t0 = time.monotonic()
     tmp = tmp_path_factory.mktemp("git")
     seed = tmp / "seed"
-    env = clean_env(**S3_CREDENTIALS, **GIT_ID)
+    env = clean_env(**stack.s3_credentials, **GIT_ID)
     # Tracked files and new ones not yet committed (not the ignored ones): this checkout.
     listed = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
     for name in _run(listed, REPO, env).split("\0"):
@@ -144,6 +176,20 @@ def origin(stack: Stack, tmp_path_factory: pytest.TempPathFactory, clock: Clock)
     return tmp / "origin.git"
 
 
+def _prefect_env(stack: Stack) -> dict[str, str]:
+    return {"PREFECT_API_URL": stack.prefect_api,
+            "PREFECT_API_AUTH_STRING": stack.prefect_auth_string()}  # fmt: skip
+
+
+def _prefect_settings(stack: Stack) -> dict[Any, Any]:
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+    return {
+        PREFECT_API_URL: stack.prefect_api,
+        PREFECT_API_AUTH_STRING: stack.prefect_auth_string(),
+    }
+
+
 def _clone(origin: Path, dest: Path) -> Path:
     _run(["git", "clone", "-q", str(origin), str(dest)], origin.parent, clean_env())
     return dest
@@ -155,17 +201,16 @@ def nightly(
 ) -> dict[str, Any]:
     """Deploy from clone A; a worker in clone B runs nightly-retrain to completion."""
     from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
     tmp = tmp_path_factory.mktemp("clones")
     clone_a, clone_b = _clone(origin, tmp / "A"), _clone(origin, tmp / "B")
     assert not (clone_b / RAW).exists()  # only the .dvc pointer travels in git
 
     t0 = time.monotonic()
-    api = stack.client_env["PREFECT_API_URL"]
-    # A needs the Prefect API and nothing else. No SEQ2SEQ_PROJECT_DIR: the worker's
-    # environment names its own clone when a run starts.
-    env_a = clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(tmp / "home-A"))
+    # A needs the Prefect API and its auth string, nothing else. No SEQ2SEQ_PROJECT_DIR: the
+    # worker's environment names its own clone when a run starts.
+    env_a = clean_env(**_prefect_env(stack), PREFECT_HOME=str(tmp / "home-A"))
     _run([str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process"], clone_a, env_a)
     _run([str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "nightly-retrain"],
          clone_a, env_a)  # fmt: skip
@@ -181,7 +226,7 @@ def nightly(
     )
     stack.start_worker(clone_b, env_b, POOL)
     t0 = time.monotonic()
-    with temporary_settings(updates={PREFECT_API_URL: api}):
+    with temporary_settings(updates=_prefect_settings(stack)):
         flow_run = run_deployment(NIGHTLY, timeout=RUN_TIMEOUT_S, poll_interval=2)
     clock.part("worker_flow_run", t0)
     assert flow_run.state is not None and flow_run.state.is_completed(), (
@@ -197,7 +242,7 @@ def test_worker_clone_ran_the_flow_and_the_stores_hold_its_results(
 
     import sqlalchemy
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
     t0 = time.monotonic()
     clone_a, clone_b = nightly["A"], nightly["B"]
@@ -206,7 +251,7 @@ def test_worker_clone_ran_the_flow_and_the_stores_hold_its_results(
         async with get_client() as client:
             return await client.read_flow_run(nightly["flow_run_id"])
 
-    with temporary_settings(updates={PREFECT_API_URL: stack.client_env["PREFECT_API_URL"]}):
+    with temporary_settings(updates=_prefect_settings(stack)):
         flow_run = asyncio.run(read_run())
     assert flow_run.state.type.value == "COMPLETED"
     assert flow_run.work_pool_name == POOL
@@ -219,7 +264,9 @@ def test_worker_clone_ran_the_flow_and_the_stores_hold_its_results(
     assert not (clone_b / "mlflow.db").exists()  # nothing fell back to a local store
 
     # PostgreSQL: MLflow's own tables hold the version, its aliases and proxied artifacts.
-    engine = sqlalchemy.create_engine(f"{stack.postgres_url}/mlflow")
+    engine = sqlalchemy.create_engine(
+        stack.database_url("mlflow"), connect_args={"passfile": str(stack.pgpass("mlflow"))}
+    )
     with engine.connect() as conn:
         sql = sqlalchemy.text
         versions = conn.execute(sql("SELECT name, version FROM model_versions")).fetchall()
@@ -232,10 +279,10 @@ def test_worker_clone_ran_the_flow_and_the_stores_hold_its_results(
     assert any(loc.startswith("mlflow-artifacts:") for (loc,) in locations), locations
 
     # The bucket: the model under the MLflow prefix, B's outputs under the DVC prefix.
-    in_mlflow = s3_objects(stack.s3_endpoint, stack.bucket, "mlflow/")
+    in_mlflow = s3_objects(stack.s3_endpoint, stack.bucket, "mlflow/", stack.s3_credentials)
     checkpoints = {k: etag for k, etag in in_mlflow.items() if k.endswith("/best.pt")}
     assert list(checkpoints.values()) == [_md5(clone_b / "models/checkpoints/best.pt")], checkpoints
-    dvc_keys = set(s3_objects(stack.s3_endpoint, stack.bucket, "dvc/"))
+    dvc_keys = set(s3_objects(stack.s3_endpoint, stack.bucket, "dvc/", stack.s3_credentials))
     for path in ("data/prepared/train.parquet", "models/checkpoints/best.pt", RAW):
         digest = _md5(clone_b / path)
         assert f"dvc/files/md5/{digest[:2]}/{digest[2:]}" in dvc_keys, path
@@ -248,10 +295,11 @@ def test_worker_clone_ran_the_flow_and_the_stores_hold_its_results(
 
 
 @pytest.fixture(scope="module")
-def clone_c(origin: Path, nightly: dict[str, Any], clock: Clock) -> Path:
+def clone_c(stack: Stack, origin: Path, nightly: dict[str, Any], clock: Clock) -> Path:
     t0 = time.monotonic()
     clone = _clone(origin, nightly["tmp"] / "C")
-    _run([*DVC, "pull", "--quiet"], clone, clean_env(**S3_CREDENTIALS))
+    # The data comes with the bucket's key; the model (below) with the reader's user only.
+    _run([*DVC, "pull", "--quiet"], clone, clean_env(**stack.s3_credentials))
     clock.part("clone_C_dvc_pull", t0)
     return clone
 
@@ -269,8 +317,10 @@ def test_third_clone_pulls_the_exact_data_and_translates_with_the_champion(
         assert _md5(clone_c / path) == _md5(nightly["B"] / path), path
 
     t0 = time.monotonic()
-    # Only the tracking URI: the model comes from S3 through the MLflow server.
-    env = clean_env(MLFLOW_TRACKING_URI=stack.client_env["MLFLOW_TRACKING_URI"])
+    # Only the read-only MLflow user: the model comes from S3 through the MLflow server.
+    reader = stack.role_env("reader")
+    assert not any(k.startswith(("AWS_", "PREFECT_")) for k in reader)
+    env = clean_env(**reader)
     translate = [*PYTHON_CLI, "translate", "--beam", "1", SENTENCE]
     served = _run([*translate, "--model", f"models:/{MODEL}@champion"], clone_c, env)
     local = _run([*translate, "--model", "models/checkpoints/best.pt"], clone_c, env)
@@ -279,7 +329,7 @@ def test_third_clone_pulls_the_exact_data_and_translates_with_the_champion(
 
 
 def test_torchrun_two_nodes_train_one_model(
-    stack: Stack, clone_c: Path, tmp_path: Path, clock: Clock
+    stack: Stack, clone_c: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mlflow import MlflowClient
 
@@ -288,6 +338,9 @@ def test_torchrun_two_nodes_train_one_model(
 
     t0 = time.monotonic()
     uri = stack.client_env["MLFLOW_TRACKING_URI"]
+    worker = {k: v for k, v in stack.role_env("worker").items() if k.startswith("MLFLOW_")}
+    for name, value in worker.items():  # MLflow's client reads its user from the environment
+        monkeypatch.setenv(name, value)
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("seq2seq-pipeline")
     run_id = client.create_run(experiment.experiment_id, run_name="torchrun-2-nodes").info.run_id
@@ -296,11 +349,10 @@ def test_torchrun_two_nodes_train_one_model(
         f"--nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:{free_port()}"
     )
     rdzv_id = secrets.token_hex(16)  # flows/rendezvous.py: in the environment, not argv
-    env = clean_env(
-        MLFLOW_TRACKING_URI=uri, MLFLOW_RUN_ID=run_id, SEQ2SEQ_TORCHRUN=torchrun,
-        SEQ2SEQ_RDZV_ID=rdzv_id,
-    )  # fmt: skip
-    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    env = clean_env(**worker, MLFLOW_RUN_ID=run_id, SEQ2SEQ_TORCHRUN=torchrun,
+                    SEQ2SEQ_RDZV_ID=rdzv_id)  # fmt: skip
+    # Next to the clones, so the secret check at the end reads the launchers' logs too.
+    nodes = [clone_c.parent / "torchrun" / "node0", clone_c.parent / "torchrun" / "node1"]
     launchers = []
     try:
         for node in nodes:  # each host has the repo's params and the pulled data
@@ -348,3 +400,102 @@ def test_torchrun_two_nodes_train_one_model(
     epochs = [m.step for m in client.get_metric_history(run_id, "epoch/valid_bleu")]
     assert sorted(epochs) == list(range(1, summary["epochs"] + 1))
     assert os.environ.get("MLFLOW_RUN_ID") is None  # the test process itself logged nothing
+
+
+def _mlflow_texts(stack: Stack) -> dict[str, str]:
+    """Every run's params and tags, every model version's and logged model's tags and
+    params, read as the admin: where a leaked credential would be kept for good."""
+    from tests.stack_access import MLFLOW_ADMIN, basic_auth, mlflow_call
+
+    auth = basic_auth(MLFLOW_ADMIN, stack.secrets.get("mlflow-admin"))
+
+    def call(path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        status, reply = mlflow_call(stack.mlflow_url, path, body, auth=auth)
+        assert status == 200, (path, status, reply)
+        return reply
+
+    experiments = call("/api/2.0/mlflow/experiments/search", {"max_results": 1000})
+    ids = [e["experiment_id"] for e in experiments["experiments"]]
+    runs = call("/api/2.0/mlflow/runs/search", {"experiment_ids": ids, "max_results": 1000})
+    models = call("/api/2.0/mlflow/logged-models/search", {"experiment_ids": ids})
+    versions = call("/api/2.0/mlflow/model-versions/search?max_results=1000")
+    registered = call("/api/2.0/mlflow/registered-models/search?max_results=1000")
+    texts = {f"run {r['info']['run_id']}": json.dumps(r["data"]) for r in runs["runs"]}
+    texts |= {f"logged model {m['info']['model_id']}": json.dumps(m) for m in models["models"]}
+    texts |= {f"version {v['version']}": json.dumps(v) for v in versions["model_versions"]}
+    texts["registered models"] = json.dumps(registered)
+    assert runs["runs"] and versions["model_versions"]  # there is something to search
+    return texts
+
+
+def _prefect_texts(stack: Stack, flow_run_id: str) -> dict[str, str]:
+    """The flow run's logs and parameters and every Prefect artifact, from the API."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.settings import temporary_settings
+
+    async def read() -> dict[str, str]:
+        async with get_client() as client:
+            run = await client.read_flow_run(flow_run_id)
+            logs = await client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200
+            )
+            artifacts = await client.read_artifacts()
+            deployments = await client.read_deployments()
+        assert logs, "the flow run logged nothing?"
+        return {
+            "flow run": run.model_dump_json(),
+            "flow run logs": "\n".join(log.message for log in logs),
+            "artifacts": "\n".join(a.model_dump_json() for a in artifacts),
+            "deployments": "\n".join(d.model_dump_json() for d in deployments),
+        }
+
+    with temporary_settings(updates=_prefect_settings(stack)):
+        return asyncio.run(read())
+
+
+def _files_under(*roots: Path, skip: tuple[Path, ...] = ()) -> Iterator[Path]:
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_file() and not any(path.is_relative_to(s) for s in skip):
+                yield path
+
+
+def test_no_secret_in_any_log_tag_param_artifact_git_history_or_argument(
+    stack: Stack, origin: Path, nightly: dict[str, Any], clone_c: Path, clock: Clock
+) -> None:
+    """Runs last: after the whole night (deploy, flow run, DVC, translate, torchrun)."""
+    t0 = time.monotonic()
+    secrets = stack.secrets.values()
+    assert sorted(secrets) == [
+        "mlflow-admin", "mlflow-flask-secret-key", "mlflow-maintainer", "mlflow-reader",
+        "mlflow-worker", "postgres-mlflow", "postgres-prefect", "postgres-superuser",
+        "prefect-auth", "s3-access-key-id", "s3-secret-access-key",
+    ]  # fmt: skip
+    assert all(len(v) >= 16 for v in secrets.values())
+    places: dict[str, bytes] = {}
+    # Every file the services and the clones wrote (logs, reports, DVC and git internals,
+    # the torchrun launchers' logs), except the secret files themselves.
+    for path in _files_under(stack.state, nightly["tmp"], skip=(stack.secrets.folder,)):
+        if path.stat().st_size < 50 * 2**20:
+            places[str(path)] = path.read_bytes()
+    assert any(p.endswith("worker.log") for p in places) and len(places) > 100
+    for name, text in {**_mlflow_texts(stack),
+                       **_prefect_texts(stack, nightly["flow_run_id"])}.items():  # fmt: skip
+        places[name] = text.encode()
+    for repo in (origin, nightly["A"], nightly["B"], clone_c):
+        history = ["git", "--git-dir", str(repo if repo == origin else repo / ".git"), "log",
+                   "-p", "--all"]  # fmt: skip
+        places[f"git history of {repo.name}"] = _run(history, repo, clean_env()).encode()
+    argv = stack.argv.seen  # type: ignore[attr-defined]
+    assert any("mlflow" in a and "server" in a for a in argv)  # the sampler saw the servers
+    places["process arguments"] = "\n".join(sorted(argv)).encode()
+
+    leaks = [f"{name} in {place}" for name, value in secrets.items()
+             for place, data in places.items() if value.encode() in data]  # fmt: skip
+    clock.part("secret_grep", t0)
+    print(f"\nsecret grep: {len(secrets)} secrets x {len(places)} places "
+          f"({len(argv)} distinct command lines)")  # fmt: skip
+    assert not leaks, "\n".join(leaks)
