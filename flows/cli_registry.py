@@ -128,7 +128,7 @@ def serve_env(cfg: PipelineConfig) -> dict[str, str]:
     """The settings the serving process reads: torch threads, the predict pool (see
     ``seq2seq_serve_loop``), the request guard's limits (``seq2seq_serve_app``) and the
     pyfunc's batching and request-size settings (``flows.pyfunc``)."""
-    from flows.pyfunc import BATCH_LOG_ENV, BATCH_WAIT_ENV, MAX_SENTENCES_ENV
+    from flows.pyfunc import BATCH_LOG_ENV, BATCH_WAIT_ENV, MAX_BEAM_SIZE_ENV, MAX_SENTENCES_ENV
     from seq2seq_serve_app import BODY_TIMEOUT_ENV, MAX_REQUEST_BYTES_ENV, REQUEST_TIMEOUT_ENV
     from seq2seq_serve_loop import LOOP_SPEC, REQUEST_THREADS_ENV
 
@@ -146,6 +146,7 @@ def serve_env(cfg: PipelineConfig) -> dict[str, str]:
         BATCH_WAIT_ENV: str(s.batch_wait_ms),
         BATCH_LOG_ENV: str(s.batch_log_s),
         MAX_SENTENCES_ENV: str(s.max_sentences_per_request),
+        MAX_BEAM_SIZE_ENV: str(s.max_beam_size),
         MAX_REQUEST_BYTES_ENV: str(s.max_request_bytes),
         BODY_TIMEOUT_ENV: str(s.body_timeout_s),
         REQUEST_TIMEOUT_ENV: str(s.request_timeout_s),

@@ -14,7 +14,15 @@ requests do overlap; ``seq2seq_serve_loop`` makes that pool large enough to fill
 Environment variables, set by ``seq2seq serve`` from the ``serve`` config section, tune
 it at serve time: ``SEQ2SEQ_BATCH_WAIT_MS``, ``SEQ2SEQ_BATCH_LOG_S`` and
 ``SEQ2SEQ_MAX_SENTENCES`` (a request with more sentences gets 413 before anything decodes;
-without the variable, as in ``champion_eval``, there is no limit).
+without the variable, as in ``champion_eval``, there is no limit) and
+``SEQ2SEQ_MAX_BEAM_SIZE`` (the largest ``beam_size`` a request may ask for).
+
+A request may pass params (the signature's params schema): ``beam_size`` (1 = greedy),
+``n_best`` and ``max_length`` (output tokens), checked by
+``seq2seq_core.decoding.request_params``; a bad one gets 400 naming it and its bounds. A
+request whose params equal the model's defaults takes the default path; others are
+batched only with requests of the same settings. With ``n_best`` > 1 each row's
+prediction is a list of up to ``n_best`` strings, best first, instead of one string.
 
 Under `seq2seq serve`, ``seq2seq_serve_app.current_request`` holds the HTTP request's
 deadline and a cancel event (its client has gone); ``predict`` hands both to the batcher,
@@ -52,6 +60,7 @@ MAX_INPUT_KEY = "max_input_chars"
 BATCH_WAIT_ENV = "SEQ2SEQ_BATCH_WAIT_MS"
 BATCH_LOG_ENV = "SEQ2SEQ_BATCH_LOG_S"
 MAX_SENTENCES_ENV = "SEQ2SEQ_MAX_SENTENCES"
+MAX_BEAM_SIZE_ENV = "SEQ2SEQ_MAX_BEAM_SIZE"
 # MLflow's error codes have no 413; the serve app's guard applies this status instead.
 TOO_LARGE_STATUS = 413
 log = logging.getLogger("seq2seq.serving")
@@ -79,6 +88,7 @@ class TranslatorModel(mlflow.pyfunc.PythonModel):
         # Imported here: importing this module (tracking does, to log it) stays light;
         # torch and SentencePiece load with a model only.
         from seq2seq_core.config import DecodeConfig, ServeConfig
+        from seq2seq_core.decoding import request_params
         from seq2seq_core.decoding.request_batcher import DynamicBatcher
         from seq2seq_core.decoding.translator import Translator
         from seq2seq_core.runtime.device import resolve_device
@@ -100,12 +110,25 @@ class TranslatorModel(mlflow.pyfunc.PythonModel):
         self.batch_log = BatchLog(float(os.environ.get(BATCH_LOG_ENV, defaults.batch_log_s)))
         limit = os.environ.get(MAX_SENTENCES_ENV, "").strip()
         self.max_sentences = int(limit) if limit else None
+        max_beam = int(os.environ.get(MAX_BEAM_SIZE_ENV, "").strip() or defaults.max_beam_size)
+        self.default_params = request_params.model_defaults(decode)
+        self.param_bounds = request_params.bounds_for(decode, max_beam)
         self.batcher = DynamicBatcher(
             self.translator.translate,
             max_sentences=decode.batch_size,
             max_wait_s=wait_ms / 1000,
             on_batch=self.batch_log,
+            decode_with=self._decode_with,
         )
+
+    def _decode_with(self, sentences: list[str], settings: Any) -> list[Any]:
+        """A batch of requests sharing non-default settings (a ``DecodeRequest``)."""
+        found = self.translator.translate_nbest(
+            sentences, settings.beam_size, settings.n_best, settings.max_length
+        )
+        if settings.n_best == 1:
+            return [hyps[0][0] for hyps in found]
+        return [[text for text, _score in hyps] for hyps in found]
 
     def healthy(self) -> bool:
         """False once the decoding thread has stopped (the serve app's /ping says 503)."""
@@ -116,14 +139,16 @@ class TranslatorModel(mlflow.pyfunc.PythonModel):
         context: mlflow.pyfunc.PythonModelContext | None,
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
-    ) -> list[str]:
-        """Translations in input order, one string per row of ``src``.
+    ) -> list[str] | list[list[str]]:
+        """Translations in input order, one string per row of ``src`` (a list of up to
+        ``n_best`` strings, best first, when ``params`` asks for ``n_best`` > 1).
 
         Through ``mlflow.pyfunc.load_model`` the input is always a DataFrame: MLflow builds
         one from a dict ``{"src": [...]}`` and rejects a bare list (the signature names the
         column). Called directly, a list or a dict works too. (The DataFrame hint also
         keeps MLflow from deriving a schema from type hints.)"""
         from seq2seq_core.decoding import request_batcher as rb
+        from seq2seq_core.decoding import request_params
         from seq2seq_core.decoding.translator import InputTooLongError
 
         request = _served_request()
@@ -136,13 +161,18 @@ class TranslatorModel(mlflow.pyfunc.PythonModel):
                 f"{self.max_sentences} (serve.max_sentences_per_request)"
             )
         try:
+            settings = request_params.parse_request_params(
+                params, self.default_params, self.param_bounds
+            )
             self.translator.validate(sentences)
             return self.batcher.submit(
                 sentences,
                 deadline=getattr(request, "deadline", None),
                 cancelled=getattr(request, "cancelled", None),
+                # The default settings take the batcher's default (fast) path.
+                settings=None if settings == self.default_params else settings,
             )
-        except InputTooLongError as exc:
+        except (InputTooLongError, request_params.RequestParamError) as exc:
             raise InputRejectedError(str(exc)) from None
         except rb.BatcherUnavailableError as exc:
             raise MlflowException(str(exc), error_code=TEMPORARILY_UNAVAILABLE) from None

@@ -14,7 +14,7 @@ from typing import Any
 
 from mlflow import MlflowClient
 
-from flows import freshness, lineage, registry, tracking
+from flows import dataset_inputs, freshness, lineage, registry, tracking
 from seq2seq_core.config import PipelineConfig
 from seq2seq_core.model.checkpoint import CheckpointDir
 from seq2seq_core.runtime.files import write_json
@@ -66,6 +66,8 @@ def register_stage(
             run_id = run.info.run_id
             log_stage_reports(cfg)
         tracking.set_tags(extra_tags, run_id=run_id)
+        # The splits as the run's dataset inputs, digests from the same dvc.lock.
+        dataset_inputs.log_split_inputs(cfg, root=root, run_id=run_id)
         existing = registry.version_of_run(MlflowClient(), cfg.register.model_name, run_id)
         if existing is not None:  # a retry: the model was logged and registered before
             model_uri = existing.source

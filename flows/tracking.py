@@ -34,11 +34,11 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import DatasetInput, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
-from mlflow.types.schema import ColSpec, Schema
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from flows.gate import TEST_BLEU_TAG, TEST_SET_TAG, read_test_scores
 from flows.lineage import dist_version, lineage_tags
@@ -164,6 +164,11 @@ def set_tags(tags: Mapping[str, str], *, run_id: str | None = None) -> None:
     """Set (or overwrite) tags on the run, e.g. lineage read after the run started."""
     client, rid = MlflowClient(), _resolve_run_id(run_id)
     client.log_batch(rid, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_inputs(datasets: list[DatasetInput], *, run_id: str | None = None) -> None:
+    """Log dataset inputs to the run (``flows.dataset_inputs`` builds them)."""
+    MlflowClient().log_inputs(_resolve_run_id(run_id), datasets=datasets)
 
 
 def _param_value(value: Any) -> str:
@@ -319,7 +324,9 @@ def log_translator_model(
             json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
         signature = ModelSignature(
-            inputs=Schema([ColSpec("string", SRC_COLUMN)]), outputs=Schema([ColSpec("string")])
+            inputs=Schema([ColSpec("string", SRC_COLUMN)]),
+            outputs=Schema([ColSpec("string")]),
+            params=request_params_schema(cfg),
         )
         # Model.log (what mlflow.pyfunc.log_model calls) takes the run id explicitly.
         info = Model.log(
@@ -342,6 +349,16 @@ def log_translator_model(
             tags={TEST_BLEU_TAG: str(test["bleu"]), TEST_SET_TAG: test["test_set_sha256"]},
         )
     return info.model_uri
+
+
+def request_params_schema(cfg: PipelineConfig) -> ParamSchema:
+    """The served model's per-request params (``beam_size``, ``n_best``, ``max_length``),
+    integers whose defaults decode as evaluated; their bounds are checked in ``predict``
+    (``seq2seq_core.decoding.request_params``): a schema has types, not ranges."""
+    from seq2seq_core.decoding.request_params import PARAM_NAMES, model_defaults
+
+    defaults = model_defaults(cfg.decode)
+    return ParamSchema([ParamSpec(name, "long", getattr(defaults, name)) for name in PARAM_NAMES])
 
 
 def _eval_dir(tmp_dir: Path, files: Iterable[Path]) -> dict[str, str]:

@@ -332,6 +332,9 @@ class ServeConfig:
     # One client must not stall the others (seq2seq_serve_app.py, decoding/request_batcher.py).
     # More sentences in one request: 413 before anything decodes.
     max_sentences_per_request: int = 256
+    # A request's `beam_size` param may go up to this (each beam costs a decoder row per
+    # sentence); its `n_best` up to its beam size, its `max_length` up to the model's limit.
+    max_beam_size: int = 10
     # A larger body: 413 (by Content-Length before reading it, or while a chunked one comes).
     max_request_bytes: int = 1_048_576
     # A body not complete this long after its headers: 408; it never reaches the model.
@@ -349,6 +352,7 @@ class ServeConfig:
         check_positive("serve.torch_threads", self.torch_threads)
         check_positive("serve.request_threads", self.request_threads)
         check_positive("serve.max_sentences_per_request", self.max_sentences_per_request)
+        check_positive("serve.max_beam_size", self.max_beam_size)
         check_positive("serve.max_request_bytes", self.max_request_bytes)
         check_positive("serve.limit_concurrency", self.limit_concurrency)
         if self.batch_wait_ms < 0 or self.batch_log_s < 0:

@@ -56,12 +56,14 @@ def beam_search(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     kept_weights: PackedWeights | None = None,
+    max_output_tokens: int | None = None,
 ) -> list[list[Hypothesis]]:
     """The `nbest` best hypotheses per source (best first); an empty source gives one
     empty hypothesis. `batch_size` counts sentences (each takes `beam_size` rows).
     ``precision="bf16"`` runs the matmuls under bf16 autocast, ``"int8"`` the decoder's from
     int8 weights (CPU only); scores are summed in fp32. ``kept_weights``: packed weights kept
-    across calls (``Translator``), else packed anew."""
+    across calls (``Translator``), else packed anew. ``max_output_tokens`` caps every
+    sentence's length limit (``limits.output_limits``)."""
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"nbest must be in [1, beam_size={beam_size}], got {nbest}")
     device = torch.device(device)
@@ -70,7 +72,13 @@ def beam_search(
     was_training = model.training
     model.eval()
     settings = _Settings(
-        beam_size, max_len_ratio, max_len_extra, length_penalty_alpha, nbest, no_repeat_ngram
+        beam_size,
+        max_len_ratio,
+        max_len_extra,
+        length_penalty_alpha,
+        nbest,
+        no_repeat_ngram,
+        max_output_tokens,
     )
     with torch.inference_mode(), autocast(device, precision):
         # This call's fast paths and packed weights (int8 ones for int8 decoding).
@@ -92,6 +100,7 @@ class _Settings:
     alpha: float
     nbest: int
     no_repeat_ngram: int
+    max_output_tokens: int | None = None
 
 
 def _search_batch(
@@ -99,7 +108,7 @@ def _search_batch(
 ) -> list[list[Hypothesis]]:
     n_sent, k = len(sources), s.beam
     src, src_len = pad_sources(sources)  # (B, S), (B,)
-    host_limits = output_limits(sources, s.max_len_ratio, s.max_len_extra)
+    host_limits = output_limits(sources, s.max_len_ratio, s.max_len_extra, s.max_output_tokens)
     limits = torch.tensor(host_limits, device=device)
     # The penalty at each sentence's length limit, in Python floats as the scores are.
     limit_lp = torch.tensor(

@@ -36,6 +36,7 @@ def greedy_decode(
     return_attention: bool = False,
     precision: str = "fp32",
     kept_weights: PackedWeights | None = None,
+    max_output_tokens: int | None = None,
 ) -> GreedyResult:
     """Decode each source (subword ids, no BOS/EOS) by argmax, at most
     ``int(max_len_ratio * len(src) + max_len_extra)`` tokens. An empty source gives an
@@ -43,6 +44,7 @@ def greedy_decode(
     ``precision="bf16"`` runs the matmuls under bf16 autocast (argmax over fp32 logits);
     ``"int8"`` multiplies the decoder's inputs by int8 weights (CPU only).
     ``kept_weights``: packed weights kept across calls (``Translator``), else packed anew.
+    ``max_output_tokens`` caps every sentence's limit (``limits.output_limits``).
     """
     device = torch.device(device)
     ids: list[list[int]] = [[] for _ in src_ids]
@@ -56,9 +58,9 @@ def greedy_decode(
         kernels = model.select_kernels(int8=precision == "int8", kept=kept_weights)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            out, probs = _decode_batch(
-                model, [src_ids[i] for i in rows], max_len_ratio, max_len_extra, device, kernels
-            )
+            sources = [src_ids[i] for i in rows]
+            limits = output_limits(sources, max_len_ratio, max_len_extra, max_output_tokens)
+            out, probs = _decode_batch(model, sources, limits, device, kernels)
             if return_attention and probs is not None:
                 probs = probs.float().cpu()  # once per batch, not once per sentence
             for row, i in enumerate(rows):
@@ -72,14 +74,12 @@ def greedy_decode(
 def _decode_batch(
     model: Seq2Seq,
     sources: list[list[int]],
-    max_len_ratio: float,
-    max_len_extra: int,
+    limits: list[int],
     device: torch.device,
     kernels: Kernels,
 ) -> tuple[list[list[int]], Tensor | None]:
     batch = len(sources)
     src, src_len = pad_sources(sources)  # (B, S), (B,)
-    limits = output_limits(sources, max_len_ratio, max_len_extra)
     limit_t = torch.tensor(limits, device=device)  # (B,)
     first_limit = min(limits)
 

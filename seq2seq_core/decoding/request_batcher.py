@@ -11,9 +11,18 @@ in one call and hands each request its slice.
 One client must not stall the others, so a request larger than ``max_sentences`` is
 decoded in chunks, and each batch serves requests that have had nothing yet first (in
 arrival order), then those part-way through, round-robin: a newcomer waits for at most the
-batch being decoded when it arrived. Between chunks, and before its first, a request whose
-deadline has passed or whose caller has gone (its ``cancelled`` event is set) is dropped
-with an error to its caller, so nobody decodes for a client that no longer listens.
+batch being decoded when it arrived.
+
+Requests may carry decode ``settings`` of their own (a served request's beam size, n-best,
+length cap): a batch holds requests of one setting only, decoded by ``decode_with(sentences,
+settings)``; requests without settings (the default, the fast path) go to ``decode``. Each
+batch is for the settings of the request that has waited longest for its turn (a newcomer
+since it arrived, a request part-way through since its last chunk), so no setting starves
+another, and a newcomer of another setting waits for at most one more batch.
+
+Between chunks, and before its first, a request whose deadline has passed or whose caller
+has gone (its ``cancelled`` event is set) is dropped with an error to its caller, so
+nobody decodes for a client that no longer listens.
 
 The decoding thread is the server's only worker: an error in the ``on_batch`` hook or in
 its own bookkeeping is logged and it carries on. If it ends anyway (``close``, or a
@@ -32,13 +41,17 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
-DecodeFn = Callable[[list[str]], list[str]]
+DecodeFn = Callable[[list[str]], list[Any]]
+# Decodes a batch of requests that share one (hashable, non-None) decode setting.
+DecodeWithFn = Callable[[list[str], Hashable], list[Any]]
 log = logging.getLogger(__name__)
+# `_pending`'s default: count the requests of every setting.
+ANY_SETTINGS = object()
 # How often a waiting caller looks at its deadline, its cancel event and the thread.
 POLL_S = 0.05
 # A failing hook is logged at most this often (with the count of failures since).
@@ -66,11 +79,17 @@ class _Request:
     sentences: list[str]
     deadline: float | None  # time.monotonic() seconds
     cancelled: threading.Event | None
+    settings: Hashable | None = None  # None: the batcher's default decode
     future: futures.Future = field(default_factory=futures.Future)
     arrived: float = field(default_factory=time.monotonic)
-    results: list[str] = field(default_factory=list)
+    results: list[Any] = field(default_factory=list)
     taken: int = 0  # sentences handed to a batch so far
     abandoned: bool = False  # the caller stopped waiting (set by submit's thread)
+    waiting_since: float = -1.0  # arrival, then the time its last chunk was taken
+
+    def __post_init__(self) -> None:
+        if self.waiting_since < 0:
+            self.waiting_since = self.arrived
 
     def drop_reason(self, now: float) -> Exception | None:
         if self.future.done():  # failed in an earlier chunk
@@ -147,7 +166,8 @@ class DynamicBatcher:
     return one string per sentence. If a batch of several chunks fails, each chunk is
     decoded again on its own, so one request's error never reaches another.
     ``max_request_s`` bounds how long ``submit`` waits when the caller gives no deadline
-    (None: as long as the thread lives)."""
+    (None: as long as the thread lives). ``decode_with`` decodes the requests submitted
+    with ``settings`` (see the module docstring)."""
 
     def __init__(
         self,
@@ -157,12 +177,14 @@ class DynamicBatcher:
         stats: BatchStats | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
         max_request_s: float | None = None,
+        decode_with: DecodeWithFn | None = None,
     ) -> None:
         if max_sentences < 1 or max_wait_s < 0:
             raise ValueError("max_sentences must be >= 1 and max_wait_s >= 0")
         if max_request_s is not None and max_request_s <= 0:
             raise ValueError("max_request_s must be > 0")
         self._decode = decode
+        self._decode_with = decode_with
         self.max_sentences = max_sentences
         self.max_wait_s = max_wait_s
         self.max_request_s = max_request_s
@@ -193,18 +215,23 @@ class DynamicBatcher:
         sentences: Sequence[str],
         deadline: float | None = None,
         cancelled: threading.Event | None = None,
-    ) -> list[str]:
+        settings: Hashable | None = None,
+    ) -> list[Any]:
         """Translations of ``sentences``; blocks until they are decoded.
 
         ``deadline`` is a ``time.monotonic()`` instant; past it the call raises
         ``DeadlineExceededError`` (and the rest of the request is not decoded), as it
         raises ``RequestCancelledError`` soon after ``cancelled`` is set, and
-        ``BatcherUnavailableError`` at once if the decoding thread is not running."""
+        ``BatcherUnavailableError`` at once if the decoding thread is not running.
+        ``settings`` (hashable): decode these sentences with ``decode_with(..., settings)``,
+        in batches of requests with equal settings only; None: with ``decode``."""
+        if settings is not None and self._decode_with is None:
+            raise ValueError("settings given, but this batcher has no decode_with")
         if not sentences:
             return []
         if deadline is None and self.max_request_s is not None:
             deadline = time.monotonic() + self.max_request_s
-        request = _Request(list(sentences), deadline, cancelled)
+        request = _Request(list(sentences), deadline, cancelled, settings)
         with self._cond:
             if self._closed or not self._running():
                 raise BatcherUnavailableError("the decoding thread is not running")
@@ -212,7 +239,7 @@ class DynamicBatcher:
             self._cond.notify()
         return self._wait(request)
 
-    def _wait(self, request: _Request) -> list[str]:
+    def _wait(self, request: _Request) -> list[Any]:
         while True:
             timeout = POLL_S
             if request.deadline is not None:
@@ -260,30 +287,48 @@ class DynamicBatcher:
                     return None
                 self._cond.wait()
             if self._fresh:
-                deadline = self._fresh[0].arrived + self.max_wait_s
-                while not self._closed and self._pending() < self.max_sentences:
+                oldest = self._fresh[0]
+                deadline = oldest.arrived + self.max_wait_s
+                while not self._closed and self._pending(oldest.settings) < self.max_sentences:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
             return self._take_batch()
 
-    def _pending(self) -> int:
-        """Sentences queued and not yet in a batch (under _cond)."""
-        return sum(len(r.sentences) - r.taken for q in (self._fresh, self._continuing) for r in q)
+    def _pending(self, settings: object = ANY_SETTINGS) -> int:
+        """Sentences queued (with these settings, if given) and not yet in a batch (under
+        _cond)."""
+        return sum(
+            len(r.sentences) - r.taken
+            for q in (self._fresh, self._continuing)
+            for r in q
+            if settings is ANY_SETTINGS or r.settings == settings
+        )
+
+    def _next_settings(self) -> Hashable | None:
+        """The settings of the next batch: those of the request that has waited longest for
+        its turn, among the first newcomer and the first request part-way through."""
+        heads = [q[0] for q in (self._fresh, self._continuing) if q]
+        return min(heads, key=lambda r: r.waiting_since).settings if heads else None
 
     def _take_batch(self) -> list[_Part]:
-        """Up to max_sentences: newcomers first, then one chunk per continuing request;
-        a request with sentences left goes to the back of the continuing queue (under
-        _cond). Dropped requests leave the queues here, with their error."""
+        """Up to max_sentences of one setting: newcomers first, then one chunk per
+        continuing request; a request with sentences left goes to the back of the
+        continuing queue, others keep their places (under _cond). Dropped requests leave
+        the queues here, with their error."""
         now = time.monotonic()
+        settings = self._next_settings()
         room = self.max_sentences
         parts: list[_Part] = []
+        served: list[_Request] = []  # with sentences left: to the back of _continuing
         for queue in (self._fresh, self._continuing):
-            for _ in range(len(queue)):
-                if room == 0:
-                    break
+            kept: list[_Request] = []
+            while queue:
                 request = queue.popleft()
+                if room == 0 or request.settings != settings:
+                    kept.append(request)
+                    continue
                 reason = request.drop_reason(now)
                 if reason is not None:
                     if not request.abandoned:  # an abandoning caller counted it
@@ -293,17 +338,25 @@ class DynamicBatcher:
                 take = min(room, len(request.sentences) - request.taken)
                 parts.append(_Part(request, request.taken, request.taken + take))
                 request.taken += take
+                request.waiting_since = now
                 room -= take
                 if request.taken < len(request.sentences):
-                    self._continuing.append(request)
+                    served.append(request)
+            queue.extend(kept)
+        self._continuing.extend(served)
         return parts
 
     def _decode_parts(self, parts: list[_Part]) -> None:
         if not parts:
             return
         sentences = [s for part in parts for s in part.sentences]
+        settings = parts[0].request.settings  # one setting per batch (_take_batch)
         try:
-            out = self._decode(sentences)
+            if settings is None:
+                out = self._decode(sentences)
+            else:
+                assert self._decode_with is not None  # submit refuses settings without it
+                out = self._decode_with(sentences, settings)
         except BaseException as exc:  # handed to the waiting callers, who re-raise it
             if len(parts) == 1:
                 _fail(parts[0].request, exc)

@@ -101,16 +101,28 @@ class Translator:
                 )
         return src_ids
 
-    def translate(self, sentences: list[str], beam_size: int | None = None) -> list[str]:
+    def translate(
+        self,
+        sentences: list[str],
+        beam_size: int | None = None,
+        max_output_tokens: int | None = None,
+    ) -> list[str]:
         """One translation per sentence: greedy when the beam size is 1, else the best
         beam hypothesis (beam size from the argument or `decode.beam_size`)."""
-        return [hyps[0][0] for hyps in self.translate_nbest(sentences, beam_size, nbest=1)]
+        found = self.translate_nbest(sentences, beam_size, 1, max_output_tokens)
+        return [hyps[0][0] for hyps in found]
 
     def translate_nbest(
-        self, sentences: list[str], beam_size: int | None = None, nbest: int | None = None
+        self,
+        sentences: list[str],
+        beam_size: int | None = None,
+        nbest: int | None = None,
+        max_output_tokens: int | None = None,
     ) -> list[list[tuple[str, float]]]:
         """Per sentence, up to `nbest` (text, score) pairs, best first. Greedy output has
-        the score of its summed log-probability left out (0.0): it is not ranked."""
+        the score of its summed log-probability left out (0.0): it is not ranked.
+        ``max_output_tokens`` caps each output's length below the decode settings' limit
+        (a served request's ``max_length``)."""
         src_ids = self._check(sentences)
         if not sentences:
             return []
@@ -126,6 +138,7 @@ class Translator:
                 device=self.device,
                 precision=self.decode.precision,
                 kept_weights=self._kept_weights(),
+                max_output_tokens=max_output_tokens,
             )
             return [[(text, 0.0)] for text in self.tokenizer.decode_tgt(out.ids)]
         found = beam_search(
@@ -142,6 +155,7 @@ class Translator:
             device=self.device,
             precision=self.decode.precision,
             kept_weights=self._kept_weights(),
+            max_output_tokens=max_output_tokens,
         )
         return [
             list(

@@ -41,6 +41,9 @@ class Registered:
     tracking_uri: str
     champion_uri: str
     expected: list[str]  # Translator.translate(SENTENCES) in this process
+    greedy: list[str]  # the same with beam size 1
+    nbest: list[list[str]]  # beam 3, the 3 best
+    short: list[str]  # the default decode, at most 2 output tokens
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,11 @@ def registered(tmp_path_factory: pytest.TempPathFactory, trained_workspace: Trai
     )
     staging = root / "staging"
     checkpoint, vocab_dir = copy_model(trained_workspace, staging)
-    expected = Translator.load(checkpoint, vocab_dir, cfg.decode).translate(SENTENCES)
+    translator = Translator.load(checkpoint, vocab_dir, cfg.decode)
+    expected = translator.translate(SENTENCES)
+    greedy = translator.translate(SENTENCES, beam_size=1)
+    nbest = [[t for t, _ in h] for h in translator.translate_nbest(SENTENCES, 3, 3)]
+    short = translator.translate(SENTENCES, max_output_tokens=2)
 
     previous = mlflow.get_tracking_uri()
     with pytest.MonkeyPatch.context() as mp:
@@ -70,7 +77,8 @@ def registered(tmp_path_factory: pytest.TempPathFactory, trained_workspace: Trai
             )
         assert result.promoted
         shutil.rmtree(staging)  # the model must not need the files it was logged from
-        yield Registered(cfg, uri, f"models:/{cfg.register.model_name}@champion", expected)
+        champion = f"models:/{cfg.register.model_name}@champion"
+        yield Registered(cfg, uri, champion, expected, greedy, nbest, short)
     mlflow.set_tracking_uri(previous)
 
 
@@ -110,6 +118,13 @@ def test_model_directory_carries_code_weights_vocab_and_settings(
         {"type": "string", "name": "src", "required": True}
     ]
     assert json.loads(mlmodel["signature"]["outputs"]) == [{"type": "string", "required": True}]
+    # The request params: integers whose defaults decode as evaluated (beam 5 here; 1.0 x
+    # decode.max_input_tokens 256 + max_len_extra 5 tokens at most).
+    assert json.loads(mlmodel["signature"]["params"]) == [
+        {"name": "beam_size", "type": "long", "default": 5, "shape": None},
+        {"name": "n_best", "type": "long", "default": 1, "shape": None},
+        {"name": "max_length", "type": "long", "default": 261, "shape": None},
+    ]
     example = json.loads((local / "input_example.json").read_text())
     assert example["columns"] == ["src"] and len(example["data"]) == 1
 
@@ -237,3 +252,56 @@ def test_behind_the_serve_guard_too_many_sentences_get_413_and_a_dead_model_503(
     assert client.get("/health").status_code == 503
     response = client.post("/invocations", json={"inputs": {"src": SENTENCES[:1]}})
     assert response.status_code == 503 and "not running" in response.json()["message"]
+
+
+def test_request_params_choose_greedy_nbest_and_length_per_request(
+    registered: Registered, loaded: mlflow.pyfunc.PyFuncModel
+) -> None:
+    frame = pd.DataFrame({"src": SENTENCES})
+    # The tiny model's greedy and beam-5 outputs differ, so equality shows the param acts.
+    assert registered.greedy != registered.expected
+    assert loaded.predict(frame, params={"beam_size": 1}) == registered.greedy
+    assert loaded.predict(frame) == registered.expected  # no params: the evaluated decode
+    assert loaded.predict(frame, params={"beam_size": 5, "n_best": 1}) == registered.expected
+    # n_best > 1: a list per row, best first.
+    found = loaded.predict(frame, params={"beam_size": 3, "n_best": 3})
+    assert found == registered.nbest and all(len(row) == 3 for row in found)
+    assert loaded.predict(frame, params={"max_length": 2}) == registered.short
+    assert registered.short != registered.expected
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"beam_size": 11}, r"beam_size=11 is out of bounds: 1\.\.10 \(serve.max_beam_size\)"),
+        ({"beam_size": 0}, r"beam_size=0 is out of bounds"),
+        ({"beam_size": 2, "n_best": 3}, r"n_best=3 is out of bounds: 1\.\.2 \(the request's"),
+        ({"max_length": 262}, r"max_length=262 is out of bounds: 1\.\.261"),
+        ({"max_length": "long"}, r"max_length"),  # MLflow's own type check, also a 400
+    ],
+)
+def test_out_of_bounds_params_are_rejected_by_name(
+    loaded: mlflow.pyfunc.PyFuncModel, params: dict, message: str
+) -> None:
+    with pytest.raises(MlflowException, match=message) as raised:
+        loaded.predict(pd.DataFrame({"src": SENTENCES}), params=params)
+    assert raised.value.get_http_status_code() == 400
+
+
+def test_scoring_server_takes_params_and_answers_400_out_of_bounds(
+    registered: Registered, loaded: mlflow.pyfunc.PyFuncModel
+) -> None:
+    from fastapi.testclient import TestClient
+    from mlflow.pyfunc import scoring_server
+
+    client = TestClient(scoring_server.init(loaded))
+    payload = {"inputs": {"src": SENTENCES}, "params": {"beam_size": 1}}
+    response = client.post("/invocations", json=payload)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"predictions": registered.greedy}
+    payload["params"] = {"beam_size": 3, "n_best": 3}
+    assert client.post("/invocations", json=payload).json() == {"predictions": registered.nbest}
+    payload["params"] = {"beam_size": 99}
+    response = client.post("/invocations", json=payload)
+    assert response.status_code == 400
+    assert "beam_size=99 is out of bounds: 1..10" in response.json()["message"]

@@ -142,8 +142,16 @@ def test_lineage_follows_the_data_and_a_failure_leaves_the_champion(
     assert second == _locked_hashes()
     assert second[LINEAGE_TAGS[0]] == file_md5(Path("data/prepared/train.parquet"))
     assert second[LINEAGE_TAGS[0]] != first[LINEAGE_TAGS[0]]
-    run_tags = client.get_run(changed["mlflow_run_id"]).data.tags
-    assert _data_lineage(run_tags) == second  # the run says the same as its version
+    run = client.get_run(changed["mlflow_run_id"])
+    assert _data_lineage(run.data.tags) == second  # the run says the same as its version
+    # Its dataset inputs carry the same dvc.lock md5s as digests, and name the corpus.
+    datasets = {i.dataset.name: i.dataset for i in run.inputs.dataset_inputs}
+    assert {n: d.digest for n, d in datasets.items()} == {
+        n: second[f"dvc.data/prepared/{n}.parquet.md5"] for n in ("train", "valid", "test")
+    }
+    assert json.loads(datasets["train"].source) == {
+        "uri": "data/prepared/train.parquet", "corpus": str(corpus)
+    }  # fmt: skip
     champion = client.get_model_version_by_alias(name, "champion").version
 
     broken = ["train.max_len=0"]  # passes config checks, then train finds no usable pair

@@ -224,3 +224,12 @@ def test_the_server_process_holds_no_credential_of_its_caller(served: Served) ->
         for name, secret in PLANTED.items():
             assert secret.encode() not in environ and name.encode() not in environ
             assert secret.encode() not in cmdline
+
+
+def test_request_params_through_the_real_server(served: Served) -> None:
+    """`params={"beam_size": 1}` gets the greedy output over HTTP; out of bounds, 400."""
+    greedy = served.translator.translate(SENTENCES, beam_size=1)
+    status, body = _post(served.port, {"inputs": {"src": SENTENCES}, "params": {"beam_size": 1}})
+    assert status == 200 and body["predictions"] == greedy
+    status, body = _post(served.port, {"inputs": {"src": SENTENCES}, "params": {"beam_size": 11}})
+    assert status == 400 and "beam_size=11 is out of bounds: 1..10" in body["message"]

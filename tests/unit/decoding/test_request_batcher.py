@@ -188,3 +188,44 @@ def test_size_buckets_are_powers_of_two() -> None:
     assert [size_bucket(n) for n in (1, 2, 3, 4, 7, 8, 16, 64)] == [
         "1", "2-3", "2-3", "4-7", "4-7", "8-15", "16-31", "64-127",
     ]  # fmt: skip
+
+
+def test_requests_with_other_settings_are_never_batched_with_the_default() -> None:
+    """Requests submitted together with settings None, "b1" and "b3" come back decoded by
+    their own settings, and every batch holds one setting only; a request with settings
+    needs a ``decode_with``."""
+    seen: list[tuple[object, list[str]]] = []
+
+    def default(sentences: list[str]) -> list[str]:
+        seen.append((None, list(sentences)))
+        return [s.upper() for s in sentences]
+
+    def with_settings(sentences: list[str], settings: object) -> list[str]:
+        seen.append((settings, list(sentences)))
+        return [f"{s}:{settings}" for s in sentences]
+
+    batcher = DynamicBatcher(default, max_sentences=64, max_wait_s=0.3, decode_with=with_settings)
+    settings = [None, "b1", None, "b3", "b1", None]
+    results: list[object] = [None] * len(settings)
+    barrier = threading.Barrier(len(settings))
+
+    def call(i: int) -> None:
+        barrier.wait()
+        results[i] = batcher.submit([f"s{i}"], settings=settings[i])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(settings))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    batcher.close()
+    assert results == [["S0"], ["s1:b1"], ["S2"], ["s3:b3"], ["s4:b1"], ["S5"]]
+    # One batch per setting (all arrived within the wait), each with only its requests.
+    batches = {key: sorted(sentences) for key, sentences in seen}
+    assert len(seen) == 3 and batches == {
+        None: ["s0", "s2", "s5"],
+        "b1": ["s1", "s4"],
+        "b3": ["s3"],
+    }
+    with pytest.raises(ValueError, match="no decode_with"):
+        DynamicBatcher(default, max_sentences=4, max_wait_s=0.0).submit(["x"], settings="b1")
