@@ -526,7 +526,17 @@ def json_report_of(command: list[str], cwd: Path, env: dict[str, str]) -> dict[s
 # What a clone's stages need: the code (dvc.yaml lists it among each stage's deps and runs
 # it as `python -m flows.cli`, from the repository's own copy), the DVC files, the raw data.
 DVC_REPO_FILES = ("dvc.yaml", ".dvcignore", ".gitignore")
-DVC_REPO_DIRS = ("flows", "seq2seq_core", "data/raw")
+DVC_REPO_CODE = ("flows", "seq2seq_core")
+
+
+def copy_dvc_project(dest: Path, *, raw_data: bool = True) -> None:
+    """dvc.yaml, .dvcignore, .gitignore and the code its stages list, into ``dest``; the
+    raw data too unless ``raw_data`` is false (a test that writes its own)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in DVC_REPO_FILES:
+        shutil.copy(REPO / name, dest / name)
+    for name in (*DVC_REPO_CODE, *(("data/raw",) if raw_data else ())):
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
 
 
 def run_in(args: list[str], cwd: Path, *, check: bool = True) -> str:
@@ -544,10 +554,7 @@ def dvc_git_repo(repo: Path, params: dict, remote: Path | None = None) -> Path:
     """A git + DVC repository at ``repo`` with this project's code, dvc.yaml and raw data,
     ``params`` as params.yaml, committed; ``remote`` the default DVC remote if given."""
     repo.mkdir(parents=True)
-    for name in DVC_REPO_FILES:
-        shutil.copy(REPO / name, repo / name)
-    for name in DVC_REPO_DIRS:
-        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_dvc_project(repo)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     dvc = [sys.executable, "-m", "dvc"]
     run_in(["git", "init", "-q"], repo)
