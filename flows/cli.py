@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -271,9 +272,22 @@ def _run_command(args: argparse.Namespace) -> None:
         return
     from flows.workspace_lock import workspace_lock
 
-    timeout_min = _config(args).pipeline.lock_timeout_min
-    with workspace_lock(timeout_min=timeout_min, command=f"seq2seq {args.command}"):
+    cfg = _config(args)
+    timeout_min, command = cfg.pipeline.lock_timeout_min, f"seq2seq {args.command}"
+    with workspace_lock(timeout_min=timeout_min, command=command), _store_writer(args.command, cfg):
         args.fn(args)
+
+
+def _store_writer(command: str, cfg: PipelineConfig) -> AbstractContextManager[None]:
+    """One writer at a time on a SQLite store, across workspaces' copies (parallel DVC
+    experiments register into their workspace's mlflow.db; flows/dvc_experiment.py)."""
+    from flows import dvc_experiment
+
+    if not dvc_experiment.writes_to_store(command, cfg):
+        return nullcontext()
+    from flows.tracking import tracking_uri
+
+    return dvc_experiment.store_writer(tracking_uri())
 
 
 def main(argv: list[str] | None = None) -> int:

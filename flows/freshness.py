@@ -57,10 +57,14 @@ def inputs_fingerprint(cfg: PipelineConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def code_digest() -> str:
-    """sha256 over the Python sources of the packages that train and register a model."""
+def code_digest(root: Path | None = None) -> str:
+    """sha256 over the Python sources of the packages that train and register a model:
+    those this process runs (``root`` None), or those of the checkout at ``root``.
+
+    Also the lineage tag ``code.sha256``: in a DVC experiment it is the copy's code, with
+    the experiment's uncommitted changes, that ran."""
     digest = hashlib.sha256()
-    root = Path(__file__).resolve().parents[1]
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
     for package in CODE_PACKAGES:
         for path in sorted((root / package).rglob("*.py")):
             digest.update(str(path.relative_to(root)).encode())

@@ -1,6 +1,8 @@
 """Where a run and a model version came from, as tags: the git commit (and whether the
-tree was dirty), the dvc.lock hashes of the prepared data and vocabulary, digests of
-params.yaml and of the resolved config, the Prefect flow run, library versions, device.
+tree was dirty), a digest of the code that ran, the DVC experiment's name and baseline
+commit (in `dvc exp run`), the dvc.lock hashes of the prepared data and vocabulary,
+digests of params.yaml and of the resolved config, the Prefect flow run, library versions,
+device.
 
 With these a user gets a version's data back: `git checkout <git.commit>` then
 `dvc checkout` (or `dvc pull`) restores files whose md5 equal the `dvc.*.md5` tags
@@ -18,10 +20,14 @@ from pathlib import Path
 
 import yaml
 
+from flows.dvc_experiment import experiment_tags
+from flows.freshness import code_digest
 from seq2seq_core.config import PipelineConfig
 
 # dvc.lock outputs recorded as lineage: the data a model was trained and tested on.
 LINEAGE_OUTS = ("ingest", "vocab")
+# The code that ran (flows/freshness.py: seq2seq_core and flows, uncommitted edits included).
+CODE_TAG = "code.sha256"
 
 
 def lineage_tags(cfg: PipelineConfig | None = None, cwd: Path | None = None) -> dict[str, str]:
@@ -29,6 +35,8 @@ def lineage_tags(cfg: PipelineConfig | None = None, cwd: Path | None = None) -> 
 
     root = Path(cwd or Path.cwd())
     tags = {
+        CODE_TAG: code_digest(),
+        **experiment_tags(),
         "python.version": platform.python_version(),
         "torch.version": dist_version("torch"),
         "mlflow.version": mlflow.__version__,

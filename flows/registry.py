@@ -51,7 +51,9 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 HYPOTHESES_ARTIFACT = "artifacts/eval/test_hypotheses.txt"
 REFERENCES_ARTIFACT = "artifacts/eval/test_references.txt"
-LINEAGE_PREFIXES = ("git.", "dvc.", "params.", "config.", "prefect.", "torch.", "python.", "host.")
+LINEAGE_PREFIXES = (
+    "git.", "dvc.", "code.", "params.", "config.", "prefect.", "torch.", "python.", "host."
+)  # fmt: skip
 
 
 class RegistryError(ValueError):

@@ -40,6 +40,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
+from flows.dvc_experiment import workspace_of
 from flows.gate import TEST_BLEU_TAG, TEST_SET_TAG, read_test_scores
 from flows.lineage import dist_version, lineage_tags
 from seq2seq_core.config import PipelineConfig
@@ -67,7 +68,8 @@ def configure_tracking(root: Path | None = None, experiment: str = DEFAULT_EXPER
     """Point MLflow at the store and select ``experiment``; returns the tracking URI.
 
     ``MLFLOW_TRACKING_URI`` wins; otherwise ``sqlite:///<root>/mlflow.db`` (root defaults
-    to the working directory) with the experiment's artifacts in ``<root>/mlartifacts``.
+    to the working directory; a DVC experiment's copy stands for its workspace) with the
+    experiment's artifacts in ``<root>/mlartifacts``.
     """
     # tqdm bars for every artifact download are noise in `make run` and in logs.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -77,9 +79,9 @@ def configure_tracking(root: Path | None = None, experiment: str = DEFAULT_EXPER
         from mlflow.telemetry import set_telemetry_client
 
         set_telemetry_client()
-    root = Path(root or Path.cwd()).resolve()
+    root = workspace_of(Path(root or Path.cwd()))  # an experiment's copy: its workspace
     env_uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    uri = env_uri or f"sqlite:///{root / 'mlflow.db'}"
+    uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
     artifact_location = None if env_uri else (root / "mlartifacts").as_uri()
     # The first process to touch a fresh SQLite store creates its schema; a second one
@@ -88,6 +90,13 @@ def configure_tracking(root: Path | None = None, experiment: str = DEFAULT_EXPER
         experiment_id = _experiment_id(MlflowClient(uri), experiment, artifact_location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return uri
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """``MLFLOW_TRACKING_URI``, else the SQLite store of ``root``'s workspace (default: the
+    working directory's; a DVC experiment's copy uses its workspace's, flows/dvc_experiment.py)."""
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    return env_uri or f"sqlite:///{workspace_of(Path(root or Path.cwd())) / 'mlflow.db'}"
 
 
 @contextmanager

@@ -519,3 +519,51 @@ def json_report_of(command: list[str], cwd: Path, env: dict[str, str]) -> dict[s
     proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- DVC repositories
+
+# What a clone's stages need: the code (dvc.yaml lists it among each stage's deps and runs
+# it as `python -m flows.cli`, from the repository's own copy), the DVC files, the raw data.
+DVC_REPO_FILES = ("dvc.yaml", ".dvcignore", ".gitignore")
+DVC_REPO_CODE = ("flows", "seq2seq_core")
+
+
+def copy_dvc_project(dest: Path, *, raw_data: bool = True) -> None:
+    """dvc.yaml, .dvcignore, .gitignore and the code its stages list, into ``dest``; the
+    raw data too unless ``raw_data`` is false (a test that writes its own)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in DVC_REPO_FILES:
+        shutil.copy(REPO / name, dest / name)
+    for name in (*DVC_REPO_CODE, *(("data/raw",) if raw_data else ())):
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def run_in(args: list[str], cwd: Path, *, check: bool = True) -> str:
+    """Run ``args`` in ``cwd`` with this venv's bin first on PATH and the MLflow store left
+    to the workspace (no ``MLFLOW_TRACKING_URI``); stdout + stderr, which must succeed."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if check:
+        assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def dvc_git_repo(repo: Path, params: dict, remote: Path | None = None) -> Path:
+    """A git + DVC repository at ``repo`` with this project's code, dvc.yaml and raw data,
+    ``params`` as params.yaml, committed; ``remote`` the default DVC remote if given."""
+    repo.mkdir(parents=True)
+    copy_dvc_project(repo)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    dvc = [sys.executable, "-m", "dvc"]
+    run_in(["git", "init", "-q"], repo)
+    run_in(["git", "config", "user.email", "ci@example.invalid"], repo)
+    run_in(["git", "config", "user.name", "ci"], repo)
+    run_in([*dvc, "init", "-q"], repo)
+    run_in([*dvc, "config", "core.analytics", "false"], repo)
+    if remote is not None:
+        run_in([*dvc, "remote", "add", "-d", "local", str(remote)], repo)
+    run_in(["git", "add", "-A"], repo)
+    run_in(["git", "commit", "-qm", "baseline"], repo)
+    return repo

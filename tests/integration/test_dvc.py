@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,48 +13,29 @@ import yaml
 from mlflow import MlflowClient
 
 from flows.lineage import dvc_lock_tags, file_md5
-from tests.support import REPO, tiny_params
+from tests.support import dvc_git_repo, run_in, tiny_params
 
 pytestmark = pytest.mark.integration
 
 
-def _run(args: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout + proc.stderr
-
-
 def test_repro_then_nothing_to_do_then_only_train_onwards(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
-    shutil.copytree(REPO / "data" / "raw", repo / "data" / "raw")
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    repo = dvc_git_repo(tmp_path / "repo", tiny_params())
     dvc = [sys.executable, "-m", "dvc"]
-    _run(["git", "init", "-q"], repo)
-    _run(["git", "config", "user.email", "ci@example.invalid"], repo)
-    _run(["git", "config", "user.name", "ci"], repo)
-    _run([*dvc, "init", "-q"], repo)
-    _run([*dvc, "config", "core.analytics", "false"], repo)
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "commit", "-qm", "baseline"], repo)
 
-    first = _run([*dvc, "repro"], repo)
+    first = run_in([*dvc, "repro"], repo)
     for stage in ("ingest", "vocab", "train", "evaluate", "register"):
         assert f"Running stage '{stage}'" in first
     assert (repo / "reports" / "metrics.json").exists()
     assert (repo / "dvc.lock").exists()
 
-    second = _run([*dvc, "repro"], repo)
+    second = run_in([*dvc, "repro"], repo)
     assert "Running stage" not in second
     assert "up to date" in second
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["lr"] = 0.003  # a new fingerprint: training starts over
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    third = _run([*dvc, "repro"], repo)
+    third = run_in([*dvc, "repro"], repo)
     assert "Running stage 'ingest'" not in third
     assert "Running stage 'vocab'" not in third
     for stage in ("train", "evaluate", "register"):
@@ -82,20 +61,20 @@ def test_repro_then_nothing_to_do_then_only_train_onwards(tmp_path: Path) -> Non
     train_parquet = repo / "data" / "prepared" / "train.parquet"
     train_parquet.unlink()
     shutil.rmtree(repo / "data" / "vocab")
-    _run([*dvc, "checkout"], repo)
+    run_in([*dvc, "checkout"], repo)
     assert file_md5(train_parquet) == lock_tags["dvc.data/prepared/train.parquet.md5"]
-    assert "up to date" in _run([*dvc, "status"], repo).lower()
+    assert "up to date" in run_in([*dvc, "status"], repo).lower()
 
     # An experiment: only train and what follows re-run; exp show has the test BLEU.
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "commit", "-qm", "lr 0.003"], repo)
-    exp = _run([*dvc, "exp", "run", "-S", "model.hidden_size=48"], repo)
+    run_in(["git", "add", "-A"], repo)
+    run_in(["git", "commit", "-qm", "lr 0.003"], repo)
+    exp = run_in([*dvc, "exp", "run", "-S", "model.hidden_size=48"], repo)
     assert "Running stage 'ingest'" not in exp and "Running stage 'vocab'" not in exp
     for stage in ("train", "evaluate", "register"):
         assert f"Running stage '{stage}'" in exp
-    shown = _run([*dvc, "exp", "show", "--json"], repo)
+    shown = run_in([*dvc, "exp", "show", "--json"], repo)
     assert '"bleu"' in shown and '"chrf"' in shown and '"hidden_size": 48' in shown
     # The experiment against the last commit: metrics by name, plots rendered to a folder.
-    assert "test.bleu" in _run([*dvc, "metrics", "diff", "--all"], repo)
-    _run([*dvc, "plots", "diff", "-o", "plots-diff"], repo)
+    assert "test.bleu" in run_in([*dvc, "metrics", "diff", "--all"], repo)
+    run_in([*dvc, "plots", "diff", "-o", "plots-diff"], repo)
     assert (repo / "plots-diff" / "index.html").stat().st_size > 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 import yaml
 
 from flows.lineage import file_md5
-from tests.support import GENESIS_TSV, REPO
+from tests.support import GENESIS_TSV, copy_dvc_project
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +105,7 @@ def test_lineage_follows_the_data_and_a_failure_leaves_the_champion(
 
     # A DVC project with a local default remote: a finished run leaves `dvc status` clean
     # and its data pushed (the flow's `dvc commit --force` + `dvc push`).
-    shutil.copy(REPO / "dvc.yaml", "dvc.yaml")
+    copy_dvc_project(Path.cwd(), raw_data=False)  # dvc.yaml lists the code among its deps
     remote = tiny_params_file.parent.parent / f"{tiny_params_file.parent.name}-remote"
     _dvc("init", "--no-scm", "-q")
     _dvc("remote", "add", "-d", "local", str(remote))
