@@ -6,7 +6,6 @@ Kept apart from flows/cli.py so that the stage commands do not import MLflow."""
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import math
 import os
@@ -23,11 +22,9 @@ from seq2seq_core.config import PipelineConfig
 
 
 def _trigger(kind: str) -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"cli:{kind}:{user}"
+    from flows.lineage import os_user
+
+    return f"cli:{kind}:{os_user()}"
 
 
 def _registry(cfg: PipelineConfig):

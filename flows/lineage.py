@@ -11,8 +11,10 @@ With these a user gets a version's data back: `git checkout <git.commit>` then
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
+import os
 import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
@@ -111,3 +113,16 @@ def file_md5(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def os_user() -> str:
+    """The login name of whoever runs this process ("unknown" in a container without one)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def operator_identity() -> str:
+    """``user@host``: who moved an alias or attested a version, for the registry's record."""
+    return f"{os_user()}@{os.uname().nodename}"

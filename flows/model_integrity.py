@@ -29,10 +29,8 @@ naming it. A version registered before digests existed is refused until a mainta
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
-import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -44,6 +42,8 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+
+from flows.lineage import operator_identity
 
 FILES_TAG = "sha256.files"
 MANIFEST_TAG = "sha256.manifest"
@@ -302,18 +302,11 @@ def attest(name: str, version: str | int, *, replace: bool = False) -> dict[str,
                 ) from None
             return {k: v for k, v in ref.version.tags.items() if k in DIGEST_TAGS}
         tags = digest_tags(Path(local))
-    tags[RECORDED_BY_TAG] = f"attested by {_who()} at {datetime.now(UTC).isoformat()[:19]}Z"
+    when = datetime.now(UTC).isoformat()[:19]
+    tags[RECORDED_BY_TAG] = f"attested by {operator_identity()} at {when}Z"
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, value)
     return tags
-
-
-def _who() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{os.uname().nodename}"
 
 
 __all__ = [

@@ -15,10 +15,8 @@ moves (promotion, rollback) only onto a version whose files in the store still m
 
 from __future__ import annotations
 
-import getpass
 import json
 import logging
-import os
 import tempfile
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
@@ -42,6 +40,7 @@ from flows.gate import (
     overrule,
     score_tags,
 )
+from flows.lineage import operator_identity
 from flows.tracking import store_lock
 from seq2seq_core.config import PipelineConfig
 
@@ -302,7 +301,7 @@ def _record_move(
         "at": at,
         "seq": int(datetime.now(UTC).timestamp() * 1e6),
         "trigger": trigger,
-        "by": _who(),
+        "by": operator_identity(),
         "reason": reason,
         "bleu_delta": decision.bleu_delta if decision else None,
         "chrf_delta": decision.chrf_delta if decision else None,
@@ -374,14 +373,6 @@ def _model_id(model_uri: str) -> str | None:
 
 def _now(precise: bool = False) -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds" if precise else "seconds")
-
-
-def _who() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{os.uname().nodename}"
 
 
 __all__ = [
