@@ -13,7 +13,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 # Prefect's local state (its SQLite database) stays inside the repo's ignored .state/.
 export PREFECT_HOME ?= $(CURDIR)/.state/prefect
 
-.PHONY: install lock run test check format bench clean joey-venv
+.PHONY: install lock run test test-faults check format bench clean joey-venv
 
 # requirements.lock: every package of `pip install -e '.[dev,scale]'`, pip and setuptools
 # included, at one version each with the sha256 of its files. `make lock` makes it from
@@ -61,7 +61,11 @@ check: install
 	$(BIN)/ruff check .
 
 test: check
-	$(BIN)/python -m pytest -n auto --dist loadfile --durations=25
+	$(BIN)/python -m pytest -n auto --dist loadfile --durations=25 -m "not faults"
+
+# The fault tests (tests/faults/): real servers killed, stopped and filled; minutes each.
+test-faults: check
+	$(BIN)/python -m pytest -n auto --dist loadfile --durations=25 -m faults tests/faults
 
 format: install
 	$(BIN)/ruff format .

@@ -241,7 +241,11 @@ def test_three_nights_train_skip_and_warm_start(
     assert [int(v.version) for v in client.search_model_versions(f"name = '{name}'")] == [1]
     assert _logged(night2.id, f"up to date with version 1 of {name}")
     assert "Up to date with version 1" in _artifact(night2.id, "pipeline-summary")
-    assert prefect_stack["timings"]["night2_run_s"] < 60
+    # The run's own time on the worker: the wall time above also counts the wait behind night
+    # 1's champion evaluation, which the automation queued on the same worker.
+    night2_own_s = (night2.end_time - night2.start_time).total_seconds()
+    prefect_stack["timings"]["night2_own_s"] = round(night2_own_s, 1)
+    assert night2_own_s < 60
 
     held_back = GENESIS_TSV.read_text(encoding="utf-8").splitlines(keepends=True)[-NEW_PAIRS:]
     with (project / CORPUS).open("a", encoding="utf-8") as corpus:
@@ -370,7 +374,7 @@ def test_cron_schedules_create_scheduled_runs(
         deadline = time.monotonic() + 60  # the scheduler picks up new deployments in a loop
         while True:
             deployment, runs = asyncio.run(scheduled(name))
-            if runs or time.monotonic() > deadline:
+            if any(r.auto_scheduled for r in runs) or time.monotonic() > deadline:
                 break
             time.sleep(2)
         assert [(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules] == [
@@ -379,6 +383,10 @@ def test_cron_schedules_create_scheduled_runs(
         assert deployment.work_pool_name == POOL
         assert runs, f"{name}: no scheduled runs after 60 s"
         hour = int(cron.split()[1])
+        # Only the scheduler's runs: an event trigger's run (a champion evaluation queued by a
+        # finished night) waits in Scheduled too, at the time it was triggered.
+        runs = [r for r in runs if r.auto_scheduled]
+        assert runs, f"{name}: no runs from the cron schedule after 60 s"
         for flow_run in runs:
             start = flow_run.expected_start_time.astimezone(UTC)
             assert (start.hour, start.minute) == (hour, 0)
