@@ -24,6 +24,7 @@ from flows.run_logging import log_to_stderr
 from flows.workspace_lock import WorkspaceBusyError
 from seq2seq_core.config import ConfigError, PipelineConfig, load_config
 from seq2seq_core.model.checkpoint import CheckpointDir
+from seq2seq_core.runtime.files import FileWriteError
 
 QUIET_ENV = {
     "DO_NOT_TRACK": "true",
@@ -302,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"seq2seq: parameter error: {exc}", file=sys.stderr)
         return 2
+    except FileWriteError as exc:
+        # A full disk or a failing one: the file and what to do, its temporary file gone.
+        print(f"seq2seq {args.command}: {exc}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, ValueError) as exc:
         # DataError, missing stage outputs and bad input are ValueError/FileNotFoundError
         # subclasses whose messages name the file and line; a traceback adds nothing.

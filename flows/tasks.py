@@ -26,6 +26,7 @@ from flows import caching, tracking
 from flows.register_stage import register_stage
 from seq2seq_core import stages
 from seq2seq_core.config import PipelineConfig
+from seq2seq_core.runtime.files import FileWriteError
 from seq2seq_core.training.warm_start import WarmStartSource
 
 BACKOFF = exponential_backoff(backoff_factor=2)  # 2 s, 4 s, 8 s
@@ -42,6 +43,8 @@ def transient_failure(task: Task, task_run: TaskRun, state: State) -> bool:
         state.result()
     except (ValueError, FileNotFoundError, KeyError, TypeError):
         return False
+    except FileWriteError as exc:  # a full disk stays full for the seconds of a backoff
+        return not exc.disk_full
     except Exception:
         return True
     return True

@@ -25,7 +25,13 @@ from seq2seq_core.data.prepare import prepare_corpus, read_prepared_split
 from seq2seq_core.data.tokenization import SubwordTokenizer
 from seq2seq_core.model.checkpoint import CheckpointDir
 from seq2seq_core.runtime.distributed import topology
-from seq2seq_core.runtime.files import publish, staging_dir, write_json
+from seq2seq_core.runtime.files import (
+    publish,
+    remove_stale_temp_files,
+    staging_dir,
+    write_json,
+    write_text,
+)
 from seq2seq_core.runtime.host_memory import retain_freed_host_memory
 from seq2seq_core.training.loop import TrainCallback, TrainResult, train_model
 from seq2seq_core.training.warm_start import WarmStartSource, vocab_sha256
@@ -64,8 +70,19 @@ class EvaluateResult:
     plot_paths: list[str]
 
 
+def start_clean(folder: Path) -> None:
+    """Remove what a killed run of the stage that owns ``folder`` left half-written there
+    (power loss, SIGKILL: its temporary files; runtime/files.py), and say so in the log."""
+    removed = remove_stale_temp_files(folder)
+    if removed:
+        log.warning(
+            "removed %d stale temporary file(s) in %s left by an interrupted run", removed, folder
+        )
+
+
 def ingest(cfg: PipelineConfig) -> IngestResult:
     out_dir = Path(cfg.data.prepared_dir)
+    start_clean(out_dir)
     report = prepare_corpus(cfg.data, out_dir)
     return IngestResult(
         prepared_dir=str(out_dir),
@@ -81,6 +98,7 @@ def build_vocab(cfg: PipelineConfig, warm_start: WarmStartSource | None = None) 
     """
     source = warm_start
     out_dir = Path(cfg.vocab.out_dir)
+    start_clean(out_dir)
     if source is not None and source.vocab_dir is not None:
         tokenizer = copy_vocabulary(source.vocab_dir, out_dir)
         log.info("vocabulary reused from %s (%s)", source.label, source.vocab_dir)
@@ -132,6 +150,8 @@ def train(
     weights; a resumable last.pt of this run wins over it."""
     prepared, vocab_dir = Path(cfg.data.prepared_dir), Path(cfg.vocab.out_dir)
     source = warm_start
+    if topology().is_main:  # rank 0 alone writes the checkpoints
+        start_clean(Path(cfg.train.checkpoint_dir))
     tokenizer = SubwordTokenizer.load(vocab_dir)
     train_df = read_prepared_split(prepared, "train")
     valid_df = read_prepared_split(prepared, "valid")
@@ -153,7 +173,9 @@ def train(
 
 def evaluate(cfg: PipelineConfig, split: str = "test") -> EvaluateResult:
     """Decode a prepared split with the best checkpoint, greedy and (decode.beam_size > 1)
-    beam search; write metrics, hypotheses, per-length BLEU, samples and plots."""
+    beam search; write hypotheses, per-length BLEU, samples, plots and, last, metrics.json:
+    the stage's "done" mark, so that a run stopped part way (a full disk) leaves no metrics
+    beside missing or stale hypotheses for register to pair them with."""
     # Imported here so that ingest/vocab do not pay for matplotlib and sacrebleu.
     from seq2seq_core.evaluation import reports
     from seq2seq_core.evaluation.metrics import bleu_tokenizer, target_language
@@ -161,20 +183,19 @@ def evaluate(cfg: PipelineConfig, split: str = "test") -> EvaluateResult:
     retain_freed_host_memory()  # greedy and beam decoding re-allocate per step, like training
     reports_dir = Path(cfg.evaluate.reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
+    start_clean(reports_dir)
     translator = _evaluation_translator(cfg)
     df = read_prepared_split(Path(cfg.data.prepared_dir), split).rename(columns={"tgt": "ref"})
     # sacrebleu's tokenizer for the target language
     tokenize = bleu_tokenizer(target_language(Path(cfg.data.prepared_dir), cfg.data.tgt_lang))
     metrics, primary = _decode_and_score(cfg, translator, df, split, tokenize)
-    metrics_path = reports_dir / "metrics.json"
-    write_json(metrics_path, metrics)
     for name, lines in ((HYPOTHESES_FILE, df[primary]), (REFERENCES_FILE, df["ref"])):
-        (reports_dir / name).write_text(
-            "".join(line.replace("\n", " ") + "\n" for line in lines), encoding="utf-8"
-        )
+        write_text(reports_dir / name, "".join(line.replace("\n", " ") + "\n" for line in lines))
     length_rows = _length_bleu(cfg, df, primary, tokenize)
     samples_path = reports.write_samples(df, reports_dir, cfg.evaluate.samples)
     plots = _evaluation_plots(cfg, translator, df["src"].tolist(), length_rows)
+    metrics_path = reports_dir / "metrics.json"
+    write_json(metrics_path, metrics)
     return EvaluateResult(
         metrics_path=str(metrics_path),
         metrics=metrics,
@@ -230,13 +251,13 @@ def _length_bleu(
     cfg: PipelineConfig, df: pd.DataFrame, primary: str, tokenize: str
 ) -> list[dict[str, Any]]:
     """BLEU per source-length bucket of the primary system, also as length_bleu.csv."""
+    from seq2seq_core.evaluation import reports
     from seq2seq_core.evaluation.metrics import bleu_by_length
 
     hypotheses, width = df[primary].tolist(), cfg.evaluate.length_bucket_width
     rows = bleu_by_length(df["src"].tolist(), hypotheses, df["ref"].tolist(), width, tokenize)
-    pd.DataFrame(rows, columns=["bucket", "sentences", "bleu"]).to_csv(
-        Path(cfg.evaluate.reports_dir) / "length_bleu.csv", index=False
-    )
+    table = pd.DataFrame(rows, columns=["bucket", "sentences", "bleu"])
+    reports.write_csv(table, Path(cfg.evaluate.reports_dir) / "length_bleu.csv")
     return rows
 
 
@@ -250,7 +271,7 @@ def _evaluation_plots(
     plots_dir = reports_dir / "plots"
     history_path = CheckpointDir(cfg.train.checkpoint_dir).history
     history = json.loads(history_path.read_text()) if history_path.exists() else []
-    pd.DataFrame(history).to_csv(reports_dir / "train_history.csv", index=False)
+    reports.write_csv(pd.DataFrame(history), reports_dir / "train_history.csv")
     plots = [reports.save_loss_curve(history, plots_dir / "loss.png")]
     if length_rows:
         plots.append(reports.save_length_plot(length_rows, plots_dir / "length_bleu.png"))

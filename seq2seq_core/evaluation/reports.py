@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from seq2seq_core.runtime.files import atomic_file, write_text
 from seq2seq_core.runtime.markdown import cell
 
 
@@ -38,10 +39,23 @@ def save_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
     ax_bleu.set_ylabel("validation BLEU (greedy)")
     ax_bleu.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """``fig`` as a PNG at ``path``, written atomically, then closed."""
+    try:
+        with atomic_file(path) as handle:
+            fig.savefig(handle, format="png", dpi=100)
+    finally:
+        _pyplot().close(fig)
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    """``df`` as CSV without its index, written atomically."""
+    with atomic_file(path) as handle:
+        df.to_csv(handle, index=False, encoding="utf-8")
 
 
 def write_samples(df: pd.DataFrame, reports_dir: Path, n: int) -> Path:
@@ -50,8 +64,8 @@ def write_samples(df: pd.DataFrame, reports_dir: Path, n: int) -> Path:
     columns = [c for c in ("id", "src", "ref", "greedy", "beam") if c in df.columns]
     sample = df.iloc[::step].head(n)[columns]
     path = reports_dir / "samples.csv"
-    sample.to_csv(path, index=False)
-    (reports_dir / "samples.md").write_text(markdown_table(sample), encoding="utf-8")
+    write_csv(sample, path)
+    write_text(reports_dir / "samples.md", markdown_table(sample))
     return path
 
 
@@ -72,9 +86,7 @@ def save_length_plot(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_xlabel("source length (tokens)")
     ax.set_ylabel("BLEU")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -93,7 +105,5 @@ def save_attention_heatmap(
     with warnings.catch_warnings():  # DejaVu Sans has no CJK glyphs: boxes, not an error
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-    plt.close(fig)
+        save_figure(fig, path)
     return path

@@ -2,8 +2,9 @@
 
 Only tensors, dicts, lists, str, int, float, bool and None go in (no dataclasses, no
 pickled objects), so ``torch.load(..., weights_only=True)`` accepts them. Every save writes
-a temporary file next to the target and renames it over the target, so a process killed
-mid-save leaves the previous checkpoint intact.
+a temporary file next to the target, fsyncs it and renames it over the target
+(``runtime.files.atomic_file``), so a process killed mid-save or a power cut leaves the
+previous checkpoint intact, and a full disk leaves no temporary file behind.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from seq2seq_core.config import ModelConfig
 from seq2seq_core.model.seq2seq import Seq2Seq, build_model
-from seq2seq_core.runtime.files import atomic_path
+from seq2seq_core.runtime.files import atomic_file
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,10 @@ def model_payload(
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # A file object, not a path: torch's own writer would turn ENOSPC into a bare
+    # RuntimeError; through Python's file the OSError stays behind it (runtime/files.py).
+    with atomic_file(path) as handle:
+        torch.save(payload, handle)
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
