@@ -3,6 +3,9 @@ transient (the store, the network) and fails bad input at once."""
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 import pytest
 from mlflow.exceptions import MlflowException
 from prefect.client.schemas.objects import TaskRun
@@ -13,6 +16,12 @@ from flows.gate import MetricsFormatError
 from flows.register_stage import MissingStageOutputError
 from seq2seq_core.config import ConfigError
 from seq2seq_core.data.prepare import DataError
+from seq2seq_core.runtime.files import FileWriteError
+
+# A stage output that could not be written: a full disk stays full through a backoff's
+# seconds; an I/O error (a network filesystem's hiccup) may pass.
+DISK_FULL = FileWriteError(Path("data/prepared"), OSError(errno.ENOSPC, "No space left"))
+DISK_ERROR = FileWriteError(Path("data/prepared"), OSError(errno.EIO, "Input/output error"))
 
 
 def retried(exc: BaseException) -> bool:
@@ -32,6 +41,7 @@ def retried(exc: BaseException) -> bool:
         DataError("corpus.tsv line 3: no tab"),
         MetricsFormatError("metrics: 'test.bleu' is missing"),
         MissingStageOutputError("reports/metrics.json not found: run `seq2seq evaluate` first"),
+        DISK_FULL,
     ],
     ids=lambda e: type(e).__name__,
 )
@@ -48,6 +58,7 @@ def test_bad_input_is_not_retried(exc: BaseException) -> None:
         TimeoutError("read timed out"),
         OSError(28, "No space left on device"),
         RuntimeError("worker lost"),
+        DISK_ERROR,
     ],
     ids=lambda e: type(e).__name__,
 )
