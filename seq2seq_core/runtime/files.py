@@ -46,6 +46,12 @@ class FileWriteError(OSError):
         self.errno = code  # type: ignore[misc]
         self.path = Path(path)
         self.message = message
+        self._cause = cause
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled whole (Prefect keeps a failed task's exception in its state): not
+        # rebuilt from the message alone, which would lose the path and the errno.
+        return (type(self), (self.path, self._cause))
 
     @property
     def disk_full(self) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -99,6 +100,13 @@ def test_torch_save_on_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
     with pytest.raises(FileWriteError, match=r"^disk full: no space left writing .*last\.pt;"):
         save_checkpoint(target, {"w": torch.zeros(1000)})
     assert _names(target.parent) == []
+
+
+def test_the_error_survives_pickling():
+    """Prefect keeps a failed task's exception in its state, pickled."""
+    error = FileWriteError(Path("models/checkpoints/last.pt"), OSError(errno.ENOSPC, "full"))
+    copy = pickle.loads(pickle.dumps(error))
+    assert str(copy) == str(error) and copy.disk_full and copy.path == error.path
 
 
 def test_other_os_errors_name_the_file_and_the_problem(tmp_path):
