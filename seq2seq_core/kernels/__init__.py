@@ -11,6 +11,7 @@ tested against it, values and gradients, in ``tests/unit/kernels/``:
 | ``linear_cross_entropy`` | summed CE of a linear layer | ``F.cross_entropy(F.linear(...))`` |
 | ``packed_weights`` | ``F.linear`` from weights packed per call | ``F.linear`` |
 | ``int8_linear`` | ``F.linear`` from int8 weights (int8 decoding) | ``F.linear``, approximately |
+| ``step_linears`` | ``F.linear`` in a time loop, W's gradient once over all steps | ``F.linear`` |
 
 ``linear_cross_entropy`` runs on every device; the others depend on the device, dtype,
 autocast and inference mode of the call, and ``select`` decides them once per forward pass
@@ -40,6 +41,7 @@ from seq2seq_core.kernels.additive_scores import additive_scores
 from seq2seq_core.kernels.cells import CellWeights, recurrent_cell
 from seq2seq_core.kernels.int8_linear import can_use_int8
 from seq2seq_core.kernels.packed_weights import PackedWeights, can_pack_weights
+from seq2seq_core.kernels.step_linears import StepLinears
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,12 @@ class Kernels:
     chunked_scores: bool = True  # additive_scores' CPU kernel, else plain autograd
     fused_cells: bool = False  # precomputed input gates through torch's fused CUDA cells
     rnn_dtype: torch.dtype | None = None  # RNNs and cells outside autocast, in this dtype
+    step_linears: StepLinears | None = None  # linears whose W gradient is one matmul (training)
 
     def linear(self, x: Tensor, layer: nn.Linear) -> Tensor:
         """``layer(x)``: x (..., in) -> (..., out)."""
+        if self.step_linears is not None:
+            return self.step_linears.linear(x, layer.weight, layer.bias)
         if self.weights is None:
             return F.linear(x, layer.weight, layer.bias)
         return self.weights.linear(x, layer.weight, layer.bias)
@@ -76,8 +81,9 @@ class Kernels:
         ``input_gates`` (B, G): a precomputed share of the input gates, b_ih included (the
         embeddings' share under input feeding); ``weights`` then hold w_ih for x only."""
         return recurrent_cell(
-            x, h, c, weights, self.weights, input_gates, self.fused_cells, self.rnn_dtype
-        )
+            x, h, c, weights, self.weights, input_gates, self.fused_cells, self.rnn_dtype,
+            self.step_linears,
+        )  # fmt: skip
 
     def rnn(self, module: nn.RNNBase, x: Tensor | PackedSequence, hx: Any = None) -> Any:
         """``module(x, hx)``; in ``rnn_dtype`` outside autocast when that is set."""
@@ -107,6 +113,7 @@ def select(
     own packed loop runs in C++ and is faster, at batch 1 and 64 alike). Packed weights and
     the fused cell: under
     inference mode on a CPU with oneDNN, float32 parameters; never where gradients flow.
+    step_linears: where packed_rnn is (the decoder's time loop in training).
     chunked_scores: CPU (and the CPU-like devices). fused_cells: CUDA. rnn_dtype: the
     autocast dtype under CUDA autocast (bf16 really bf16, not cuDNN's fp16).
     ``int8`` (int8 decoding): those packed weights are int8 (``int8_linear``); a ValueError
@@ -135,6 +142,7 @@ def select(
         chunked_scores=not cuda,
         fused_cells=cuda,
         rnn_dtype=rnn_dtype,
+        step_linears=StepLinears() if packed_rnn else None,
     )
 
 
