@@ -12,6 +12,7 @@ tested against it, values and gradients, in ``tests/unit/kernels/``:
 | ``packed_weights`` | ``F.linear`` from weights packed per call | ``F.linear`` |
 | ``int8_linear`` | ``F.linear`` from int8 weights (int8 decoding) | ``F.linear``, approximately |
 | ``step_linears`` | ``F.linear`` in a time loop, W's gradient once over all steps | ``F.linear`` |
+| ``compiled`` | a function through torch.compile (inductor) | the function, eagerly |
 
 ``linear_cross_entropy`` runs on every device; the others depend on the device, dtype,
 autocast and inference mode of the call, and ``select`` decides them once per forward pass
@@ -59,6 +60,7 @@ class Kernels:
     fused_cells: bool = False  # precomputed input gates through torch's fused CUDA cells
     rnn_dtype: torch.dtype | None = None  # RNNs and cells outside autocast, in this dtype
     step_linears: StepLinears | None = None  # linears whose W gradient is one matmul (training)
+    compiled_loop: bool = False  # the input-feeding training loop's step through torch.compile
 
     def linear(self, x: Tensor, layer: nn.Linear) -> Tensor:
         """``layer(x)``: x (..., in) -> (..., out)."""
@@ -100,10 +102,16 @@ class Kernels:
 
 # torch's modules and functions only: what each fast path must equal.
 REFERENCE = Kernels(packed_rnn=False)
+# Plain torch ops, no autograd Functions of ours: what torch.compile traces (``compiled``).
+TRACEABLE = Kernels(packed_rnn=False, chunked_scores=False)
 
 
 def select(
-    device: torch.device, dtype: torch.dtype, int8: bool = False, kept: PackedWeights | None = None
+    device: torch.device,
+    dtype: torch.dtype,
+    int8: bool = False,
+    kept: PackedWeights | None = None,
+    compile_loop: bool = False,
 ) -> Kernels:
     """The fast paths for a model with parameters of this device and dtype, under the
     autocast and inference mode in force now: call it inside the call's contexts.
@@ -114,6 +122,7 @@ def select(
     the fused cell: under
     inference mode on a CPU with oneDNN, float32 parameters; never where gradients flow.
     step_linears: where packed_rnn is (the decoder's time loop in training).
+    compiled_loop: ``compile_loop`` (``train.compile``) where packed_rnn is.
     chunked_scores: CPU (and the CPU-like devices). fused_cells: CUDA. rnn_dtype: the
     autocast dtype under CUDA autocast (bf16 really bf16, not cuDNN's fp16).
     ``int8`` (int8 decoding): those packed weights are int8 (``int8_linear``); a ValueError
@@ -143,6 +152,7 @@ def select(
         fused_cells=cuda,
         rnn_dtype=rnn_dtype,
         step_linears=StepLinears() if packed_rnn else None,
+        compiled_loop=compile_loop and packed_rnn,
     )
 
 
