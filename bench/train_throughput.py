@@ -16,6 +16,7 @@ Only ratios from one run are comparable: the machines vary from day to day.
     .venv/bin/python bench/train_throughput.py --seconds 30 --threads 1
     .venv/bin/python bench/train_throughput.py --configs default small --threads 2
     .venv/bin/python bench/train_throughput.py --real --joey 90 --configs default joey_if joey_noif
+    .venv/bin/python bench/train_throughput.py --configs joey_if joey_if_compiled --threads 2
     .venv/bin/python bench/train_throughput.py --bleu-budget-min 15 --threads 2  (bleu_budget.py)
 
 bf16 configurations run only where the CPU has native bf16 (avx512_bf16 or AMX); elsewhere
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import resource
 import subprocess
@@ -74,6 +76,17 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
             "tie_embeddings": "none",
         },
         {"batch_tokens": 2000},
+    ),
+    # joey_if with train.compile: the input-feeding step through torch.compile
+    "joey_if_compiled": (
+        {
+            "cell": "lstm",
+            "hidden_size": 512,
+            "attention": "bahdanau",
+            "input_feeding": True,
+            "tie_embeddings": "none",
+        },
+        {"batch_tokens": 2000, "compile": True},
     ),
     "joey_noif": (
         {"cell": "lstm", "hidden_size": 512, "attention": "bahdanau", "tie_embeddings": "none"},
@@ -193,14 +206,17 @@ def run_config(name: str, seconds: float, pairs: EncodedPairs, peak: float) -> d
     )
     torch.manual_seed(0)
     model = build_model(cfg.model, VOCAB, VOCAB)
+    model.compile_training = cfg.train.compile  # as the training session sets it
     model.train()
     optimizer = build_optimizer(list(model.parameters()), cfg.train)  # the pipeline's own
     batches = epoch_batches(pairs, cfg.train.batch_tokens, seed=0, epoch=1)
     device = torch.device("cpu")
     # One batch per step (accumulate_steps is 1 in every configuration): the loop's step.
     kw = {"teacher_forcing": cfg.train.teacher_forcing, "lr": cfg.train.lr, "tc": cfg.train}
-    for batch in batches[:2]:  # warm-up: allocator, oneDNN primitives
+    t_warm = time.perf_counter()
+    for batch in batches[:2]:  # warm-up: allocator, oneDNN primitives, compiling
         train_step(model, optimizer, [batch.to(device)], **kw)
+    warmup_s = time.perf_counter() - t_warm
     tokens = steps = 0
     flops = dict.fromkeys(COMPONENTS, 0)
     t0 = time.perf_counter()
@@ -226,6 +242,8 @@ def run_config(name: str, seconds: float, pairs: EncodedPairs, peak: float) -> d
         "precision": cfg.train.precision,
         "teacher_forcing": cfg.train.teacher_forcing,
         "threads": torch.get_num_threads(),
+        "compile": cfg.train.compile,
+        "warmup_s": round(warmup_s, 1),
         "steps": steps,
         "params": sum(p.numel() for p in model.parameters()),
         "mflop_per_tgt_token": round(flop_per_token / 1e6, 2),
@@ -246,13 +264,13 @@ def versus_peers(ours: dict[str, dict], peers: list[dict], peak_gflops: float) -
     is the same; each system against the matmul peak measured nearest to it) and ours / the
     peer's tokens/s."""
     lines = []
-    for row in peers:
-        mine = ours.get(row.get("config", ""))
-        if not mine or not row.get("tgt_tokens_per_s"):
+    for row, (name, mine) in itertools.product(peers, ours.items()):
+        # joey_if against ours joey_if and its variants (joey_if_compiled)
+        if not row.get("tgt_tokens_per_s") or name.split("_compiled")[0] != row.get("config"):
             continue
         flop_per_token = mine["mflop_per_tgt_token"] * 1e6
         lines.append({
-            "ours_vs": row["system"], "config": row["config"],
+            "ours_vs": row["system"], "config": row["config"], "ours_config": name,
             "ours": against_limit(mine["tgt_tokens_per_s"], flop_per_token,
                                   mine["mm_peak_gflop_s"]),
             "peer": against_limit(row["tgt_tokens_per_s"], flop_per_token, peak_gflops),
