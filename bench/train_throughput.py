@@ -2,16 +2,21 @@
 
 Each line: target tokens/s of real training steps (forward, backward, clip, Adam) through
 `seq2seq_core.training.step.train_step`, the very step the training loop takes; peak RSS,
-parameter count, and model FLOP/s (the matmuls of one forward+backward, counted on real
-tokens) as a fraction of an fp32 `torch.mm` peak measured in the same process, and the
-time to greedy-decode 300 sentences (a random model rarely emits EOS, so this is the worst
-case: every sentence runs to its length limit).
+parameter count, the FLOPs per target token the step needs per component (`step_flops`:
+the matmuls of forward + backward, counted on real tokens) and tokens/s as a fraction of
+the limit: the tokens/s at which those FLOPs would run at an fp32 `torch.mm` peak measured
+in the same process; and the time to greedy-decode 300 sentences (a random model rarely
+emits EOS, so this is the worst case: every sentence runs to its length limit).
+Peers (`--joey`: Joey NMT 2.3) train the same architecture on the same data; each adds its
+rows to `peers` in `main`, and `versus_peers` prints one line per config: both systems'
+tokens/s against the limit, and the ratio.
 Each configuration runs in its own subprocess so that peak RSS is its own.
 Only ratios from one run are comparable: the machines vary from day to day.
 
     .venv/bin/python bench/train_throughput.py --seconds 30 --threads 1
     .venv/bin/python bench/train_throughput.py --configs default small --threads 2
     .venv/bin/python bench/train_throughput.py --real --joey 90 --configs default joey_if joey_noif
+    .venv/bin/python bench/train_throughput.py --configs joey_if joey_if_compiled --threads 2
     .venv/bin/python bench/train_throughput.py --bleu-budget-min 15 --threads 2  (bleu_budget.py)
 
 bf16 configurations run only where the CPU has native bf16 (avx512_bf16 or AMX); elsewhere
@@ -22,11 +27,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -70,6 +77,17 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
             "tie_embeddings": "none",
         },
         {"batch_tokens": 2000},
+    ),
+    # joey_if with train.compile: the input-feeding step through torch.compile
+    "joey_if_compiled": (
+        {
+            "cell": "lstm",
+            "hidden_size": 512,
+            "attention": "bahdanau",
+            "input_feeding": True,
+            "tie_embeddings": "none",
+        },
+        {"batch_tokens": 2000, "compile": True},
     ),
     "joey_noif": (
         {"cell": "lstm", "hidden_size": 512, "attention": "bahdanau", "tie_embeddings": "none"},
@@ -137,8 +155,15 @@ def joey_side_by_side(seconds: float, threads: int) -> list[dict]:
     return rows
 
 
-def batch_macs(m: ModelConfig, batch: Batch) -> int:
-    """Forward multiply-accumulates of the matmuls, on real (unpadded) tokens."""
+# What one training step needs, per component: the matmul FLOPs of the forward pass on
+# real (unpadded) tokens, times 3 for forward + backward (the backward's two products per
+# forward product: the input's gradient and the weight's). Elementwise work is left out: it
+# is the overhead the fractions below show.
+COMPONENTS = ("encoder", "decoder_cell", "attention", "attentional_vector", "output_layer")
+
+
+def step_flops(m: ModelConfig, batch: Batch) -> dict[str, int]:
+    """Forward + backward FLOPs of one batch per component (``COMPONENTS``)."""
     h, e = m.hidden_size, m.emb_size
     gates = 4 if m.cell == "lstm" else 3
     src_len = batch.src_len.tolist()
@@ -149,18 +174,39 @@ def batch_macs(m: ModelConfig, batch: Batch) -> int:
     enc = sum(dirs * gates * he * ((e if i == 0 else h) + he) for i in range(m.layers))
     dec_in = e + (h if m.input_feeding else 0)
     dec = sum(gates * h * ((dec_in if i == 0 else h) + h) for i in range(m.layers))
-    macs = src_tok * enc + tgt_tok * (dec + h * VOCAB)
+    macs = dict.fromkeys(COMPONENTS, 0)
+    macs["encoder"] = src_tok * enc
+    macs["decoder_cell"] = tgt_tok * dec
+    macs["output_layer"] = tgt_tok * h * VOCAB
     if m.attention != "none":
         pairs = sum(s * t for s, t in zip(src_len, tgt_len, strict=True))  # (t, s) scores
-        macs += src_tok * h * h + tgt_tok * 2 * h * h  # key projection, attentional vector
+        # key projection once per source token, then a score and a context product per pair
+        macs["attention"] = src_tok * h * h + pairs * (h + h)
         if m.attention == "bahdanau":
-            macs += tgt_tok * h * h + pairs * (h + h)  # query projection, energy + context
-        else:
-            macs += pairs * (h + h)  # scores + context
-    return macs
+            macs["attention"] += tgt_tok * h * h  # the query projection
+        macs["attentional_vector"] = tgt_tok * 2 * h * h  # tanh(W [s_t; c_t])
+    return {name: 3 * 2 * n for name, n in macs.items()}
 
 
-def run_config(name: str, seconds: float, pairs: EncodedPairs, peak: float) -> dict:
+def against_limit(tokens_per_s: float, flop_per_token: float, peak_gflops: float) -> dict:
+    """One system's tokens/s as a fraction of the limit: the tokens/s at which the step's
+    FLOPs (``step_flops``, per target token) would run at the fp32 matmul peak."""
+    limit = peak_gflops * 1e9 / flop_per_token
+    return {
+        "tgt_tokens_per_s": round(tokens_per_s, 1),
+        "limit_tgt_tokens_per_s": round(limit, 1),
+        "peak_fraction": round(tokens_per_s / limit, 3),
+    }
+
+
+def run_config(
+    name: str,
+    seconds: float,
+    pairs: EncodedPairs,
+    peak: float,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict:
+    """One configuration's line; tokens/s per second of ``clock`` (the peak's clock)."""
     model_over, train_over = CONFIGS[name]
     cfg = PipelineConfig(
         model=dataclasses.replace(ModelConfig(), **model_over),
@@ -168,25 +214,30 @@ def run_config(name: str, seconds: float, pairs: EncodedPairs, peak: float) -> d
     )
     torch.manual_seed(0)
     model = build_model(cfg.model, VOCAB, VOCAB)
+    model.compile_training = cfg.train.compile  # as the training session sets it
     model.train()
     optimizer = build_optimizer(list(model.parameters()), cfg.train)  # the pipeline's own
     batches = epoch_batches(pairs, cfg.train.batch_tokens, seed=0, epoch=1)
     device = torch.device("cpu")
     # One batch per step (accumulate_steps is 1 in every configuration): the loop's step.
     kw = {"teacher_forcing": cfg.train.teacher_forcing, "lr": cfg.train.lr, "tc": cfg.train}
-    for batch in batches[:2]:  # warm-up: allocator, oneDNN primitives
+    t_warm = time.perf_counter()
+    for batch in batches[:2]:  # warm-up: allocator, oneDNN primitives, compiling
         train_step(model, optimizer, [batch.to(device)], **kw)
-    tokens = macs = steps = 0
-    t0 = time.perf_counter()
+    warmup_s = time.perf_counter() - t_warm
+    tokens = steps = 0
+    flops = dict.fromkeys(COMPONENTS, 0)
+    t0 = clock()
     for batch in batches[2:]:
         train_step(model, optimizer, [batch.to(device)], **kw)
         tokens += batch.ntokens
-        macs += batch_macs(cfg.model, batch)
+        for component, n in step_flops(cfg.model, batch).items():
+            flops[component] += n
         steps += 1
-        if time.perf_counter() - t0 >= seconds:
+        if clock() - t0 >= seconds:
             break
-    elapsed = time.perf_counter() - t0
-    flops = 3 * 2 * macs / elapsed  # backward ~ 2x forward
+    elapsed = clock() - t0
+    flop_per_token = sum(flops.values()) / max(tokens, 1)
     # Validation-style greedy decoding of 300 sentences.
     src = pairs.src[:300]
     t1 = time.perf_counter()
@@ -199,16 +250,42 @@ def run_config(name: str, seconds: float, pairs: EncodedPairs, peak: float) -> d
         "precision": cfg.train.precision,
         "teacher_forcing": cfg.train.teacher_forcing,
         "threads": torch.get_num_threads(),
+        "clock": clock.__name__,
+        "compile": cfg.train.compile,
+        "warmup_s": round(warmup_s, 1),
         "steps": steps,
-        "tgt_tokens_per_s": round(tokens / elapsed, 1),
         "params": sum(p.numel() for p in model.parameters()),
-        "mflop_per_tgt_token": round(6 * macs / max(tokens, 1) / 1e6, 2),
-        "model_gflop_s": round(flops / 1e9, 2),
+        "mflop_per_tgt_token": round(flop_per_token / 1e6, 2),
+        "mflop_per_tgt_token_by_component": {
+            component: round(n / max(tokens, 1) / 1e6, 2) for component, n in flops.items()
+        },
+        "model_gflop_s": round(flop_per_token * tokens / elapsed / 1e9, 2),
         "mm_peak_gflop_s": round(peak, 1),
-        "peak_fraction": round(flops / 1e9 / peak, 3),
+        **against_limit(tokens / elapsed, flop_per_token, peak),
         "greedy_300_s": round(decode_s, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+
+
+def versus_peers(ours: dict[str, dict], peers: list[dict], peak_gflops: float) -> list[dict]:
+    """One line per peer row with a config of ours: both systems' tokens/s against the limit
+    (the same FLOPs per target token, ours as counted on this data, since the architecture
+    is the same; each system against the matmul peak measured nearest to it) and ours / the
+    peer's tokens/s."""
+    lines = []
+    for row, (name, mine) in itertools.product(peers, ours.items()):
+        # joey_if against ours joey_if and its variants (joey_if_compiled)
+        if not row.get("tgt_tokens_per_s") or name.split("_compiled")[0] != row.get("config"):
+            continue
+        flop_per_token = mine["mflop_per_tgt_token"] * 1e6
+        lines.append({
+            "ours_vs": row["system"], "config": row["config"], "ours_config": name,
+            "ours": against_limit(mine["tgt_tokens_per_s"], flop_per_token,
+                                  mine["mm_peak_gflop_s"]),
+            "peer": against_limit(row["tgt_tokens_per_s"], flop_per_token, peak_gflops),
+            "ratio": round(mine["tgt_tokens_per_s"] / row["tgt_tokens_per_s"], 2),
+        })  # fmt: skip
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -218,6 +295,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=4000)
     parser.add_argument("--real", action="store_true", help="data/prepared + data/vocab")
+    parser.add_argument(
+        "--cpu-clock", action="store_true",
+        help="with --threads 1: tokens/s and the peak per CPU second (a shared machine)",
+    )  # fmt: skip
     parser.add_argument(
         "--joey", type=float, default=0, metavar="SECONDS",
         help="also train Joey NMT 2.3 this long per config (implies --real)",
@@ -237,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.cpu_clock and args.threads != 1:
+        parser.error("--cpu-clock needs --threads 1 (CPU time of several threads is no clock)")
     if args.bleu_budget_min:
         sys.path.insert(0, str(REPO / "bench"))
         from bleu_budget import run
@@ -254,23 +337,28 @@ def main(argv: list[str] | None = None) -> None:
             cmd = [sys.executable, __file__, "--child", "--configs", name, *base]
             if args.real or args.joey:
                 cmd.append("--real")
+            if args.cpu_clock:
+                cmd.append("--cpu-clock")
             out = subprocess.run(
                 [*cmd, "--pairs", str(args.pairs)], check=True, capture_output=True, text=True
             ).stdout
             print(out, end="", flush=True)
             ours[name] = json.loads(out.strip().splitlines()[-1])
+        peers: list[dict] = []  # other systems, same data and architecture: a row per config
         if args.joey:
-            for row in joey_side_by_side(args.joey, args.threads):
-                mine = ours.get(row.get("config", ""))
-                if mine and row.get("tgt_tokens_per_s"):
-                    ratio = mine["tgt_tokens_per_s"] / row["tgt_tokens_per_s"]
-                    print(json.dumps({"ours_vs_joey": row["config"], "ratio": round(ratio, 2)}))
+            peers += joey_side_by_side(args.joey, args.threads)
+        if peers:
+            torch.set_num_threads(args.threads)
+            peak = matmul_peak_gflops()  # the peers' limit, measured after they ran
+            for line in versus_peers(ours, peers, peak):
+                print(json.dumps(line), flush=True)
         return
     prepare_host(torch.device("cpu"), args.threads)  # as train_model does
     pairs = real_pairs(args.pairs) if args.real else synthetic_pairs(args.pairs)
-    peak = matmul_peak_gflops()
+    clock = time.process_time if args.cpu_clock else time.perf_counter
+    peak = matmul_peak_gflops(clock=clock)
     for name in args.configs:
-        print(json.dumps(run_config(name, args.seconds, pairs, peak)), flush=True)
+        print(json.dumps(run_config(name, args.seconds, pairs, peak, clock)), flush=True)
 
 
 if __name__ == "__main__":

@@ -187,6 +187,9 @@ class TrainConfig:
     tf32: bool = True
     # bf16 autocast for the forward pass (weights, optimizer and softmax stay fp32).
     precision: str = "fp32"
+    # torch.compile the input-feeding decoder's training step (CPU fp32; eager without a
+    # C++ compiler). Compiling costs tens of seconds of the budget once per run.
+    compile: bool = False
     # Validation BLEU is decoded on at most this many validation pairs per epoch.
     valid_bleu_sentences: int = 300
     checkpoint_dir: str = "models/checkpoints"

@@ -11,6 +11,8 @@ tested against it, values and gradients, in ``tests/unit/kernels/``:
 | ``linear_cross_entropy`` | summed CE of a linear layer | ``F.cross_entropy(F.linear(...))`` |
 | ``packed_weights`` | ``F.linear`` from weights packed per call | ``F.linear`` |
 | ``int8_linear`` | ``F.linear`` from int8 weights (int8 decoding) | ``F.linear``, approximately |
+| ``step_linears`` | ``F.linear`` in a time loop, W's gradient once over all steps | ``F.linear`` |
+| ``compiled`` | a function through torch.compile (inductor) | the function, eagerly |
 
 ``linear_cross_entropy`` runs on every device; the others depend on the device, dtype,
 autocast and inference mode of the call, and ``select`` decides them once per forward pass
@@ -40,6 +42,7 @@ from seq2seq_core.kernels.additive_scores import additive_scores
 from seq2seq_core.kernels.cells import CellWeights, recurrent_cell
 from seq2seq_core.kernels.int8_linear import can_use_int8
 from seq2seq_core.kernels.packed_weights import PackedWeights, can_pack_weights
+from seq2seq_core.kernels.step_linears import StepLinears
 
 
 @dataclass(frozen=True)
@@ -56,9 +59,13 @@ class Kernels:
     chunked_scores: bool = True  # additive_scores' CPU kernel, else plain autograd
     fused_cells: bool = False  # precomputed input gates through torch's fused CUDA cells
     rnn_dtype: torch.dtype | None = None  # RNNs and cells outside autocast, in this dtype
+    step_linears: StepLinears | None = None  # linears whose W gradient is one matmul (training)
+    compiled_loop: bool = False  # the input-feeding training loop's step through torch.compile
 
     def linear(self, x: Tensor, layer: nn.Linear) -> Tensor:
         """``layer(x)``: x (..., in) -> (..., out)."""
+        if self.step_linears is not None:
+            return self.step_linears.linear(x, layer.weight, layer.bias)
         if self.weights is None:
             return F.linear(x, layer.weight, layer.bias)
         return self.weights.linear(x, layer.weight, layer.bias)
@@ -76,8 +83,9 @@ class Kernels:
         ``input_gates`` (B, G): a precomputed share of the input gates, b_ih included (the
         embeddings' share under input feeding); ``weights`` then hold w_ih for x only."""
         return recurrent_cell(
-            x, h, c, weights, self.weights, input_gates, self.fused_cells, self.rnn_dtype
-        )
+            x, h, c, weights, self.weights, input_gates, self.fused_cells, self.rnn_dtype,
+            self.step_linears,
+        )  # fmt: skip
 
     def rnn(self, module: nn.RNNBase, x: Tensor | PackedSequence, hx: Any = None) -> Any:
         """``module(x, hx)``; in ``rnn_dtype`` outside autocast when that is set."""
@@ -94,10 +102,16 @@ class Kernels:
 
 # torch's modules and functions only: what each fast path must equal.
 REFERENCE = Kernels(packed_rnn=False)
+# Plain torch ops, no autograd Functions of ours: what torch.compile traces (``compiled``).
+TRACEABLE = Kernels(packed_rnn=False, chunked_scores=False)
 
 
 def select(
-    device: torch.device, dtype: torch.dtype, int8: bool = False, kept: PackedWeights | None = None
+    device: torch.device,
+    dtype: torch.dtype,
+    int8: bool = False,
+    kept: PackedWeights | None = None,
+    compile_loop: bool = False,
 ) -> Kernels:
     """The fast paths for a model with parameters of this device and dtype, under the
     autocast and inference mode in force now: call it inside the call's contexts.
@@ -107,6 +121,8 @@ def select(
     own packed loop runs in C++ and is faster, at batch 1 and 64 alike). Packed weights and
     the fused cell: under
     inference mode on a CPU with oneDNN, float32 parameters; never where gradients flow.
+    step_linears: where packed_rnn is (the decoder's time loop in training).
+    compiled_loop: ``compile_loop`` (``train.compile``) where packed_rnn is.
     chunked_scores: CPU (and the CPU-like devices). fused_cells: CUDA. rnn_dtype: the
     autocast dtype under CUDA autocast (bf16 really bf16, not cuDNN's fp16).
     ``int8`` (int8 decoding): those packed weights are int8 (``int8_linear``); a ValueError
@@ -135,6 +151,8 @@ def select(
         chunked_scores=not cuda,
         fused_cells=cuda,
         rnn_dtype=rnn_dtype,
+        step_linears=StepLinears() if packed_rnn else None,
+        compiled_loop=compile_loop and packed_rnn,
     )
 
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seq2seq_core.kernels.packed_weights import PackedWeights
+from seq2seq_core.kernels.step_linears import StepLinears
 
 # w_ih (G, in), w_hh (G, H), b_ih (G,), b_hh (G,): G = 4H (LSTM) or 3H (GRU)
 CellWeights = tuple[Tensor, Tensor, Tensor, Tensor]
@@ -64,12 +65,15 @@ def recurrent_cell(
     input_gates: Tensor | None = None,
     fused: bool = False,
     dtype: torch.dtype | None = None,
+    step_linears: StepLinears | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """One LSTM (with c) or GRU (c None) step: x (B, in), h (B, H) -> h', c' (None for GRU).
 
     ``input_gates`` (B, G): a precomputed share of the input gates that replaces b_ih (which
     it includes). ``fused``: torch's fused CUDA cell kernels for that case. ``dtype``: run the
     step outside autocast with every tensor cast to it (CUDA bf16, see ``kernels.select``).
+    ``step_linears``: the two gate products of the ``input_gates`` case through it (training
+    on CPU: one W gradient per loop, ``kernels.step_linears``).
     """
     if dtype is not None:
         cast = [None if t is None else t.to(dtype) for t in (x, h, c, input_gates, *weights)]
@@ -79,7 +83,7 @@ def recurrent_cell(
     w_ih, w_hh, b_ih, b_hh = weights
     if packed is None:
         if input_gates is not None:
-            return _cell_from_input_gates(x, h, c, weights, input_gates, fused)
+            return _cell_from_input_gates(x, h, c, weights, input_gates, fused, step_linears)
         if c is not None:
             return torch.lstm_cell(x, (h, c), *weights)
         return torch.gru_cell(x, h, *weights), None
@@ -91,12 +95,19 @@ def recurrent_cell(
 
 
 def _cell_from_input_gates(
-    x: Tensor, h: Tensor, c: Tensor | None, weights: CellWeights, input_gates: Tensor, fused: bool
+    x: Tensor,
+    h: Tensor,
+    c: Tensor | None,
+    weights: CellWeights,
+    input_gates: Tensor,
+    fused: bool,
+    step_linears: StepLinears | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """The step with gi = input_gates + x W_ih^T (input_gates (B, G) holds b_ih)."""
     w_ih, w_hh, _, b_hh = weights
-    gi = F.linear(x, w_ih, input_gates)  # addmm(input_gates, x, w_ih^T), as ATen's linear_ih
-    gh = F.linear(h, w_hh, b_hh)  # (B, G)
+    linear = F.linear if step_linears is None else step_linears.linear  # the same values
+    gi = linear(x, w_ih, input_gates)  # addmm(input_gates, x, w_ih^T), as ATen's linear_ih
+    gh = linear(h, w_hh, b_hh)  # (B, G)
     if fused:  # biases folded into the gates: the kernel gets none (a 1-D pair or nothing)
         if c is not None:
             hy, cy, _ = fused_lstm_cell(gi, gh, c)

@@ -14,13 +14,15 @@ on CPU its linears and cells read weights packed once per call.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seq2seq_core.kernels import REFERENCE, Kernels
+from seq2seq_core.kernels import REFERENCE, TRACEABLE, Kernels
+from seq2seq_core.kernels.compiled import compiled
 from seq2seq_core.model.attention import Attention
 from seq2seq_core.model.encoder import RNNSpec, RNNState
 
@@ -113,12 +115,13 @@ class RecurrentDecoder(nn.Module):
         emb_gates = F.linear(emb, w_emb, self.rnn.bias_ih_l0)  # (B, T, G), G = gates x H
         w_feed = w_feed.contiguous()  # (G, H): once, not a strided copy in every step's matmul
         hidden, att_vector = state.hidden, state.att_vector
+        step = functools.partial(_feed_step, self, kernels=kernels)
+        if kernels.compiled_loop:  # train.compile: one compiled function, plain torch ops
+            step = functools.partial(_compiled_feed_step(), self)
         vectors = []
         for t in range(tgt_in.size(1)):
-            hidden = self._rnn_step(att_vector, hidden, kernels, (w_feed, emb_gates[:, t]))
-            vector, _ = self._attentional(_top(hidden).unsqueeze(1), memory, kernels)
-            att_vector = vector.squeeze(1)  # (B, H)
-            vectors.append(att_vector)
+            hidden, att_vector = step(att_vector, hidden, emb_gates[:, t], w_feed, memory)
+            vectors.append(att_vector)  # (B, H)
         return torch.stack(vectors, dim=1)  # (B, T, H)
 
     def logits(self, vectors: Tensor, kernels: Kernels = REFERENCE) -> Tensor:
@@ -187,3 +190,28 @@ class RecurrentDecoder(nn.Module):
         if is_lstm:
             return torch.stack(states_h), torch.stack(states_c)  # (layers, B, H) each
         return torch.stack(states_h)
+
+
+def _feed_step(
+    decoder: RecurrentDecoder,
+    att_vector: Tensor,
+    hidden: RNNState,
+    emb_gates: Tensor,
+    w_feed: Tensor,
+    memory: Memory,
+    kernels: Kernels = TRACEABLE,
+) -> tuple[RNNState, Tensor]:
+    """One teacher-forced input-feeding step: h~_{t-1} (B, H), the state, the embeddings'
+    share of the first layer's gates (B, G) and the fed-back columns of W_ih (G, H) ->
+    the next state and h~_t (B, H). A function of its arguments alone, so that
+    torch.compile can take it whole (``_compiled_feed_step``)."""
+    hidden = decoder._rnn_step(att_vector, hidden, kernels, (w_feed, emb_gates))
+    vector, _ = decoder._attentional(_top(hidden).unsqueeze(1), memory, kernels)
+    return hidden, vector.squeeze(1)
+
+
+@functools.cache
+def _compiled_feed_step():
+    """``_feed_step`` on plain torch ops, compiled once per process (lazily: the first
+    training step with ``train.compile`` pays for it)."""
+    return compiled(_feed_step)

@@ -30,6 +30,9 @@ class Seq2Seq(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
         self.context = context
+        # train.compile: the input-feeding loop's step through torch.compile in training (a
+        # choice of the run, not of the model: no checkpoint carries it).
+        self.compile_training = False
 
     def forward(
         self,
@@ -99,7 +102,7 @@ class Seq2Seq(nn.Module):
         ``int8``: the decoder's linears and cells from int8 weights (int8 decoding).
         ``kept``: packed weights kept across calls, for weights that never change."""
         weight = self.encoder.embedding.weight
-        return select(weight.device, weight.dtype, int8, kept)
+        return select(weight.device, weight.dtype, int8, kept, self.compile_training)
 
     def encode(
         self, src: Tensor, src_len: Tensor, kernels: Kernels = REFERENCE

@@ -133,6 +133,7 @@ def set_up(
     src_vocab, tgt_vocab = tokenizer.src_vocab_size, tokenizer.tgt_vocab_size
     vocab = Vocabulary(cfg.vocab.out_dir, src_vocab, tgt_vocab, vocab_sha256)
     model = build_model(cfg.model, src_vocab, tgt_vocab).to(device)
+    model.compile_training = tc.compile
     optimizer = build_optimizer(list(model.parameters()), tc)
     horizon = Horizon.of(tc, train_data, topo.world)
     schedule = LearningRate.from_config(tc, horizon)
