@@ -55,7 +55,6 @@ def test_on_call_notice_runs_on_failed_crashed_and_missing_nights() -> None:
         "nightly-retrain", "weekly-champion-eval"
     ]  # fmt: skip
     # Rendered by the server from the run that failed.
-    assert failed.parameters["flow_run_id"] == "{{ flow_run.id }}"
     assert failed.parameters["outcome"] == "{{ flow_run.state.name }}"
     assert (missing.posture, missing.within.total_seconds()) == (Posture.Proactive, 26 * 3600)
     assert missing.after == missing.expect == {"prefect.flow-run.Completed"}
@@ -109,3 +108,39 @@ def test_on_call_notice_says_what_to_do() -> None:
     assert "`prefect deployment run` starts one now" in missing
     failed = notice_markdown("weekly-champion-eval", "Failed", "a", "b", "boom")
     assert "`pipeline-failure` artifact" in failed
+
+
+@pytest.mark.parametrize("message", [None, 'no heartbeat for 90 s: "the worker" {died}'])
+def test_failed_run_notice_parameters_render_as_the_server_renders_them(
+    message: str | None,
+) -> None:
+    """The server upgrades each `{{ x }}` to `{{ x | tojson }}`: a UUID or a None there fails
+    the action (no notice at all), so the templates must yield strings."""
+    import copy
+    import uuid
+    from types import SimpleNamespace
+
+    from prefect.server.events.actions import RunDeployment
+    from prefect.utilities.schema_tools.hydration import HydrationContext, hydrate
+
+    from flows.deploy import build_deployments
+
+    (notice,) = [d for d in build_deployments() if d.name == "on-call-notice"]
+    parameters = copy.deepcopy(notice.triggers[0].parameters)
+    RunDeployment._upgrade_v1_templates(parameters)
+    run_id = uuid.uuid4()
+    state = SimpleNamespace(name="Crashed", message=message)
+    context = {
+        "flow_run": SimpleNamespace(id=run_id, name="red-fox", state=state),
+        "deployment": SimpleNamespace(name="nightly-retrain"),
+    }
+    rendered = hydrate(
+        parameters, HydrationContext(raise_on_error=True, render_jinja=True, jinja_context=context)
+    )
+    assert rendered == {
+        "deployment": "nightly-retrain",
+        "outcome": "Crashed",
+        "flow_run_name": "red-fox",
+        "flow_run_id": str(run_id),
+        "message": message or "",
+    }
