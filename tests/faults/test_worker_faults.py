@@ -38,6 +38,7 @@ NOTICE = "seq2seq-on-call-notice/on-call-notice"
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 HEARTBEAT_S = 30  # Prefect's minimum
 SHORT_WINDOW_S = 20  # the test copy of the 26 h automation
+SHORT_WINDOW_TAG = f" ({SHORT_WINDOW_S} s window, test copy)"
 RUN_TIMEOUT_S = 420
 CORPUS = "corpus.tsv"
 
@@ -139,7 +140,11 @@ def _notice_automations() -> list[Any]:
 def _missing_night_automation() -> Any:
     from prefect.events.schemas.automations import Posture
 
-    (found,) = [a for a in _notice_automations() if a.trigger.posture == Posture.Proactive]
+    (found,) = [
+        a
+        for a in _notice_automations()
+        if a.trigger.posture == Posture.Proactive and not a.name.endswith(SHORT_WINDOW_TAG)
+    ]
     return found
 
 
@@ -150,7 +155,7 @@ def _short_window_copy() -> Any:
     deployed = _missing_night_automation()
     trigger = deployed.trigger.model_copy(update={"within": timedelta(seconds=SHORT_WINDOW_S)})
     return Automation(
-        name=f"{deployed.name} ({SHORT_WINDOW_S} s window, test)",
+        name=f"{deployed.name}{SHORT_WINDOW_TAG}",
         trigger=trigger,
         actions=deployed.actions,
     ).create()
