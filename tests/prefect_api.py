@@ -63,6 +63,28 @@ def artifact(flow_run_id: Any, key: str) -> str:
     return found.data
 
 
+def flow_run(flow_run_id: Any) -> Any:
+    """The flow run as the server has it now."""
+    from prefect.client.orchestration import get_client
+
+    async def read() -> Any:
+        async with get_client() as client:
+            return await client.read_flow_run(flow_run_id)
+
+    return asyncio.run(read())
+
+
+def automations() -> list[Any]:
+    """Every automation on the server."""
+    from prefect.client.orchestration import get_client
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_automations()
+
+    return asyncio.run(read())
+
+
 def deployment_runs(name: str) -> list[Any]:
     """Every flow run of deployment ``name`` (``flow/deployment``)."""
     from prefect.client.orchestration import get_client

@@ -26,7 +26,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.prefect_api import artifact, deployment_runs, logged
+from tests.prefect_api import artifact, automations, deployment_runs, flow_run, logged
 from tests.services import clean_env, free_port, http_ok, start, stop_group, tail, wait_until
 from tests.support import GENESIS_TSV, REPO, tiny_params
 
@@ -161,21 +161,9 @@ def _short_window_copy() -> Any:
     ).create()
 
 
-def _flow_run(flow_run_id: Any) -> Any:
-    import asyncio
-
-    from prefect.client.orchestration import get_client
-
-    async def read() -> Any:
-        async with get_client() as client:
-            return await client.read_flow_run(flow_run_id)
-
-    return asyncio.run(read())
-
-
 def _wait_state(flow_run_id: Any, done: Any, timeout_s: float, what: str, log: Path) -> Any:
     deadline = time.monotonic() + timeout_s
-    while not done(run := _flow_run(flow_run_id)):
+    while not done(run := flow_run(flow_run_id)):
         if time.monotonic() > deadline:
             pytest.fail(f"{what}: still {run.state} after {timeout_s} s\n{tail(log)}")
         time.sleep(1)
@@ -224,7 +212,7 @@ def test_killed_worker_run_is_crashed_noticed_and_the_next_night_resumes(
     timings, project = stack["timings"], stack["project"]
     worker1_log = stack["worker1_log"]
     # Deployed twice, one automation.
-    assert [a.name for a in _all_automations()].count(ZOMBIE_AUTOMATION) == 1
+    assert [a.name for a in automations()].count(ZOMBIE_AUTOMATION) == 1
 
     night1 = run_deployment(NIGHTLY, timeout=0)
     last = project / "models" / "checkpoints" / "last.pt"
@@ -233,7 +221,7 @@ def test_killed_worker_run_is_crashed_noticed_and_the_next_night_resumes(
         assert time.monotonic() - t0 < RUN_TIMEOUT_S, f"no last.pt yet:\n{tail(worker1_log)}"
         time.sleep(0.5)
     timings["to_first_last_pt_s"] = round(time.monotonic() - t0, 1)
-    assert _flow_run(night1.id).state.type == StateType.RUNNING
+    assert flow_run(night1.id).state.type == StateType.RUNNING
     killed = _kill_worker(stack["workers"][0])
     assert len(killed) >= 2, f"the worker had no flow-run process: {killed}"
     killed_at = time.monotonic()
@@ -276,18 +264,6 @@ def test_killed_worker_run_is_crashed_noticed_and_the_next_night_resumes(
     store = f"sqlite:///{project / 'mlflow.db'}"
     (version,) = MlflowClient(store, store).search_model_versions()
     assert version.tags["prefect.flow_run_id"] == str(night2.id)  # the resumed night registered
-
-
-def _all_automations() -> list[Any]:
-    import asyncio
-
-    from prefect.client.orchestration import get_client
-
-    async def read() -> list[Any]:
-        async with get_client() as client:
-            return await client.read_automations()
-
-    return asyncio.run(read())
 
 
 def test_no_completed_night_in_26_h_is_noticed(stack: dict[str, Any]) -> None:
