@@ -114,9 +114,13 @@ deploy: install
 	$(BIN)/prefect work-pool inspect $(PREFECT_POOL) >/dev/null 2>&1 \
 		|| $(BIN)/prefect work-pool create $(PREFECT_POOL) --type process
 	SEQ2SEQ_PROJECT_DIR=$(SEQ2SEQ_PROJECT_DIR) $(BIN)/prefect --no-prompt deploy --all
+	# The automation that marks a run Crashed when its heartbeat stops (flows/automations.py).
+	$(BIN)/python -m flows.deploy --automations-only
 
+# The flow runs' heartbeat of prefect.yaml, for deployments made without its job variables.
+HEARTBEAT_S = $(shell $(BIN)/python -c 'from flows.deploy import heartbeat_seconds as h; print(h())')
 worker: install
-	SEQ2SEQ_PROJECT_DIR=$(SEQ2SEQ_PROJECT_DIR) \
+	SEQ2SEQ_PROJECT_DIR=$(SEQ2SEQ_PROJECT_DIR) PREFECT_FLOWS_HEARTBEAT_FREQUENCY=$(HEARTBEAT_S) \
 		$(BIN)/prefect worker start --pool $(PREFECT_POOL) --type process
 
 serve-flows: install

@@ -1,11 +1,14 @@
 """Serve the deployments of prefect.yaml from this process: schedules without a work pool.
 
-    python -m flows.deploy          # or: make serve-flows
+    python -m flows.deploy                      # or: make serve-flows
+    python -m flows.deploy --automations-only   # what `make deploy` adds to `prefect deploy`
 
 Names, entrypoints, parameters, cron schedules, concurrency limits and event triggers are
 read from prefect.yaml, so the served deployments and the ones `prefect deploy` creates for
 a worker cannot drift apart.
 Flow runs start in this process's working directory (run it from the clone's root).
+Both first create (or update) the zombie-run automation (flows/automations.py) for the
+heartbeat the deployments' job variables set, and served runs beat at that frequency too.
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ from prefect.flows import Flow
 from prefect.schedules import Cron
 from pydantic import TypeAdapter
 
+from flows.automations import apply_automation, zombie_automation
+
 PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
 # Trigger specs as `prefect deploy` reads them from prefect.yaml.
 TRIGGERS: TypeAdapter[DeploymentTriggerTypes] = TypeAdapter(DeploymentTriggerTypes)
+HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 
 
 class DeploymentSpecError(ValueError):
@@ -63,6 +69,26 @@ def _to_deployment(entry: dict[str, Any], source: Path) -> RunnerDeployment:
     )
 
 
+def heartbeat_seconds(prefect_yaml: Path = PREFECT_YAML) -> int:
+    """The deployments' heartbeat: the largest ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` in their
+    job variables (the slowest beat decides when silence means a dead run)."""
+    spec = yaml.safe_load(prefect_yaml.read_text(encoding="utf-8"))
+    beats = [
+        int(env[HEARTBEAT_ENV])
+        for entry in spec.get("deployments") or []
+        if HEARTBEAT_ENV in (env := _job_env(entry))
+    ]
+    if not beats:
+        raise DeploymentSpecError(
+            f"{prefect_yaml}: no deployment sets {HEARTBEAT_ENV} in work_pool.job_variables.env"
+        )
+    return max(beats)
+
+
+def _job_env(entry: dict[str, Any]) -> dict[str, str]:
+    return ((entry.get("work_pool") or {}).get("job_variables") or {}).get("env") or {}
+
+
 def _load_flow(entrypoint: str, deployment: str) -> Flow:
     """``flows/pipeline.py:training_pipeline`` -> the flow object, imported as a module
     (so that served runs import ``flows.pipeline`` just as the worker's runs do)."""
@@ -77,8 +103,15 @@ def _load_flow(entrypoint: str, deployment: str) -> Flow:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__)
     parser.add_argument("--prefect-file", type=Path, default=PREFECT_YAML)
+    parser.add_argument(
+        "--automations-only", action="store_true", help="create the automations, serve nothing"
+    )
     args = parser.parse_args(argv)
-    serve(*build_deployments(args.prefect_file))
+    heartbeat_s = heartbeat_seconds(args.prefect_file)
+    automation = apply_automation(zombie_automation(heartbeat_s))
+    print(f"automation {automation.name!r}: {automation.id}")
+    if not args.automations_only:
+        serve(*build_deployments(args.prefect_file), heartbeat_seconds=heartbeat_s)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.prefect_api import RUN_TIMEOUT_S, artifact, logged, wait_for_runs
 from tests.support import GENESIS_TSV, REPO, tiny_params
 
 pytestmark = pytest.mark.integration
@@ -35,7 +36,6 @@ NIGHTLY = "seq2seq-training-pipeline/nightly-retrain"
 WEEKLY = "seq2seq-champion-eval/weekly-champion-eval"
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 SERVER_START_TIMEOUT_S = 120
-RUN_TIMEOUT_S = 240
 CORPUS = "corpus.tsv"
 NEW_PAIRS = 30  # held back from the corpus until night 3
 
@@ -149,6 +149,7 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
             ([*deploy, "nightly-retrain"], str(project)),
             # A bare `prefect deploy`: the worker's environment fills the directory in later.
             ([*deploy, "weekly-champion-eval"], None),
+            ([*deploy, "on-call-notice"], str(project)),
         ):
             deploy_env = env | ({"SEQ2SEQ_PROJECT_DIR": project_dir} if project_dir else {})
             proc = subprocess.run(
@@ -234,13 +235,13 @@ def test_three_nights_train_skip_and_warm_start(
     v1 = client.get_model_version(name, "1")
     assert set(v1.aliases) == {"challenger", "champion"}
     assert v1.tags["prefect.flow_run_id"] == str(night1.id)
-    assert _logged(night1.id, "has no champion yet; training from scratch")
-    assert _logged(night1.id, "epoch 1/1: train loss")  # the core's line reached the log
+    assert logged(night1.id, "has no champion yet; training from scratch")
+    assert logged(night1.id, "epoch 1/1: train loss")  # the core's line reached the log
 
     night2 = _run(NIGHTLY, prefect_stack, timing="night2")
     assert [int(v.version) for v in client.search_model_versions(f"name = '{name}'")] == [1]
-    assert _logged(night2.id, f"up to date with version 1 of {name}")
-    assert "Up to date with version 1" in _artifact(night2.id, "pipeline-summary")
+    assert logged(night2.id, f"up to date with version 1 of {name}")
+    assert "Up to date with version 1" in artifact(night2.id, "pipeline-summary")
     # The run's own time on the worker: the wall time above also counts the wait behind night
     # 1's champion evaluation, which the automation queued on the same worker.
     night2_own_s = (night2.end_time - night2.start_time).total_seconds()
@@ -253,12 +254,12 @@ def test_three_nights_train_skip_and_warm_start(
     night3 = _run(NIGHTLY, prefect_stack, timing="night3")
     v2 = client.get_model_version(name, "2")
     assert v2.tags["prefect.flow_run_id"] == str(night3.id)
-    assert _logged(night3.id, f"warm start from {name} v1 (champion)")
+    assert logged(night3.id, f"warm start from {name} v1 (champion)")
     assert v2.tags["promotion.decision"] in {"promoted", "kept_challenger"}
     assert v2.tags["promotion.previous_champion"] == "1"
     assert "promotion.reason" in v2.tags
 
-    evaluations = _wait_for_runs(WEEKLY, count=3)
+    evaluations = wait_for_runs(WEEKLY, count=3)
     assert all(r.state.is_completed() for r in evaluations), [r.state for r in evaluations]
     runs = client.search_runs(
         [client.get_run(v1.run_id).info.experiment_id],
@@ -266,80 +267,6 @@ def test_three_nights_train_skip_and_warm_start(
     )
     assert {r.data.tags["prefect.flow_run_id"] for r in runs} == {str(r.id) for r in evaluations}
     assert all(set(r.data.metrics) >= {"champion/bleu", "champion/chrf"} for r in runs)
-
-
-def _logged(flow_run_id: Any, text: str, timeout_s: float = 30) -> bool:
-    """Whether `text` shows in the flow run's log (the server stores the last lines a few
-    seconds after the run ended)."""
-    deadline = time.monotonic() + timeout_s
-    while text not in _flow_run_log(flow_run_id):
-        if time.monotonic() > deadline:
-            print(_flow_run_log(flow_run_id))
-            return False
-        time.sleep(1)
-    return True
-
-
-def _flow_run_log(flow_run_id: Any) -> str:
-    import asyncio
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-    async def read() -> list[Any]:
-        async with get_client() as client:
-            return await client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
-                limit=200,
-                sort="TIMESTAMP_ASC",
-            )
-
-    return "\n".join(log.message for log in asyncio.run(read()))
-
-
-def _artifact(flow_run_id: Any, key: str) -> str:
-    import asyncio
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterFlowRunId,
-        ArtifactFilterKey,
-    )
-
-    async def read() -> list[Any]:
-        async with get_client() as client:
-            return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(
-                    key=ArtifactFilterKey(any_=[key]),
-                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
-                )
-            )
-
-    (found,) = asyncio.run(read())
-    return found.data
-
-
-def _wait_for_runs(name: str, count: int, timeout_s: float = RUN_TIMEOUT_S) -> list[Any]:
-    """The flow runs of deployment `name` once `count` of them reached a final state."""
-    import asyncio
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-    async def read() -> list[Any]:
-        async with get_client() as client:
-            deployment = await client.read_deployment_by_name(name)
-            return await client.read_flow_runs(
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
-            )
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        runs = [r for r in asyncio.run(read()) if r.state and r.state.is_final()]
-        if len(runs) >= count or time.monotonic() > deadline:
-            return runs
-        time.sleep(2)
 
 
 def test_cron_schedules_create_scheduled_runs(
@@ -420,11 +347,11 @@ def test_deployed_and_served_deployments_agree(
         assert [s.schedule.cron for s in deployment.schedules] == [
             s.schedule.cron for s in served.schedules
         ]
-        assert deployment.global_concurrency_limit.limit == served.concurrency_limit == 1
-        assert (
-            deployment.concurrency_options.collision_strategy
-            == served.concurrency_options.collision_strategy
-        )
+        limit, options = deployment.global_concurrency_limit, deployment.concurrency_options
+        assert (limit and limit.limit) == served.concurrency_limit, name
+        assert (options and options.collision_strategy) == (
+            served.concurrency_options and served.concurrency_options.collision_strategy
+        ), name
         triggers = [a.trigger for a in automations]
         assert [(t.expect, t.match_related.root) for t in triggers] == [
             (t.expect, t.match_related.root) for t in served.triggers
