@@ -113,6 +113,7 @@ def _run_pipeline(cfg: PipelineConfig, *, dvc_commit: bool, force: bool) -> dict
         trained = stages.run("train", train_task, cfg, run_id, warm)
         evaluated = stages.run("evaluate", evaluate_task, cfg)
         test = evaluated["metrics"]["test"]
+        tracking.wait_for_tracking("the test metrics, reports and registration")
         create_markdown_artifact(key="evaluation", markdown=metrics_markdown(evaluated["metrics"]))
         tracking.log_metrics({f"test/{k}": test[k] for k in ("bleu", "chrf", "ter")})
         log_stage_reports(cfg)
