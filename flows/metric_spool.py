@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -24,6 +23,8 @@ from pathlib import Path
 import requests
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
+
+from seq2seq_core.runtime.files import write_text
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +136,7 @@ class MetricSpool:
             if not self._pending:
                 self.path.unlink(missing_ok=True)
                 return
-            partial = self.path.with_suffix(".tmp")
-            partial.write_text("".join(json.dumps(_row(m)) + "\n" for m in self._pending),
-                               encoding="utf-8")  # fmt: skip
-            os.replace(partial, self.path)
+            write_text(self.path, "".join(json.dumps(_row(m)) + "\n" for m in self._pending))
         self.sent += count
 
     def _note_down(self, why: str) -> None:
