@@ -13,6 +13,7 @@ A spool left behind by a crash is sent first by the next spool opened on the sam
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import threading
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 BATCH_LIMIT = 1000
 # What a send raises while the server is down or restarting (MLflow wraps most of these).
 SEND_ERRORS = (MlflowException, requests.RequestException, OSError)
+# A send running longer than this is stuck in MLflow's retries: say so in the log.
+SLOW_SEND_S = 30.0
 
 SendBatch = Callable[[list[Metric]], None]
 Reachable = Callable[[], bool]
@@ -51,6 +54,7 @@ class MetricSpool:
         self._lock = threading.Lock()  # guards _pending and the spool file
         self._thread: threading.Thread | None = None
         self._down_since: float | None = None
+        self._send_started = 0.0
         self.sent = 0
         self._pending = _read_spool(self.path)
         if self._pending:
@@ -79,9 +83,16 @@ class MetricSpool:
         """Send what is pending in the background; returns at once. One send at a time: a
         send still running (a slow or retrying server) takes the new metrics next time."""
         if self._thread is not None and self._thread.is_alive():
+            waited = time.monotonic() - self._send_started
+            if waited >= SLOW_SEND_S:  # MLflow's client retrying a server that went away
+                self._note_down(f"a send has waited {waited:.0f} s for an answer")
             return
-        self._thread = threading.Thread(target=self.send_pending, name="metric-spool",
-                                        daemon=True)  # fmt: skip
+        # The caller's context (Prefect's flow run) goes along, so the lines this thread
+        # logs reach the flow-run log and not only the console.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self.send_pending,),
+                                        name="metric-spool", daemon=True)  # fmt: skip
+        self._send_started = time.monotonic()
         self._thread.start()
 
     def send_pending(self) -> bool:

@@ -5,6 +5,7 @@ tests/faults/test_outage_faults.py; here ``send`` and ``reachable`` stand in for
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import threading
@@ -16,7 +17,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from flows import tracking
+from flows import metric_spool, tracking
 from flows.metric_spool import MetricSpool
 from seq2seq_core.config import PipelineConfig
 from tests.services import free_port
@@ -67,8 +68,12 @@ def test_down_server_keeps_metrics_in_memory_and_on_disk_then_sends_them_in_orde
     assert caplog.text.count("tracking server back after") == 1
 
 
-def test_a_slow_server_never_blocks_add_or_flush(tmp_path: Path) -> None:
-    """MLflow's own retries hold a send for minutes: training goes on meanwhile."""
+def test_a_slow_server_never_blocks_add_or_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MLflow's own retries hold a send for minutes: training goes on meanwhile, and the
+    log says why metrics are not arriving."""
+    monkeypatch.setattr(metric_spool, "SLOW_SEND_S", 0.2)
     release, received = threading.Event(), []
 
     def stuck_send(batch: list[Metric]) -> None:
@@ -77,13 +82,28 @@ def test_a_slow_server_never_blocks_add_or_flush(tmp_path: Path) -> None:
 
     spool = MetricSpool(tmp_path / "run.jsonl", stuck_send)
     t0 = time.monotonic()
-    for step in range(1, 201):
-        spool.add(_metrics(range(step, step + 1)))
-        spool.flush_soon()  # the first starts the stuck send; the others return at once
-    assert time.monotonic() - t0 < 2.0
-    release.set()
-    assert spool.close(wait_s=10) == 0
+    with caplog.at_level(logging.INFO, logger="flows.metric_spool"):
+        for step in range(1, 201):
+            spool.add(_metrics(range(step, step + 1)))
+            spool.flush_soon()  # the first starts the stuck send; the others return at once
+            time.sleep(0.002)
+        assert time.monotonic() - t0 < 3.0
+        release.set()
+        assert spool.close(wait_s=10) == 0
     assert [m.step for m in received] == list(range(1, 201))
+    assert "a send has waited" in caplog.text and "tracking server back after" in caplog.text
+
+
+def test_the_background_send_runs_in_the_callers_context(tmp_path: Path) -> None:
+    """Prefect finds its flow run (for the flow-run log) in a context variable."""
+    flow_run = contextvars.ContextVar("flow_run", default="none")
+    flow_run.set("run-42")
+    seen: list[str] = []
+    spool = MetricSpool(tmp_path / "run.jsonl", lambda batch: seen.append(flow_run.get()))
+    spool.add(_metrics(range(1, 2)))
+    spool.flush_soon()
+    assert spool.close(wait_s=5) == 0
+    assert seen == ["run-42"]
 
 
 def test_a_crashed_runs_spool_is_sent_first_and_a_cut_line_is_skipped(tmp_path: Path) -> None:
