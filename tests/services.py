@@ -171,6 +171,7 @@ class Stack:
         self.postgres_port = 0
         self.pgdata: Path | None = None
         self.s3_gate: TcpGate | None = None
+        self.s3_server_endpoint = ""  # set by gate_object_store: the store behind the gate
 
     def __enter__(self) -> Stack:
         return self
@@ -324,7 +325,9 @@ class Stack:
         ]) + "\n")  # fmt: skip
         return clean_env(
             **self.s3_credentials,
-            MLFLOW_S3_ENDPOINT_URL=self.s3_endpoint,
+            # The store itself, not a gate before it (gate_object_store): a restarted server
+            # keeps its route when a test shuts the gate on DVC.
+            MLFLOW_S3_ENDPOINT_URL=self.s3_server_endpoint or self.s3_endpoint,
             MLFLOW_BACKEND_STORE_URI=self.database_url("mlflow"),
             PGPASSFILE=str(self.pgpass("mlflow")),
             MLFLOW_AUTH_CONFIG_PATH=str(ini),
@@ -400,9 +403,11 @@ class Stack:
 
     def gate_object_store(self) -> TcpGate:
         """A gate (tests/tcp_gate.py) in front of the object store; ``s3_endpoint`` then
-        points at it, so clients configured from now on (not the running MLflow server)
-        lose the store when it is shut. moto keeps its buckets in memory: stopping its
-        process would lose them, where a real S3 or MinIO keeps them across a restart."""
+        points at it, so clients configured from now on lose the store when it is shut.
+        The MLflow server (also once restarted) keeps ``s3_server_endpoint``, the store
+        itself. moto keeps its buckets in memory: stopping its process would lose them,
+        where a real S3 or MinIO keeps them across a restart."""
+        self.s3_server_endpoint = self.s3_endpoint
         self.s3_gate = TcpGate(int(self.s3_endpoint.rsplit(":", 1)[1]))
         self.s3_endpoint = f"http://127.0.0.1:{self.s3_gate.port}"
         return self.s3_gate
