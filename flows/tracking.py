@@ -291,7 +291,7 @@ def tracking_wait_s() -> float:
     return float(os.environ.get(TRACKING_WAIT_ENV, "").strip() or TRACKING_WAIT_S)
 
 
-def wait_for_tracking(what: str, wait_s: float | None = None) -> bool:
+def wait_for_tracking(what: str, wait_s: float | None = None, poll_s: float = 5.0) -> bool:
     """Before logging ``what`` (params, artifacts, a registration): wait, for a bounded
     time and one log line a minute, until the tracking server answers. Whether it does:
     on False the caller logs anyway and MLflow's error tells the story."""
@@ -304,7 +304,7 @@ def wait_for_tracking(what: str, wait_s: float | None = None) -> bool:
                 limit_s)  # fmt: skip
     last_note = t0
     while time.monotonic() - t0 < limit_s:
-        time.sleep(min(5.0, max(0.0, limit_s - (time.monotonic() - t0))))
+        time.sleep(min(poll_s, max(0.0, limit_s - (time.monotonic() - t0))))
         if server_reachable(uri):
             log.info("tracking server back after %.0f s; logging %s", time.monotonic() - t0,
                      what)  # fmt: skip

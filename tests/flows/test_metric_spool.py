@@ -1,7 +1,8 @@
 """The step-metric buffer: training never waits for the tracking server, nothing is lost
 while it is down (nor across a crash), and everything goes out, in order, with the
 original steps and timestamps once it is back. The server's outage and return are real in
-tests/faults/test_outage_faults.py; here ``send`` and ``reachable`` stand in for it."""
+tests/faults/test_outage_faults.py; here ``send`` and ``reachable`` stand in for it, and a
+small HTTP server behind a gate for the bounded wait before end-of-training logging."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from flows import metric_spool, tracking
 from flows.metric_spool import MetricSpool
 from seq2seq_core.config import PipelineConfig
 from tests.services import free_port
+from tests.tcp_gate import TcpGate
 
 
 def _metrics(steps: range, key: str = "train/loss") -> list[Metric]:
@@ -185,3 +187,40 @@ def test_callback_sends_to_a_local_store_with_the_original_timestamps(
         (row["step"], row["timestamp"], row["value"]) for row in spooled
     ]
     assert len(history) == 10 and not callback.spool.path.exists()
+
+
+def test_end_of_training_logging_waits_a_bounded_time_for_the_server(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real HTTP server answering /health behind a gate: shut, then opened."""
+    import http.server
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    gate = TcpGate(server.server_address[1])
+    monkeypatch.setattr(
+        tracking.mlflow, "get_tracking_uri", lambda: f"http://127.0.0.1:{gate.port}"
+    )
+    try:
+        assert tracking.wait_for_tracking("the test", wait_s=1, poll_s=0.1) is True
+        gate.shut()
+        with caplog.at_level(logging.INFO, logger="flows.tracking"):
+            t0 = time.monotonic()
+            assert tracking.wait_for_tracking("the test", wait_s=0.5, poll_s=0.1) is False
+            assert 0.5 <= time.monotonic() - t0 < 3
+            threading.Timer(0.5, gate.open).start()
+            assert tracking.wait_for_tracking("the registration", wait_s=10, poll_s=0.1) is True
+            assert time.monotonic() - t0 < 5
+    finally:
+        gate.shut()
+        server.shutdown()
+    assert "unreachable for 0 s: logging the test fails" in caplog.text
+    assert "tracking server back after" in caplog.text and "logging the registration" in caplog.text
