@@ -127,13 +127,19 @@ def push_outputs(logger: Any, flow_run_id: str = "") -> bool:
     if proc.returncode == 0:
         PENDING_PUSH.unlink(missing_ok=True)
         return True
-    pending = _remember_push(flow_run_id, proc.stderr.strip()[-500:])
+    pending = _remember_push(flow_run_id, _dvc_error(proc.stderr))
     logger.warning(
         "dvc push failed (try %d since %s): %s. The outputs live only in this clone's cache; "
         "the next run retries the push (%s)",
         pending["attempts"], pending["since"], pending["last_error"], PENDING_PUSH,
     )  # fmt: skip
     return False
+
+
+def _dvc_error(stderr: str) -> str:
+    """DVC's ERROR lines (its last lines are a support footer), else the end of stderr."""
+    errors = [line.strip() for line in stderr.splitlines() if line.startswith("ERROR")]
+    return (" ".join(errors) or stderr.strip())[-500:]
 
 
 def read_pending_push() -> dict[str, Any] | None:
