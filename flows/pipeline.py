@@ -3,7 +3,8 @@
 One MLflow run spans the whole flow run; the stage functions themselves know nothing of
 either tool. A run first takes the workspace lock (one writer per clone), then asks the
 registry whether a version was already made from exactly these inputs: if so it ends
-Completed with nothing trained or registered and says "up to date with version N".
+Completed with nothing trained or registered and says "up to date with version N". Before
+that check it pushes what an earlier run's failed `dvc push` left behind (docs/faults.md).
 """
 
 from __future__ import annotations
