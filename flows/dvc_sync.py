@@ -123,7 +123,7 @@ def push_outputs(logger: Any, flow_run_id: str = "") -> bool:
     a success forgets an earlier failure."""
     if not _in_dvc_project():
         return False
-    proc = _dvc("push", "--quiet")
+    proc = _dvc("push")  # not --quiet: that drops DVC's ERROR line, the reason
     if proc.returncode == 0:
         PENDING_PUSH.unlink(missing_ok=True)
         return True

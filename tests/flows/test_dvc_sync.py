@@ -74,6 +74,7 @@ def test_a_failed_push_is_remembered_and_the_next_run_retries_it(
     assert pending is not None and pending["outs"] == {"out.txt": md5}
     assert (pending["flow_run_id"], pending["attempts"]) == ("run-1", 2)
     assert pending["since"] <= pending["last_attempt"]
+    assert pending["last_error"].startswith("ERROR")  # DVC's reason, not its support footer
     assert "the next run retries the push" in caplog.text
 
     subprocess.run([*dvc, "remote", "modify", "store", "url", str(up)], check=True)
