@@ -144,11 +144,11 @@ class MetricSpool:
         """Forget the first ``count`` pending metrics, in memory and in the spool file."""
         with self._lock:
             del self._pending[:count]
+            self.sent += count
             if not self._pending:
                 self.path.unlink(missing_ok=True)
-                return
-            write_text(self.path, "".join(json.dumps(_row(m)) + "\n" for m in self._pending))
-        self.sent += count
+            else:
+                write_text(self.path, "".join(json.dumps(_row(m)) + "\n" for m in self._pending))
 
     def _note_down(self, why: str) -> None:
         if self._down_since is None:

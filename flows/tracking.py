@@ -273,6 +273,25 @@ class MlflowTrainCallback:
         return self.spool.close(tracking_wait_s() if wait_s is None else wait_s)
 
 
+def send_spooled_metrics(spool_dir: Path = SPOOL_DIR, wait_s: float = 10.0) -> int:
+    """Send the step metrics an earlier training left in ``spool_dir`` (it crashed, or
+    gave up waiting for the server) to their runs; returns how many went out. Called
+    under the workspace lock, before training: no other writer uses these spools then."""
+    client = MlflowClient()
+    uri = client.tracking_uri
+    sent = 0
+    for path in sorted(Path(spool_dir).glob("*.jsonl")):
+        run_id = path.stem
+
+        def send(batch: list[Metric], run_id: str = run_id) -> None:
+            client.log_batch(run_id, metrics=batch)
+
+        spool = MetricSpool(path, send, lambda: server_reachable(uri))
+        spool.close(wait_s)
+        sent += spool.sent
+    return sent
+
+
 def server_reachable(uri: str, timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
     """Whether the tracking server at ``uri`` answers ``/health`` within ``timeout_s``
     (no credentials needed, no retries); a local store (sqlite, files) always is."""

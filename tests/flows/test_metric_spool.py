@@ -224,3 +224,23 @@ def test_end_of_training_logging_waits_a_bounded_time_for_the_server(
         server.shutdown()
     assert "unreachable for 0 s: logging the test fails" in caplog.text
     assert "tracking server back after" in caplog.text and "logging the registration" in caplog.text
+
+
+def test_a_crashed_trainings_spool_goes_to_its_own_run_before_the_next_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking.configure_tracking(tmp_path)
+    with tracking.pipeline_run(PipelineConfig()) as run:
+        crashed = tracking.MlflowTrainCallback(run.info.run_id, flush_every_steps=1000)
+        for step in range(1, 6):
+            crashed.on_step(step, {"loss": step / 10})
+    # The process died here: no close(), the metrics are only in the spool.
+    assert crashed.spool.path.is_file()
+    assert MlflowClient().get_metric_history(run.info.run_id, "train/loss") == []
+    assert tracking.send_spooled_metrics() == 5
+    history = MlflowClient().get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
+    assert not crashed.spool.path.exists()
+    assert tracking.send_spooled_metrics() == 0
