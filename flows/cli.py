@@ -86,6 +86,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     callbacks = distributed_train.train_callbacks()
     with distributed.process_group():  # under torchrun: left at the end, or on an error
         result = asdict(stages.train(cfg, callbacks=callbacks, warm_start=_warm_start(cfg)))
+    distributed_train.close_callbacks(callbacks)
     result.pop("history", None)
     _print_json(result)
 

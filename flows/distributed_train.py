@@ -97,3 +97,14 @@ def train_callbacks() -> list[Any]:
         tracking.configure_tracking(Path.cwd())
         callbacks.append(tracking.MlflowTrainCallback(run_id))
     return callbacks
+
+
+def close_callbacks(callbacks: list[Any]) -> None:
+    """After training: the MLflow callback sends its buffered metrics (waiting, bounded,
+    for a tracking server that is down)."""
+    tracking = sys.modules.get("flows.tracking")  # not imported: no MLflow callback made
+    if tracking is None:
+        return
+    for callback in callbacks:
+        if isinstance(callback, tracking.MlflowTrainCallback):
+            callback.close()

@@ -3,7 +3,8 @@
 One MLflow run spans the whole flow run; the stage functions themselves know nothing of
 either tool. A run first takes the workspace lock (one writer per clone), then asks the
 registry whether a version was already made from exactly these inputs: if so it ends
-Completed with nothing trained or registered and says "up to date with version N".
+Completed with nothing trained or registered and says "up to date with version N". Before
+that check it pushes what an earlier run's failed `dvc push` left behind (docs/faults.md).
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ def training_pipeline(
 def _run_pipeline(cfg: PipelineConfig, *, dvc_commit: bool, force: bool) -> dict[str, Any]:
     logger = get_run_logger()
     dvc_sync.pull_inputs(logger)  # a worker's fresh clone: the .dvc-tracked inputs
+    dvc_sync.retry_pending_push(logger)  # an earlier run's outputs, if its push failed
     tracking.configure_tracking(Path.cwd())
     fingerprint = freshness.inputs_fingerprint(cfg)
     done = freshness.registered_with(cfg.register.model_name, fingerprint)
@@ -113,6 +115,7 @@ def _run_pipeline(cfg: PipelineConfig, *, dvc_commit: bool, force: bool) -> dict
         trained = stages.run("train", train_task, cfg, run_id, warm)
         evaluated = stages.run("evaluate", evaluate_task, cfg)
         test = evaluated["metrics"]["test"]
+        tracking.wait_for_tracking("the test metrics, reports and registration")
         create_markdown_artifact(key="evaluation", markdown=metrics_markdown(evaluated["metrics"]))
         tracking.log_metrics({f"test/{k}": test[k] for k in ("bleu", "chrf", "ter")})
         log_stage_reports(cfg)
@@ -122,7 +125,7 @@ def _run_pipeline(cfg: PipelineConfig, *, dvc_commit: bool, force: bool) -> dict
         registration = stages.run("register", register_task, cfg, run_id, trigger, fingerprint)
         tracking.log_metrics({f"seconds/{k}": v for k, v in stages.seconds.items()})
     _report_registration(logger, test, registration, stages.seconds)
-    if dvc_commit and _record_in_dvc(logger):
+    if dvc_commit and _record_in_dvc(logger, flow_run_id):
         dvc_sync.publish_lock(logger, flow_run_id)
     return {
         "status": "registered",
@@ -197,9 +200,10 @@ def _report_registration(
     create_markdown_artifact(key="promotion-decision", markdown=promotion_markdown(registration))
 
 
-def _record_in_dvc(logger: Any) -> bool:
+def _record_in_dvc(logger: Any, flow_run_id: str) -> bool:
     """Record the register stage in dvc.lock too (`dvc repro` then sees everything up to
-    date) and push the data to the default remote; whether both succeeded."""
+    date) and push the data to the default remote; whether both succeeded. A failed push
+    is remembered and retried by the next run (dvc_sync.retry_pending_push)."""
     return dvc_sync.run_dvc(logger, "commit", "--force", "--quiet", "register") and (
-        dvc_sync.run_dvc(logger, "push", "--quiet")
+        dvc_sync.push_outputs(logger, flow_run_id)
     )

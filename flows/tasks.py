@@ -85,8 +85,14 @@ def vocab_task(cfg: PipelineConfig, warm_start: WarmStartSource | None = None) -
 def train_task(
     cfg: PipelineConfig, run_id: str, warm_start: WarmStartSource | None = None
 ) -> dict[str, Any]:
+    """Never retried, so a tracking-server outage must not fail it: step metrics wait in
+    the callback's spool and go out when the server is back; ``close`` waits for it (up
+    to ``tracking.tracking_wait_s()``, logged) before the end-of-training logging. A
+    spool an earlier, crashed training left behind goes to its own run first."""
+    tracking.send_spooled_metrics()
     callback = tracking.MlflowTrainCallback(run_id, flush_every_steps=cfg.train.log_every_steps)
     result = asdict(stages.train(cfg, callbacks=[callback], warm_start=warm_start))
+    callback.close()
     tracking.log_checkpoint_choice(result, run_id=run_id)
     return result
 

@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +44,7 @@ from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 from flows.dvc_experiment import workspace_of
 from flows.gate import TEST_BLEU_TAG, TEST_SET_TAG, read_test_scores
 from flows.lineage import dist_version, lineage_tags
+from flows.metric_spool import MetricSpool
 from seq2seq_core.config import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,13 @@ EXAMPLE_SRC = "Im Anfang schuf Gott die Himmel und die Erde."
 # Distributions the served model imports (seq2seq_core travels as code with the model).
 MODEL_REQUIREMENTS = ("mlflow", "torch", "sentencepiece", "pandas", "pyyaml")
 SYSTEM_METRICS_EVERY_S = 5
+# Step metrics waiting for the tracking server (flows/metric_spool.py), one file a run.
+SPOOL_DIR = Path(".state") / "metric-spool"
+# End-of-training logging waits this long for a down tracking server (a restart takes a
+# minute or two); SEQ2SEQ_TRACKING_WAIT_S overrides it.
+TRACKING_WAIT_S = 15 * 60
+TRACKING_WAIT_ENV = "SEQ2SEQ_TRACKING_WAIT_S"
+HEALTH_TIMEOUT_S = 3.0
 # The run `pipeline_run` opened in this process, for callers in other threads.
 _pipeline_run_id: str | None = None
 
@@ -206,9 +215,12 @@ class MlflowTrainCallback:
     """``seq2seq_core.training.loop.TrainCallback`` that logs to one run by id (thread-safe
     enough for a Prefect task: it never touches MLflow's per-thread active run).
 
-    Step metrics go out as ``train/<name>`` with ``step=`` the global step, buffered and
-    written every ``flush_every_steps`` steps or ``flush_every_s`` seconds and at each
-    epoch end; epoch metrics go out as ``epoch/<name>`` with ``step=`` the epoch.
+    Step metrics go out as ``train/<name>`` with ``step=`` the global step, epoch metrics
+    as ``epoch/<name>`` with ``step=`` the epoch. Neither waits for the server: they are
+    kept in a ``MetricSpool`` (memory + ``.state/metric-spool/<run id>.jsonl``) and sent in
+    the background every ``flush_every_steps`` steps or ``flush_every_s`` seconds and at
+    each epoch end, so a tracking-server outage costs no training. ``close()`` after
+    training sends the rest, waiting up to ``TRACKING_WAIT_S`` for the server.
     """
 
     def __init__(
@@ -217,18 +229,26 @@ class MlflowTrainCallback:
         *,
         flush_every_steps: int = 50,
         flush_every_s: float = 10.0,
+        spool_dir: Path = SPOOL_DIR,
     ) -> None:
         self.run_id = _resolve_run_id(run_id)
         self.flush_every_steps = flush_every_steps
         self.flush_every_s = flush_every_s
-        self._client = MlflowClient()  # binds the tracking URI configured now
-        self._pending: list[Metric] = []
+        client = MlflowClient()  # binds the tracking URI configured now
+        uri = client.tracking_uri
+
+        def send(batch: list[Metric]) -> None:
+            client.log_batch(self.run_id, metrics=batch)
+
+        self.spool = MetricSpool(
+            Path(spool_dir) / f"{self.run_id}.jsonl", send, lambda: server_reachable(uri)
+        )
         self._pending_steps = 0
         self._last_flush = time.monotonic()
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         now = _now_ms()
-        self._pending.extend(Metric(f"train/{k}", float(v), now, step) for k, v in metrics.items())
+        self.spool.add(Metric(f"train/{k}", float(v), now, step) for k, v in metrics.items())
         self._pending_steps += 1
         if (
             self._pending_steps >= self.flush_every_steps
@@ -238,14 +258,82 @@ class MlflowTrainCallback:
 
     def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         now = _now_ms()
-        self._pending.extend(Metric(f"epoch/{k}", float(v), now, epoch) for k, v in metrics.items())
+        self.spool.add(Metric(f"epoch/{k}", float(v), now, epoch) for k, v in metrics.items())
         self.flush()
 
     def flush(self) -> None:
-        if self._pending:
-            _log_metric_batch(self._client, self.run_id, self._pending)
-        self._pending, self._pending_steps = [], 0
+        """Start sending what is pending (in the background; returns at once)."""
+        self.spool.flush_soon()
+        self._pending_steps = 0
         self._last_flush = time.monotonic()
+
+    def close(self, wait_s: float | None = None) -> int:
+        """Send everything still pending, waiting up to ``wait_s`` (default
+        ``tracking_wait_s()``) for the server; returns how many metrics stay unsent."""
+        return self.spool.close(tracking_wait_s() if wait_s is None else wait_s)
+
+
+def send_spooled_metrics(spool_dir: Path = SPOOL_DIR, wait_s: float = 10.0) -> int:
+    """Send the step metrics an earlier training left in ``spool_dir`` (it crashed, or
+    gave up waiting for the server) to their runs; returns how many went out. Called
+    under the workspace lock, before training: no other writer uses these spools then."""
+    client = MlflowClient()
+    uri = client.tracking_uri
+    sent = 0
+    for path in sorted(Path(spool_dir).glob("*.jsonl")):
+        run_id = path.stem
+
+        def send(batch: list[Metric], run_id: str = run_id) -> None:
+            client.log_batch(run_id, metrics=batch)
+
+        spool = MetricSpool(path, send, lambda: server_reachable(uri))
+        spool.close(wait_s)
+        sent += spool.sent
+    return sent
+
+
+def server_reachable(uri: str, timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
+    """Whether the tracking server at ``uri`` answers ``/health`` within ``timeout_s``
+    (no credentials needed, no retries); a local store (sqlite, files) always is."""
+    if not uri.startswith(("http://", "https://")):
+        return True
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as reply:
+            return reply.status == 200
+    except OSError:  # refused, reset, timed out, or an HTTP error status
+        return False
+
+
+def tracking_wait_s() -> float:
+    """How long end-of-training logging waits for a down tracking server:
+    ``SEQ2SEQ_TRACKING_WAIT_S`` or ``TRACKING_WAIT_S``."""
+    return float(os.environ.get(TRACKING_WAIT_ENV, "").strip() or TRACKING_WAIT_S)
+
+
+def wait_for_tracking(what: str, wait_s: float | None = None, poll_s: float = 5.0) -> bool:
+    """Before logging ``what`` (params, artifacts, a registration): wait, for a bounded
+    time and one log line a minute, until the tracking server answers. Whether it does:
+    on False the caller logs anyway and MLflow's error tells the story."""
+    uri = mlflow.get_tracking_uri()
+    limit_s = tracking_wait_s() if wait_s is None else wait_s
+    t0 = time.monotonic()
+    if server_reachable(uri):
+        return True
+    log.warning("tracking server %s unreachable before %s: waiting up to %.0f s", uri, what,
+                limit_s)  # fmt: skip
+    last_note = t0
+    while time.monotonic() - t0 < limit_s:
+        time.sleep(min(poll_s, max(0.0, limit_s - (time.monotonic() - t0))))
+        if server_reachable(uri):
+            log.info("tracking server back after %.0f s; logging %s", time.monotonic() - t0,
+                     what)  # fmt: skip
+            return True
+        if time.monotonic() - last_note >= 60:
+            log.warning("tracking server still unreachable after %.0f s (waiting for %s)",
+                        time.monotonic() - t0, what)  # fmt: skip
+            last_note = time.monotonic()
+    log.error("tracking server unreachable for %.0f s: logging %s fails", limit_s, what)
+    return False
 
 
 def log_checkpoint_choice(result: Mapping[str, Any], *, run_id: str | None = None) -> None:

@@ -46,6 +46,7 @@ from tests.stack_access import (
     provision_mlflow,
 )
 from tests.stack_secrets import SecretStore, env_file, write_private
+from tests.tcp_gate import TcpGate
 
 BIN = Path(sys.executable).parent
 BUCKET = "seq2seq"
@@ -169,6 +170,8 @@ class Stack:
         self.s3_endpoint = self.postgres_url = self.mlflow_url = self.prefect_api = ""
         self.postgres_port = 0
         self.pgdata: Path | None = None
+        self.s3_gate: TcpGate | None = None
+        self.s3_server_endpoint = ""  # set by gate_object_store: the store behind the gate
 
     def __enter__(self) -> Stack:
         return self
@@ -322,7 +325,9 @@ class Stack:
         ]) + "\n")  # fmt: skip
         return clean_env(
             **self.s3_credentials,
-            MLFLOW_S3_ENDPOINT_URL=self.s3_endpoint,
+            # The store itself, not a gate before it (gate_object_store): a restarted server
+            # keeps its route when a test shuts the gate on DVC.
+            MLFLOW_S3_ENDPOINT_URL=self.s3_server_endpoint or self.s3_endpoint,
             MLFLOW_BACKEND_STORE_URI=self.database_url("mlflow"),
             PGPASSFILE=str(self.pgpass("mlflow")),
             MLFLOW_AUTH_CONFIG_PATH=str(ini),
@@ -338,12 +343,7 @@ class Stack:
         t0 = time.monotonic()
         mlflow_port, prefect_port = free_port(), free_port()
         mlflow_log, prefect_log = self.state / "mlflow.log", self.state / "prefect.log"
-        mlflow = self._add("mlflow", start(
-            [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
-             "--port", str(mlflow_port), "--workers", "1",
-             "--artifacts-destination", f"s3://{self.bucket}/mlflow"],
-            self._mlflow_env(), mlflow_log, cwd=self.state,
-        ))  # fmt: skip
+        mlflow = self._start_mlflow(mlflow_port)
         prefect_home = self.state / "prefect-server-home"
         prefect_home.mkdir(exist_ok=True)
         server_env = clean_env(
@@ -376,6 +376,42 @@ class Stack:
         self.timings["prefect_ready_s"] = round(time.monotonic() - t0, 1)
         self.client_env = self.role_env("worker")
 
+    def _start_mlflow(self, port: int) -> subprocess.Popen:
+        return self._add("mlflow", start(
+            [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
+             "--port", str(port), "--workers", "1",
+             "--artifacts-destination", f"s3://{self.bucket}/mlflow"],
+            self._mlflow_env(), self.state / "mlflow.log", cwd=self.state,
+        ))  # fmt: skip
+
+    def stop_service(self, name: str) -> float:
+        """Stop one service as ``stop`` would (its state stays: PostgreSQL, the bucket);
+        seconds it took. ``restart_mlflow`` brings the tracking server back."""
+        proc, _, sig = self.services.pop(name)
+        t0 = time.monotonic()
+        stop_group(proc.pid, sig)
+        proc.poll()
+        return time.monotonic() - t0
+
+    def restart_mlflow(self) -> float:
+        """The tracking server again, on the same port with the same stores; seconds until
+        it answers."""
+        port = int(self.mlflow_url.rsplit(":", 1)[1])
+        proc = self._start_mlflow(port)
+        return wait_until(lambda: http_ok(f"{self.mlflow_url}/health"), proc,
+                          self.state / "mlflow.log", "MLflow server (restarted)")  # fmt: skip
+
+    def gate_object_store(self) -> TcpGate:
+        """A gate (tests/tcp_gate.py) in front of the object store; ``s3_endpoint`` then
+        points at it, so clients configured from now on lose the store when it is shut.
+        The MLflow server (also once restarted) keeps ``s3_server_endpoint``, the store
+        itself. moto keeps its buckets in memory: stopping its process would lose them,
+        where a real S3 or MinIO keeps them across a restart."""
+        self.s3_server_endpoint = self.s3_endpoint
+        self.s3_gate = TcpGate(int(self.s3_endpoint.rsplit(":", 1)[1]))
+        self.s3_endpoint = f"http://127.0.0.1:{self.s3_gate.port}"
+        return self.s3_gate
+
     def start_worker(self, project: Path, env: dict[str, str], pool: str) -> subprocess.Popen:
         """`prefect worker start` for a process pool, in ``project`` (a clone)."""
         cmd = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"]
@@ -390,6 +426,8 @@ class Stack:
     # ------------------------------------------------------------------ stop
 
     def stop(self) -> None:
+        if self.s3_gate is not None:
+            self.s3_gate.shut()
         for name in reversed(list(self.services)):
             proc, _, sig = self.services.pop(name)
             t0 = time.monotonic()

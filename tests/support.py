@@ -484,6 +484,7 @@ def train_workspace(root: Path) -> TrainedWorkspace:
                 os.chdir(root)
                 callback = tracking.MlflowTrainCallback(run.info.run_id, flush_every_steps=7)
                 result = stages.train(cfg, callbacks=[callback])
+                callback.close()
                 model_uri = tracking.log_translator_model(
                     checkpoint=root / cfg.train.checkpoint_dir / "best.pt",
                     vocab_dir=root / cfg.vocab.out_dir,

@@ -172,6 +172,7 @@ def test_logging_from_another_thread_reaches_the_pipeline_run(store: Path, tmp_p
         callback = tracking.MlflowTrainCallback()  # no run id: the pipeline run is found
         callback.on_step(1, {"loss": 2.5})
         callback.on_epoch(1, {"valid_bleu": 1.5})
+        callback.close()
         tracking.log_metrics({"test/bleu": 3.0})
         tracking.log_files([report], "data")
 
