@@ -5,9 +5,16 @@ systems; this module reads them from MLflow and writes the outcome back.
 Every registered version gets the `challenger` alias; the gate gives it `champion` (or
 `force` does, and says so). Every alias move is written to the version that receives the
 alias as a tag `alias_move.<UTC time>` holding JSON (alias, from, to, trigger, deltas,
-p-value, reason), so `seq2seq registry history` can list them. Moves are serialised by a
-lock file next to the tracking store, and the champion is re-read under the lock: when two
-promotions race, the second re-decides against whatever the first left behind.
+p-value, reason), so `seq2seq registry history` can list them. Moves are serialised by the
+registry lock (flows/registry_lock.py: one for every machine sharing the store), and the
+champion is re-read under it: when two promotions race, the second re-decides against
+whatever the first left behind.
+
+A `champion` move is crash-safe: its intent (from, to, the gate's record) is written first,
+as the registered model's tag `promotion.intent`, then the aliases move, then the intent is
+cleared. Whoever takes the lock next (a retry of the same run, another promotion, a
+rollback) finishes a pending intent before anything else, so a kill at any point leaves one
+champion chain and `rollback` returns to the champion before the last promotion.
 
 A new version records the sha256 of its files (flows/model_integrity.py), and `champion`
 moves (promotion, rollback) only onto a version whose files in the store still match.
@@ -17,6 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import tempfile
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
@@ -32,6 +41,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 from flows import model_integrity
+from flows import registry_lock as locks
 from flows.gate import (
     GateDecision,
     Systems,
@@ -41,13 +51,15 @@ from flows.gate import (
     score_tags,
 )
 from flows.lineage import operator_identity
-from flows.tracking import store_lock
 from seq2seq_core.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+INTENT_TAG = "promotion.intent"  # on the registered model: the champion move under way
+# Test-only: `after_version` or `after_alias` kills this process there (tests/faults/).
+FAULT_KILL_ENV = "SEQ2SEQ_FAULT_KILL_AT"
 HYPOTHESES_ARTIFACT = "artifacts/eval/test_hypotheses.txt"
 REFERENCES_ARTIFACT = "artifacts/eval/test_references.txt"
 LINEAGE_PREFIXES = (
@@ -91,12 +103,15 @@ def register_and_promote(
     existing = version_of_run(client, name, run_id) if run_id else None
     if existing is None:
         version = _create_version(client, name, model_uri, run_id, metrics, extra_tags)
+        _fault_point("after_version")
     else:
         version = str(existing.version)
         log.info("run %s is already registered as %s v%s: reusing it", run_id, name, version)
-        if "promotion.decision" in existing.tags:
-            return _recorded_result(client, existing)
-    with registry_lock():
+    with registry_lock(cfg):
+        finish_pending_move(client, name)
+        current = client.get_model_version(name, version)
+        if "promotion.decision" in current.tags:
+            return _recorded_result(client, current)
         previous = alias_holder(client, name, CHALLENGER)
         if previous is None or str(previous.version) != version:
             client.set_registered_model_alias(name, CHALLENGER, version)
@@ -146,7 +161,8 @@ def promote(
     the registry lock, and move `champion` if it passes (or `force`)."""
     name = cfg.register.model_name
     client = client or MlflowClient()
-    with registry_lock():
+    with registry_lock(cfg):
+        finish_pending_move(client, name)
         version = str(_challenger_version(client, name) if version is None else version)
         candidate = client.get_model_version(name, version)
         champion = alias_holder(client, name, CHAMPION)
@@ -166,9 +182,17 @@ def promote(
             now=now,
         )
         if decision.promote:
-            _move_champion(client, name, champion, version, trigger, decision, now)
-        for key, value in record.items():
-            client.set_model_version_tag(name, version, key, value)
+            # A version whose files differ from its recorded digests never becomes champion.
+            model_integrity.verify_registered_version(name, version)
+            replaced = {"promotion.replaced_by": version, "promotion.replaced_at": now}
+            _move_champion(client, name, champion, version, trigger, decision.reason, {
+                "kind": "promotion", "version_tags": record,
+                "from_tags": replaced if champion else {},
+                **{k: getattr(decision, k) for k in ("bleu_delta", "chrf_delta", "p_value")},
+            })  # fmt: skip
+        else:
+            for key, value in record.items():
+                client.set_model_version_tag(name, version, key, value)
         final = client.get_model_version(name, version)
         holder = alias_holder(client, name, CHAMPION)
     return RegistrationResult(
@@ -212,17 +236,87 @@ def _move_champion(
     champion: ModelVersion | None,
     version: str,
     trigger: str,
-    decision: GateDecision,
-    now: str,
+    reason: str,
+    details: Mapping[str, Any],
 ) -> None:
-    """`champion` to `version`; the version it leaves learns what replaced it, and when.
-    A version whose files differ from its recorded digests never becomes the champion."""
-    model_integrity.verify_registered_version(name, version)
-    client.set_registered_model_alias(name, CHAMPION, version)
-    if champion is not None:
-        for key, value in (("replaced_by", version), ("replaced_at", now)):
-            client.set_model_version_tag(name, champion.version, f"promotion.{key}", value)
-    _record_move(client, name, CHAMPION, champion, version, trigger, decision.reason, decision)
+    """Write the intent to move `champion` from `champion` to `version` (with the tags
+    each side gets in `details`), then carry it out."""
+    intent = {
+        "alias": CHAMPION,
+        "from": str(champion.version) if champion else None,
+        "to": str(version),
+        "trigger": trigger,
+        "reason": reason,
+        "at": _now(precise=True),
+        **details,
+    }
+    client.set_registered_model_tag(name, INTENT_TAG, json.dumps(intent))
+    _carry_out(client, name, intent)
+
+
+def finish_pending_move(client: MlflowClient, name: str) -> dict[str, Any] | None:
+    """Carry out a champion move whose holder died half-way (its intent is still on the
+    model); returns that intent, or None when nothing was pending. Call under the lock."""
+    intent = pending_move(client, name)
+    if intent is None:
+        return None
+    log.warning(
+        "%s: finishing the %s of champion v%s -> v%s that an earlier run started at %s "
+        "and did not finish (killed or crashed)",
+        name, intent.get("kind", "move"), intent["from"], intent["to"], intent["at"],
+    )  # fmt: skip
+    _carry_out(client, name, intent)
+    return intent
+
+
+def pending_move(client: MlflowClient, name: str) -> dict[str, Any] | None:
+    """The champion move recorded on `name` and not yet finished, or None."""
+    try:
+        raw = client.get_registered_model(name).tags.get(INTENT_TAG)
+    except MlflowException:
+        return None
+    return json.loads(raw) if raw else None
+
+
+def _carry_out(client: MlflowClient, name: str, intent: Mapping[str, Any]) -> None:
+    """Each step is idempotent, so a retry after a kill anywhere in here ends the same:
+    the gate's record on the new champion, the alias, the old champion's replaced tags,
+    one alias_move record, the intent cleared."""
+    source, target = intent["from"], str(intent["to"])
+    for key, value in intent.get("version_tags", {}).items():
+        client.set_model_version_tag(name, target, key, value)
+    holder = alias_holder(client, name, CHAMPION)
+    current = str(holder.version) if holder else None
+    if current not in (source, target):  # cannot happen under the lock; never guess
+        log.error("%s: champion is v%s, neither end of the pending move %s -> %s: dropped",
+                  name, current, source, target)  # fmt: skip
+        client.delete_registered_model_tag(name, INTENT_TAG)
+        return
+    if current != target:
+        client.set_registered_model_alias(name, CHAMPION, target)
+    _fault_point("after_alias")
+    if source is not None:
+        for key, value in intent.get("from_tags", {}).items():
+            client.set_model_version_tag(name, source, key, value)
+    if not _move_recorded(client, name, target, intent["at"]):
+        _record_move(client, name, CHAMPION, source, target, intent["trigger"],
+                     intent["reason"], intent)  # fmt: skip
+    client.delete_registered_model_tag(name, INTENT_TAG)
+
+
+def _move_recorded(client: MlflowClient, name: str, version: str, intent_at: str) -> bool:
+    tags = client.get_model_version(name, version).tags
+    return any(
+        json.loads(v).get("intent") == intent_at
+        for k, v in tags.items()
+        if k.startswith("alias_move.") and k.endswith(f".{CHAMPION}")
+    )
+
+
+def _fault_point(where: str) -> None:
+    """Test-only: die here, as a SIGKILL would, when SEQ2SEQ_FAULT_KILL_AT says so."""
+    if os.environ.get(FAULT_KILL_ENV) == where:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _recorded_result(client: MlflowClient, version: ModelVersion) -> RegistrationResult:
@@ -245,7 +339,11 @@ def rollback(cfg: PipelineConfig, *, trigger: str = "") -> RegistrationResult:
     """Move `champion` back to the version the current champion replaced."""
     name = cfg.register.model_name
     client = MlflowClient()
-    with registry_lock():
+    with registry_lock(cfg):
+        finished = finish_pending_move(client, name)
+        if finished is not None and finished.get("kind") == "rollback":
+            # The rollback asked for again is the one a killed attempt started: done now.
+            return _rollback_result(client, name, finished["to"], finished["reason"])
         champion = alias_holder(client, name, CHAMPION)
         if champion is None:
             raise RegistryError(f"{name}: there is no champion to roll back")
@@ -254,21 +352,25 @@ def rollback(cfg: PipelineConfig, *, trigger: str = "") -> RegistrationResult:
             raise RegistryError(
                 f"{name}: champion v{champion.version} replaced no earlier champion"
             )
-        target = client.get_model_version(name, previous)
+        client.get_model_version(name, previous)  # an unknown version raises here
         # Refuse to roll back onto a tampered version: the alias stays where it is.
         model_integrity.verify_registered_version(name, previous)
         reason = f"rollback from v{champion.version} to v{previous}"
-        client.set_registered_model_alias(name, CHAMPION, previous)
-        client.set_model_version_tag(name, champion.version, "promotion.rolled_back_at", _now())
-        _record_move(client, name, CHAMPION, champion, previous, trigger, reason)
-        final = client.get_model_version(name, previous)
+        _move_champion(client, name, champion, previous, trigger, reason, {
+            "kind": "rollback", "from_tags": {"promotion.rolled_back_at": _now()},
+        })  # fmt: skip
+        return _rollback_result(client, name, previous, reason)
+
+
+def _rollback_result(client: MlflowClient, name: str, target: str, reason: str):
+    final = client.get_model_version(name, target)
     return RegistrationResult(
         model_name=name,
-        version=int(target.version),
+        version=int(target),
         aliases=sorted(final.aliases),
         promoted=True,
         reason=reason,
-        champion_version=int(previous),
+        champion_version=int(target),
     )
 
 
@@ -287,25 +389,30 @@ def _record_move(
     client: MlflowClient,
     name: str,
     alias: str,
-    previous: ModelVersion | None,
+    previous: ModelVersion | str | None,
     to_version: str,
     trigger: str,
     reason: str,
-    decision: GateDecision | None = None,
+    intent: Mapping[str, Any] | None = None,
 ) -> None:
+    """The `alias_move.<time>.<alias>` tag on `to_version`; a champion move carries its
+    intent's time (`intent`), which is how a finished move is not recorded twice."""
     at = _now(precise=True)
+    intent = intent or {}
+    source = previous.version if isinstance(previous, ModelVersion) else previous
     move = {
         "alias": alias,
-        "from": str(previous.version) if previous else None,
+        "from": str(source) if source is not None else None,
         "to": str(to_version),
         "at": at,
         "seq": int(datetime.now(UTC).timestamp() * 1e6),
         "trigger": trigger,
         "by": operator_identity(),
         "reason": reason,
-        "bleu_delta": decision.bleu_delta if decision else None,
-        "chrf_delta": decision.chrf_delta if decision else None,
-        "p_value": decision.p_value if decision else None,
+        "bleu_delta": intent.get("bleu_delta"),
+        "chrf_delta": intent.get("chrf_delta"),
+        "p_value": intent.get("p_value"),
+        "intent": intent.get("at"),
     }
     key = f"alias_move.{at.replace(':', '-').replace('+', '_')}.{alias}"
     client.set_model_version_tag(name, str(to_version), key, json.dumps(move))
@@ -332,12 +439,26 @@ def _artifact_lines(version: ModelVersion, rel: str) -> list[str]:
         return checked.read_text(encoding="utf-8").splitlines()
 
 
-def registry_lock() -> AbstractContextManager[None]:
-    """An exclusive lock for alias moves, shared by every process using this store.
+def registry_lock(cfg: PipelineConfig) -> AbstractContextManager[None]:
+    """An exclusive lock for alias moves, shared by every process (on every machine) that
+    uses this store, waiting up to `pipeline.lock_timeout_min` (flows/registry_lock.py)."""
+    return locks.registry_lock(mlflow.get_tracking_uri(), timeout_min=cfg.pipeline.lock_timeout_min)
 
-    For SQLite it sits next to the database; for a remote store (PostgreSQL server) it is
-    per machine, so schedule promotions from one place (one Prefect work pool)."""
-    return store_lock(mlflow.get_tracking_uri(), "registry")
+
+def registration_state(name: str, run_id: str | None) -> dict[str, Any]:
+    """What the registry holds for MLflow run `run_id` now: its version (None when none
+    was created), that version's aliases, the champion and a pending champion move. The
+    failure note (flows/run_notes.py) says from it what was and was not registered."""
+    client = MlflowClient()
+    version = version_of_run(client, name, run_id) if run_id else None
+    champion = alias_holder(client, name, CHAMPION)
+    return {
+        "model_name": name,
+        "version": str(version.version) if version else None,
+        "aliases": sorted(version.aliases) if version else [],
+        "champion": str(champion.version) if champion else None,
+        "pending_move": pending_move(client, name),
+    }
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:
@@ -377,5 +498,6 @@ def _now(precise: bool = False) -> str:
 
 __all__ = [
     "CHALLENGER", "CHAMPION", "RegistrationResult", "RegistryError", "alias_holder",
-    "history", "promote", "register_and_promote", "registry_lock", "rollback", "version_of_run",
+    "finish_pending_move", "history", "pending_move", "promote", "register_and_promote",
+    "registration_state", "registry_lock", "rollback", "version_of_run",
 ]  # fmt: skip
