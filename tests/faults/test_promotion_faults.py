@@ -51,7 +51,7 @@ REGISTER_STEP = textwrap.dedent(
     from tests.faults import test_promotion_faults as f
     root, kind, state = Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
     tracking.configure_tracking(root)
-    cfg = f.cfg_for(f.MODEL)
+    cfg = f.cfg_for(os.environ.get("TEST_MODEL", f.MODEL))
     if float(os.environ.get("TEST_HOLD_LOCK_S", "0")):
         judge = registry._judge
         def slow_judge(*args, **kwargs):
@@ -65,7 +65,7 @@ REGISTER_STEP = textwrap.dedent(
         while wait_for and not Path(wait_for).exists():
             time.sleep(0.05)
         result = registry.register_and_promote(cfg, trigger="fault-test", **attempt)
-        print(json.dumps(asdict(result)))
+        print("RESULT " + json.dumps(asdict(result)))
 
     if state.exists():
         register(json.loads(state.read_text()))
@@ -102,8 +102,13 @@ def run_step(root: Path, kind: str, state: Path, env: dict[str, str], kill_at: s
     env = {**env, registry.FAULT_KILL_ENV: kill_at} if kill_at else env
     proc = start_step(root, kind, state, env)
     out, err = proc.communicate(timeout=300)
-    lines = out.strip().splitlines()
-    return proc.returncode, json.loads(lines[-1]) if lines else None, err
+    return proc.returncode, result_of(out), err
+
+
+def result_of(stdout: str) -> dict[str, Any] | None:
+    """The step's RegistrationResult (other libraries print to stdout too)."""
+    found = [line[len("RESULT ") :] for line in stdout.splitlines() if line.startswith("RESULT ")]
+    return json.loads(found[-1]) if found else None
 
 
 def seq2seq(args: list[str], cwd: Path, env: dict[str, str]) -> dict[str, Any]:
@@ -213,14 +218,25 @@ def postgres_stack(tmp_path_factory: pytest.TempPathFactory):
         yield stack
 
 
+LOCKS = {
+    # kind -> (what the waiter's log calls the lock, the model: one chain per kind)
+    "postgres": ("registry lock (PostgreSQL advisory lock)", MODEL),
+    "prefect": ("registry lock (Prefect limit 'seq2seq-registry')", f"{MODEL}-gcl"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LOCKS))
 def test_two_machines_promote_one_at_a_time_and_the_waiter_names_the_holder(
-    postgres_stack: Stack, tmp_path: Path, trained_workspace: TrainedWorkspace
+    postgres_stack: Stack, tmp_path: Path, trained_workspace: TrainedWorkspace, kind: str
 ) -> None:
     """Promoter A holds the registry lock (its gate is slowed to 8 s); B, on another
     "machine" (its own TMPDIR: the old per-machine lock file would not have stopped it),
     asks for the lock meanwhile: it waits, logs A as the holder, then decides against A's
-    champion, not against v1. Without the shared lock both beat v1 and both promote."""
+    champion, not against v1. Without the shared lock both beat v1 and both promote.
+    `postgres`: SEQ2SEQ_REGISTRY_LOCK_URL names a database on the server; `prefect`: no lock
+    URL, so the worker's PREFECT_API_URL gives Prefect's global concurrency limit."""
     stack = postgres_stack
+    lock_name, model = LOCKS[kind]
     root = tmp_path / "model"
     root.mkdir()
     copy_model(trained_workspace, root)
@@ -228,9 +244,11 @@ def test_two_machines_promote_one_at_a_time_and_the_waiter_names_the_holder(
         **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))},
         **stack.role_env("worker"),
         "PYTHONPATH": str(REPO),
-        "SEQ2SEQ_REGISTRY_LOCK_URL": stack.database_url("locks"),
-        "PGPASSFILE": str(stack.pgpass("locks")),
+        "TEST_MODEL": model,
     }
+    if kind == "postgres":
+        env["SEQ2SEQ_REGISTRY_LOCK_URL"] = stack.database_url("locks")
+        env["PGPASSFILE"] = str(stack.pgpass("locks"))
     code, first, err = run_step(root, "poor", tmp_path / "v1.json", env)
     assert code == 0 and first["promoted"], err[-3000:]
     machines = {}
@@ -240,30 +258,29 @@ def test_two_machines_promote_one_at_a_time_and_the_waiter_names_the_holder(
     holding = tmp_path / "holding"
     env_a = {**machines["a"], "TEST_HOLD_LOCK_S": "8"}
     env_b = {**machines["b"], "TEST_WAIT_FOR": str(holding)}
+    t0 = time.monotonic()
     a = start_step(root, "refs", tmp_path / "a.json", env_a)
     b = start_step(root, "better", tmp_path / "b.json", env_b)
-    t0 = time.monotonic()
     out_a, err_a = a.communicate(timeout=400)
     out_b, err_b = b.communicate(timeout=400)
     assert a.returncode == 0, err_a[-3000:]
     assert b.returncode == 0, err_b[-3000:]
-    result_a = json.loads(out_a.strip().splitlines()[-1])
-    result_b = json.loads(out_b.strip().splitlines()[-1])
+    result_a, result_b = result_of(out_a), result_of(out_b)
     assert result_a["promoted"] and result_a["tags"]["promotion.previous_champion"] == "1"
     assert not result_b["promoted"]
     assert result_b["tags"]["promotion.previous_champion"] == str(result_a["version"])
-    waited = [line for line in err_b.splitlines() if "another run holds the registry lock" in line]
-    assert waited and f"(PostgreSQL advisory lock): pid {a.pid} on " in waited[0], err_b[-3000:]
+    waited = [line for line in err_b.splitlines() if f"another run holds the {lock_name}" in line]
+    assert waited and f"{lock_name}: pid {a.pid} on " in waited[0], err_b[-3000:]
     assert "register_step.py" in waited[0]  # the holder's command
-    assert "registry lock (PostgreSQL advisory lock) acquired" in err_b
+    assert f"{lock_name} acquired" in err_b
 
     with pytest.MonkeyPatch.context() as mp:
         for key, value in stack.role_env("worker").items():
             mp.setenv(key, value)
         mlflow.set_tracking_uri(stack.mlflow_url)
-        chain = champion_chain(MODEL)
-        champion = MlflowClient().get_model_version_by_alias(MODEL, "champion").version
+        chain = champion_chain(model)
+        champion = MlflowClient().get_model_version_by_alias(model, "champion").version
     v1, va = str(first["version"]), str(result_a["version"])
     assert chain == [(None, v1), (v1, va)]
-    assert champion == str(result_a["version"])
-    print(f"two promoters: {time.monotonic() - t0:.1f} s")
+    assert champion == va
+    print(f"two promoters ({kind} lock): {time.monotonic() - t0:.1f} s")
