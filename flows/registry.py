@@ -10,11 +10,9 @@ registry lock (flows/registry_lock.py: one for every machine sharing the store),
 champion is re-read under it: when two promotions race, the second re-decides against
 whatever the first left behind.
 
-A `champion` move is crash-safe: its intent (from, to, the gate's record) is written first,
-as the registered model's tag `promotion.intent`, then the aliases move, then the intent is
-cleared. Whoever takes the lock next (a retry of the same run, another promotion, a
-rollback) finishes a pending intent before anything else, so a kill at any point leaves one
-champion chain and `rollback` returns to the champion before the last promotion.
+A `champion` move is crash-safe (flows/alias_moves.py: its intent is written first): every
+operation here finishes a pending move as soon as it holds the lock, so a kill at any point
+leaves one champion chain and `rollback` returns to the champion before the last promotion.
 
 A new version records the sha256 of its files (flows/model_integrity.py), and `champion`
 moves (promotion, rollback) only onto a version whose files in the store still match.
@@ -22,15 +20,11 @@ moves (promotion, rollback) only onto a version whose files in the store still m
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import signal
 import tempfile
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +36,17 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 from flows import model_integrity
 from flows import registry_lock as locks
+from flows.alias_moves import (
+    CHAMPION,
+    alias_holder,
+    fault_point,
+    finish_pending_move,
+    history,
+    move_champion,
+    pending_move,
+    record_move,
+    utc_now,
+)
 from flows.gate import (
     GateDecision,
     Systems,
@@ -50,16 +55,11 @@ from flows.gate import (
     overrule,
     score_tags,
 )
-from flows.lineage import operator_identity
 from seq2seq_core.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
 CHALLENGER = "challenger"
-INTENT_TAG = "promotion.intent"  # on the registered model: the champion move under way
-# Test-only: `after_version` or `after_alias` kills this process there (tests/faults/).
-FAULT_KILL_ENV = "SEQ2SEQ_FAULT_KILL_AT"
 HYPOTHESES_ARTIFACT = "artifacts/eval/test_hypotheses.txt"
 REFERENCES_ARTIFACT = "artifacts/eval/test_references.txt"
 LINEAGE_PREFIXES = (
@@ -103,7 +103,7 @@ def register_and_promote(
     existing = version_of_run(client, name, run_id) if run_id else None
     if existing is None:
         version = _create_version(client, name, model_uri, run_id, metrics, extra_tags)
-        _fault_point("after_version")
+        fault_point("after_version")
     else:
         version = str(existing.version)
         log.info("run %s is already registered as %s v%s: reusing it", run_id, name, version)
@@ -115,7 +115,7 @@ def register_and_promote(
         previous = alias_holder(client, name, CHALLENGER)
         if previous is None or str(previous.version) != version:
             client.set_registered_model_alias(name, CHALLENGER, version)
-            _record_move(client, name, CHALLENGER, previous, version, trigger, "registered")
+            record_move(client, name, CHALLENGER, previous, version, trigger, "registered")
     return promote(
         cfg,
         version=version,
@@ -172,7 +172,7 @@ def promote(
         else:
             gate_says = _judge(cfg, candidate, champion, resamples)
         decision = overrule(gate_says, force=force, already_champion=already_champion)
-        now = _now()
+        now = utc_now()
         record = decision_tags(
             decision,
             forced=decision.promote and not gate_says.promote,
@@ -185,7 +185,7 @@ def promote(
             # A version whose files differ from its recorded digests never becomes champion.
             model_integrity.verify_registered_version(name, version)
             replaced = {"promotion.replaced_by": version, "promotion.replaced_at": now}
-            _move_champion(client, name, champion, version, trigger, decision.reason, {
+            move_champion(client, name, champion, version, trigger, decision.reason, {
                 "kind": "promotion", "version_tags": record,
                 "from_tags": replaced if champion else {},
                 **{k: getattr(decision, k) for k in ("bleu_delta", "chrf_delta", "p_value")},
@@ -230,95 +230,6 @@ def _challenger_version(client: MlflowClient, name: str) -> str:
     return str(holder.version)
 
 
-def _move_champion(
-    client: MlflowClient,
-    name: str,
-    champion: ModelVersion | None,
-    version: str,
-    trigger: str,
-    reason: str,
-    details: Mapping[str, Any],
-) -> None:
-    """Write the intent to move `champion` from `champion` to `version` (with the tags
-    each side gets in `details`), then carry it out."""
-    intent = {
-        "alias": CHAMPION,
-        "from": str(champion.version) if champion else None,
-        "to": str(version),
-        "trigger": trigger,
-        "reason": reason,
-        "at": _now(precise=True),
-        **details,
-    }
-    client.set_registered_model_tag(name, INTENT_TAG, json.dumps(intent))
-    _carry_out(client, name, intent)
-
-
-def finish_pending_move(client: MlflowClient, name: str) -> dict[str, Any] | None:
-    """Carry out a champion move whose holder died half-way (its intent is still on the
-    model); returns that intent, or None when nothing was pending. Call under the lock."""
-    intent = pending_move(client, name)
-    if intent is None:
-        return None
-    log.warning(
-        "%s: finishing the %s of champion v%s -> v%s that an earlier run started at %s "
-        "and did not finish (killed or crashed)",
-        name, intent.get("kind", "move"), intent["from"], intent["to"], intent["at"],
-    )  # fmt: skip
-    _carry_out(client, name, intent)
-    return intent
-
-
-def pending_move(client: MlflowClient, name: str) -> dict[str, Any] | None:
-    """The champion move recorded on `name` and not yet finished, or None."""
-    try:
-        raw = client.get_registered_model(name).tags.get(INTENT_TAG)
-    except MlflowException:
-        return None
-    return json.loads(raw) if raw else None
-
-
-def _carry_out(client: MlflowClient, name: str, intent: Mapping[str, Any]) -> None:
-    """Each step is idempotent, so a retry after a kill anywhere in here ends the same:
-    the gate's record on the new champion, the alias, the old champion's replaced tags,
-    one alias_move record, the intent cleared."""
-    source, target = intent["from"], str(intent["to"])
-    for key, value in intent.get("version_tags", {}).items():
-        client.set_model_version_tag(name, target, key, value)
-    holder = alias_holder(client, name, CHAMPION)
-    current = str(holder.version) if holder else None
-    if current not in (source, target):  # cannot happen under the lock; never guess
-        log.error("%s: champion is v%s, neither end of the pending move %s -> %s: dropped",
-                  name, current, source, target)  # fmt: skip
-        client.delete_registered_model_tag(name, INTENT_TAG)
-        return
-    if current != target:
-        client.set_registered_model_alias(name, CHAMPION, target)
-    _fault_point("after_alias")
-    if source is not None:
-        for key, value in intent.get("from_tags", {}).items():
-            client.set_model_version_tag(name, source, key, value)
-    if not _move_recorded(client, name, target, intent["at"]):
-        _record_move(client, name, CHAMPION, source, target, intent["trigger"],
-                     intent["reason"], intent)  # fmt: skip
-    client.delete_registered_model_tag(name, INTENT_TAG)
-
-
-def _move_recorded(client: MlflowClient, name: str, version: str, intent_at: str) -> bool:
-    tags = client.get_model_version(name, version).tags
-    return any(
-        json.loads(v).get("intent") == intent_at
-        for k, v in tags.items()
-        if k.startswith("alias_move.") and k.endswith(f".{CHAMPION}")
-    )
-
-
-def _fault_point(where: str) -> None:
-    """Test-only: die here, as a SIGKILL would, when SEQ2SEQ_FAULT_KILL_AT says so."""
-    if os.environ.get(FAULT_KILL_ENV) == where:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _recorded_result(client: MlflowClient, version: ModelVersion) -> RegistrationResult:
     """The outcome an earlier attempt already recorded on `version` (no second gate run,
     which would rewrite its promotion tags)."""
@@ -356,13 +267,15 @@ def rollback(cfg: PipelineConfig, *, trigger: str = "") -> RegistrationResult:
         # Refuse to roll back onto a tampered version: the alias stays where it is.
         model_integrity.verify_registered_version(name, previous)
         reason = f"rollback from v{champion.version} to v{previous}"
-        _move_champion(client, name, champion, previous, trigger, reason, {
-            "kind": "rollback", "from_tags": {"promotion.rolled_back_at": _now()},
+        move_champion(client, name, champion, previous, trigger, reason, {
+            "kind": "rollback", "from_tags": {"promotion.rolled_back_at": utc_now()},
         })  # fmt: skip
         return _rollback_result(client, name, previous, reason)
 
 
-def _rollback_result(client: MlflowClient, name: str, target: str, reason: str):
+def _rollback_result(
+    client: MlflowClient, name: str, target: str, reason: str
+) -> RegistrationResult:
     final = client.get_model_version(name, target)
     return RegistrationResult(
         model_name=name,
@@ -372,50 +285,6 @@ def _rollback_result(client: MlflowClient, name: str, target: str, reason: str):
         reason=reason,
         champion_version=int(target),
     )
-
-
-def history(model_name: str) -> list[dict[str, Any]]:
-    """Every recorded alias move of `model_name`, oldest first."""
-    client = MlflowClient()
-    moves = []
-    for mv in client.search_model_versions(f"name='{model_name}'"):
-        for key, value in mv.tags.items():
-            if key.startswith("alias_move."):
-                moves.append(json.loads(value))
-    return sorted(moves, key=lambda m: (m["at"], m["seq"]))
-
-
-def _record_move(
-    client: MlflowClient,
-    name: str,
-    alias: str,
-    previous: ModelVersion | str | None,
-    to_version: str,
-    trigger: str,
-    reason: str,
-    intent: Mapping[str, Any] | None = None,
-) -> None:
-    """The `alias_move.<time>.<alias>` tag on `to_version`; a champion move carries its
-    intent's time (`intent`), which is how a finished move is not recorded twice."""
-    at = _now(precise=True)
-    intent = intent or {}
-    source = previous.version if isinstance(previous, ModelVersion) else previous
-    move = {
-        "alias": alias,
-        "from": str(source) if source is not None else None,
-        "to": str(to_version),
-        "at": at,
-        "seq": int(datetime.now(UTC).timestamp() * 1e6),
-        "trigger": trigger,
-        "by": operator_identity(),
-        "reason": reason,
-        "bleu_delta": intent.get("bleu_delta"),
-        "chrf_delta": intent.get("chrf_delta"),
-        "p_value": intent.get("p_value"),
-        "intent": intent.get("at"),
-    }
-    key = f"alias_move.{at.replace(':', '-').replace('+', '_')}.{alias}"
-    client.set_model_version_tag(name, str(to_version), key, json.dumps(move))
 
 
 def _systems(name: str, champion: ModelVersion, version: str) -> Systems | None:
@@ -469,14 +338,6 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
             raise
 
 
-def alias_holder(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    """The version holding `alias`, or None when the model or the alias does not exist."""
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-
-
 def version_of_run(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
     """The version of `name` registered from MLflow run `run_id` (the oldest if several):
     what makes a retried registration create no second version."""
@@ -490,10 +351,6 @@ def _model_id(model_uri: str) -> str | None:
     if model_uri.startswith(prefix) and "/" not in model_uri[len(prefix) :]:
         return model_uri[len("models:/") :]
     return None
-
-
-def _now(precise: bool = False) -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds" if precise else "seconds")
 
 
 __all__ = [

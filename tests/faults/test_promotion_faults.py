@@ -22,7 +22,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from flows import registry, tracking
+from flows import alias_moves, registry, tracking
 from seq2seq_core.config import PipelineConfig
 from tests.flows.test_registry import WORSE, cfg_for
 from tests.services import Stack, pg_bin
@@ -99,7 +99,7 @@ def start_step(root: Path, kind: str, state: Path, env: dict[str, str]) -> subpr
 
 def run_step(root: Path, kind: str, state: Path, env: dict[str, str], kill_at: str = ""):
     """The step to its end: (return code, last stdout line as JSON or None, stderr)."""
-    env = {**env, registry.FAULT_KILL_ENV: kill_at} if kill_at else env
+    env = {**env, alias_moves.FAULT_KILL_ENV: kill_at} if kill_at else env
     proc = start_step(root, kind, state, env)
     out, err = proc.communicate(timeout=300)
     return proc.returncode, result_of(out), err
@@ -191,7 +191,7 @@ def test_killed_register_step_is_retried_into_one_chain_and_rolls_back(
     # retry): the rollback finishes the promotion first, then undoes it.
     killed = subprocess.run(
         [sys.executable, "-m", "flows.cli", "promote", "--version", "1", "--force"],
-        cwd=cli_dir, env={**env, registry.FAULT_KILL_ENV: "after_alias"},
+        cwd=cli_dir, env={**env, alias_moves.FAULT_KILL_ENV: "after_alias"},
         capture_output=True, text=True, check=False, timeout=300,
     )  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]

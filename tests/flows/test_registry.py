@@ -15,7 +15,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from flows import cli_registry, gate, registry, tracking
+from flows import alias_moves, cli_registry, gate, registry, tracking
 from seq2seq_core.config import PipelineConfig, RegisterConfig, config_from_dict
 from seq2seq_core.evaluation.metrics import score_translations
 from tests.support import POOR, REFS, REPO, TrainedWorkspace, copy_model
@@ -277,7 +277,7 @@ def test_a_promotion_cut_after_its_alias_move_is_finished_by_the_next_rollback(
         if where == "after_alias":
             raise _Killed(where)
 
-    monkeypatch.setattr(registry, "_fault_point", die)
+    monkeypatch.setattr(alias_moves, "fault_point", die)
     with pytest.raises(_Killed):
         register(store, cfg, REFS)  # v2 beats v1; cut after `champion` moved to it
     monkeypatch.undo()
