@@ -9,6 +9,13 @@ After ``dvc commit`` + ``dvc push`` the flow calls ``publish_lock``: with
 pushed to the clone's upstream, so another clone can ``git pull && dvc pull`` exactly the
 data of that run. Off by default: a laptop run does not write to git.
 
+The published commit holds ``dvc.lock`` and nothing else: it is built on the upstream
+branch's tip as fetched now (the tip's tree with this clone's ``dvc.lock``), so commits
+made only in this clone are never pushed, and the clone's own branch and index are not
+touched. When the push is rejected because the branch moved meanwhile (another worker
+published), the commit is rebuilt on the new tip and pushed once more; a second failure is
+logged once, with what to do. ``dvc.lock`` is replaced whole: the newest run's lock wins.
+
 A failed ``dvc push`` (the object store down) is remembered in ``.state/pending-push.json``
 (which outputs, since when, by which flow run, how many tries, the last error) and retried
 by ``retry_pending_push`` at the start of the next run, also one that is otherwise up to
@@ -21,6 +28,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,14 +40,17 @@ from seq2seq_core.runtime.files import write_json
 GIT_PUSH_ENV = "SEQ2SEQ_DVC_GIT_PUSH"
 # A `dvc push` that failed, for the next run to retry (relative: the clone's ignored .state/).
 PENDING_PUSH = Path(".state") / "pending-push.json"
+# The branch to publish to (default: the upstream of the clone's branch, else its name).
+GIT_BRANCH_ENV = "SEQ2SEQ_DVC_GIT_BRANCH"
+LOCK_FILE = "dvc.lock"
 
 
 class DvcPullError(RuntimeError):
     """`dvc pull` of the flow's inputs failed; the message carries DVC's error."""
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, check=False)
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
 
 
 def _dvc(*args: str) -> subprocess.CompletedProcess[str]:
@@ -93,28 +104,90 @@ def pull_inputs(logger: Any) -> list[Path]:
 
 
 def publish_lock(logger: Any, flow_run_id: str = "") -> str | None:
-    """Commit ``dvc.lock`` and push it to the upstream when ``SEQ2SEQ_DVC_GIT_PUSH`` is
-    true; returns the new commit, or None. The flow calls it only after its `dvc push`
-    succeeded, so a published lock never names missing data. Failures are logged, not
-    raised: the model is registered by then."""
+    """Publish ``dvc.lock`` to the upstream branch when ``SEQ2SEQ_DVC_GIT_PUSH`` is true, as
+    one commit on the branch's tip (module docstring); returns that commit, or None. The
+    flow calls it only after its `dvc push` succeeded, so a published lock never names
+    missing data. Failures are logged, not raised: the model is registered by then."""
     if os.environ.get(GIT_PUSH_ENV, "").strip().lower() not in ("1", "true", "yes"):
         return None
-    if not Path("dvc.lock").is_file():
+    if not Path(LOCK_FILE).is_file():
         return None
-    if not _run(["git", "status", "--porcelain", "--", "dvc.lock"]).stdout.strip():
-        logger.info("dvc.lock unchanged: nothing to publish")
+    target = publish_target()
+    if target is None:
+        logger.warning("publishing dvc.lock: no branch to publish to (detached HEAD and no "
+                       "%s); set %s", GIT_BRANCH_ENV, GIT_BRANCH_ENV)  # fmt: skip
         return None
+    remote, branch = target
     message = f"dvc.lock: outputs of flow run {flow_run_id or '(no id)'}"
-    for cmd in (["git", "add", "dvc.lock"],
-                ["git", "commit", "--quiet", "-m", message, "--", "dvc.lock"],
-                ["git", "push", "--quiet", "origin", "HEAD"]):  # fmt: skip
-        proc = _run(cmd)
-        if proc.returncode != 0:
-            logger.warning("publishing dvc.lock: git %s failed: %s", cmd[1], proc.stderr[-500:])
+    failure = ""
+    for attempt in (1, 2):
+        fetched = _run(["git", "fetch", "--quiet", remote, f"refs/heads/{branch}"])
+        if fetched.returncode != 0:
+            failure = f"git fetch {remote} {branch}: {fetched.stderr.strip()[-500:]}"
+            break
+        tip = _run(["git", "rev-parse", "FETCH_HEAD"]).stdout.strip()
+        try:
+            commit = lock_commit_on(tip, message)
+        except subprocess.CalledProcessError as exc:  # e.g. no git identity in the worker
+            failure = f"git {exc.cmd[1]}: {exc.stderr.strip()[-500:]}"
+            break
+        if commit is None:
+            logger.info("dvc.lock on %s/%s is already this one: nothing to publish", remote, branch)
             return None
-    commit = _run(["git", "rev-parse", "HEAD"]).stdout.strip()
-    logger.info("published dvc.lock as git commit %s", commit)
-    return commit
+        pushed = _run(["git", "push", "--quiet", remote, f"{commit}:refs/heads/{branch}"])
+        if pushed.returncode == 0:
+            logger.info("published dvc.lock to %s/%s as git commit %s", remote, branch, commit)
+            return commit
+        failure = f"git push {remote} {branch}: {pushed.stderr.strip()[-500:]}"
+        if attempt == 1:
+            logger.info("publishing dvc.lock: %s/%s moved meanwhile; rebuilding the commit on "
+                        "its new tip and pushing once more", remote, branch)  # fmt: skip
+    logger.warning(
+        "publishing dvc.lock failed (%s). The registered model is fine and this run's "
+        "dvc.lock is in the clone's working tree: fix the cause (credentials, branch "
+        "protection) and the next run publishes its own, or copy this dvc.lock into a fresh "
+        "checkout of %s/%s, commit only that file and push it", failure, remote, branch,
+    )  # fmt: skip
+    return None
+
+
+def publish_target() -> tuple[str, str] | None:
+    """(remote, branch) to publish to: ``SEQ2SEQ_DVC_GIT_BRANCH`` on the upstream's remote
+    (default origin), else the upstream of the checked-out branch, else its own name."""
+    upstream = _run(["git", "rev-parse", "--abbrev-ref", "--symbolic-full-name", "@{upstream}"])
+    remote, _, upstream_branch = upstream.stdout.strip().partition("/")
+    if upstream.returncode != 0 or not upstream_branch:
+        remote, upstream_branch = "origin", ""
+    branch = os.environ.get(GIT_BRANCH_ENV, "").strip() or upstream_branch
+    if not branch:
+        branch = _run(["git", "rev-parse", "--abbrev-ref", "HEAD"]).stdout.strip()
+    return None if branch in ("", "HEAD") else (remote, branch)
+
+
+def lock_commit_on(tip: str, message: str) -> str | None:
+    """A commit whose parent is ``tip`` and whose tree is ``tip``'s with this clone's
+    ``dvc.lock``; None when ``tip`` already has this ``dvc.lock``. Built in a scratch index,
+    so the clone's index, branch and working tree stay as they are."""
+    blob = _git_out("hash-object", "-w", LOCK_FILE)
+    if (
+        _run(["git", "rev-parse", "--verify", "--quiet", f"{tip}:{LOCK_FILE}"]).stdout.strip()
+        == blob
+    ):
+        return None
+    with tempfile.TemporaryDirectory(prefix="seq2seq-publish-") as tmp:
+        env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        _git_out("read-tree", tip, env=env)
+        _git_out("update-index", "--add", "--cacheinfo", f"100644,{blob},{LOCK_FILE}", env=env)
+        tree = _git_out("write-tree", env=env)
+    return _git_out("commit-tree", tree, "-p", tip, "-m", message)
+
+
+def _git_out(*args: str, env: dict[str, str] | None = None) -> str:
+    proc = _run(["git", *args], env=env)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, ["git", *args], proc.stdout,
+                                            proc.stderr)  # fmt: skip
+    return proc.stdout.strip()
 
 
 def push_outputs(logger: Any, flow_run_id: str = "") -> bool:

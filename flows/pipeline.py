@@ -10,10 +10,12 @@ that check it pushes what an earlier run's failed `dvc push` left behind (docs/f
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
@@ -122,6 +124,7 @@ def _run_pipeline(cfg: PipelineConfig, *, dvc_commit: bool, force: bool) -> dict
         if dvc_commit:  # lineage: the version's dvc.* tags are read from dvc.lock
             dvc_sync.run_dvc(logger, "commit", "--force", "--quiet", *STAGES_BEFORE_REGISTER)
         trigger = f"prefect:{flow_run_id}"
+        stages.registered = lambda: registry.registration_state(cfg.register.model_name, run_id)
         registration = stages.run("register", register_task, cfg, run_id, trigger, fingerprint)
         tracking.log_metrics({f"seconds/{k}": v for k, v in stages.seconds.items()})
     _report_registration(logger, test, registration, stages.seconds)
@@ -148,6 +151,8 @@ class _StageRunner:
         self.logger = logger
         self.seconds: dict[str, float] = {}
         self.reused: dict[str, bool] = {}
+        # From `register` on: what the registry holds for this run, for the failure note.
+        self.registered: Callable[[], dict[str, Any]] | None = None
 
     def run(self, name: str, fn: Any, *args: Any) -> Any:
         start = time.perf_counter()
@@ -157,9 +162,8 @@ class _StageRunner:
             # The champion alias only moves in `register`, after every stage passed: a
             # failure before it leaves the previous champion untouched. Say so and why.
             self.logger.error("stage %s failed: %s", name, exc)
-            create_markdown_artifact(
-                key="pipeline-failure", markdown=failure_markdown(name, exc, self.seconds)
-            )
+            note = failure_markdown(name, exc, self.seconds, self._registration_state())
+            create_markdown_artifact(key="pipeline-failure", markdown=note)
             raise
         if fn is cached_call:
             result, self.reused[name] = result
@@ -167,6 +171,15 @@ class _StageRunner:
                 self.logger.info("%s: inputs unchanged, reusing the cached outputs", name)
         self.seconds[name] = round(time.perf_counter() - start, 2)
         return result
+
+    def _registration_state(self) -> dict[str, Any] | None:
+        if self.registered is None:
+            return None
+        try:
+            return self.registered()
+        except (MlflowException, OSError) as exc:  # the note must not mask the failure
+            self.logger.warning("could not read the registry for the failure note: %s", exc)
+            return None
 
 
 def _up_to_date(cfg: PipelineConfig, version: Any, logger: Any) -> dict[str, Any]:

@@ -5,9 +5,14 @@ systems; this module reads them from MLflow and writes the outcome back.
 Every registered version gets the `challenger` alias; the gate gives it `champion` (or
 `force` does, and says so). Every alias move is written to the version that receives the
 alias as a tag `alias_move.<UTC time>` holding JSON (alias, from, to, trigger, deltas,
-p-value, reason), so `seq2seq registry history` can list them. Moves are serialised by a
-lock file next to the tracking store, and the champion is re-read under the lock: when two
-promotions race, the second re-decides against whatever the first left behind.
+p-value, reason), so `seq2seq registry history` can list them. Moves are serialised by the
+registry lock (flows/registry_lock.py: one for every machine sharing the store), and the
+champion is re-read under it: when two promotions race, the second re-decides against
+whatever the first left behind.
+
+A `champion` move is crash-safe (flows/alias_moves.py: its intent is written first): every
+operation here finishes a pending move as soon as it holds the lock, so a kill at any point
+leaves one champion chain and `rollback` returns to the champion before the last promotion.
 
 A new version records the sha256 of its files (flows/model_integrity.py), and `champion`
 moves (promotion, rollback) only onto a version whose files in the store still match.
@@ -15,13 +20,11 @@ moves (promotion, rollback) only onto a version whose files in the store still m
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,18 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 from flows import model_integrity
+from flows import registry_lock as locks
+from flows.alias_moves import (
+    CHAMPION,
+    alias_holder,
+    fault_point,
+    finish_pending_move,
+    history,
+    move_champion,
+    pending_move,
+    record_move,
+    utc_now,
+)
 from flows.gate import (
     GateDecision,
     Systems,
@@ -40,13 +55,10 @@ from flows.gate import (
     overrule,
     score_tags,
 )
-from flows.lineage import operator_identity
-from flows.tracking import store_lock
 from seq2seq_core.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
 CHALLENGER = "challenger"
 HYPOTHESES_ARTIFACT = "artifacts/eval/test_hypotheses.txt"
 REFERENCES_ARTIFACT = "artifacts/eval/test_references.txt"
@@ -91,16 +103,19 @@ def register_and_promote(
     existing = version_of_run(client, name, run_id) if run_id else None
     if existing is None:
         version = _create_version(client, name, model_uri, run_id, metrics, extra_tags)
+        fault_point("after_version")
     else:
         version = str(existing.version)
         log.info("run %s is already registered as %s v%s: reusing it", run_id, name, version)
-        if "promotion.decision" in existing.tags:
-            return _recorded_result(client, existing)
-    with registry_lock():
+    with registry_lock(cfg):
+        finish_pending_move(client, name)
+        current = client.get_model_version(name, version)
+        if "promotion.decision" in current.tags:
+            return _recorded_result(client, current)
         previous = alias_holder(client, name, CHALLENGER)
         if previous is None or str(previous.version) != version:
             client.set_registered_model_alias(name, CHALLENGER, version)
-            _record_move(client, name, CHALLENGER, previous, version, trigger, "registered")
+            record_move(client, name, CHALLENGER, previous, version, trigger, "registered")
     return promote(
         cfg,
         version=version,
@@ -146,7 +161,8 @@ def promote(
     the registry lock, and move `champion` if it passes (or `force`)."""
     name = cfg.register.model_name
     client = client or MlflowClient()
-    with registry_lock():
+    with registry_lock(cfg):
+        finish_pending_move(client, name)
         version = str(_challenger_version(client, name) if version is None else version)
         candidate = client.get_model_version(name, version)
         champion = alias_holder(client, name, CHAMPION)
@@ -156,7 +172,7 @@ def promote(
         else:
             gate_says = _judge(cfg, candidate, champion, resamples)
         decision = overrule(gate_says, force=force, already_champion=already_champion)
-        now = _now()
+        now = utc_now()
         record = decision_tags(
             decision,
             forced=decision.promote and not gate_says.promote,
@@ -166,9 +182,17 @@ def promote(
             now=now,
         )
         if decision.promote:
-            _move_champion(client, name, champion, version, trigger, decision, now)
-        for key, value in record.items():
-            client.set_model_version_tag(name, version, key, value)
+            # A version whose files differ from its recorded digests never becomes champion.
+            model_integrity.verify_registered_version(name, version)
+            replaced = {"promotion.replaced_by": version, "promotion.replaced_at": now}
+            move_champion(client, name, champion, version, trigger, decision.reason, {
+                "kind": "promotion", "version_tags": record,
+                "from_tags": replaced if champion else {},
+                **{k: getattr(decision, k) for k in ("bleu_delta", "chrf_delta", "p_value")},
+            })  # fmt: skip
+        else:
+            for key, value in record.items():
+                client.set_model_version_tag(name, version, key, value)
         final = client.get_model_version(name, version)
         holder = alias_holder(client, name, CHAMPION)
     return RegistrationResult(
@@ -206,25 +230,6 @@ def _challenger_version(client: MlflowClient, name: str) -> str:
     return str(holder.version)
 
 
-def _move_champion(
-    client: MlflowClient,
-    name: str,
-    champion: ModelVersion | None,
-    version: str,
-    trigger: str,
-    decision: GateDecision,
-    now: str,
-) -> None:
-    """`champion` to `version`; the version it leaves learns what replaced it, and when.
-    A version whose files differ from its recorded digests never becomes the champion."""
-    model_integrity.verify_registered_version(name, version)
-    client.set_registered_model_alias(name, CHAMPION, version)
-    if champion is not None:
-        for key, value in (("replaced_by", version), ("replaced_at", now)):
-            client.set_model_version_tag(name, champion.version, f"promotion.{key}", value)
-    _record_move(client, name, CHAMPION, champion, version, trigger, decision.reason, decision)
-
-
 def _recorded_result(client: MlflowClient, version: ModelVersion) -> RegistrationResult:
     """The outcome an earlier attempt already recorded on `version` (no second gate run,
     which would rewrite its promotion tags)."""
@@ -245,7 +250,11 @@ def rollback(cfg: PipelineConfig, *, trigger: str = "") -> RegistrationResult:
     """Move `champion` back to the version the current champion replaced."""
     name = cfg.register.model_name
     client = MlflowClient()
-    with registry_lock():
+    with registry_lock(cfg):
+        finished = finish_pending_move(client, name)
+        if finished is not None and finished.get("kind") == "rollback":
+            # The rollback asked for again is the one a killed attempt started: done now.
+            return _rollback_result(client, name, finished["to"], finished["reason"])
         champion = alias_holder(client, name, CHAMPION)
         if champion is None:
             raise RegistryError(f"{name}: there is no champion to roll back")
@@ -254,61 +263,28 @@ def rollback(cfg: PipelineConfig, *, trigger: str = "") -> RegistrationResult:
             raise RegistryError(
                 f"{name}: champion v{champion.version} replaced no earlier champion"
             )
-        target = client.get_model_version(name, previous)
+        client.get_model_version(name, previous)  # an unknown version raises here
         # Refuse to roll back onto a tampered version: the alias stays where it is.
         model_integrity.verify_registered_version(name, previous)
         reason = f"rollback from v{champion.version} to v{previous}"
-        client.set_registered_model_alias(name, CHAMPION, previous)
-        client.set_model_version_tag(name, champion.version, "promotion.rolled_back_at", _now())
-        _record_move(client, name, CHAMPION, champion, previous, trigger, reason)
-        final = client.get_model_version(name, previous)
+        move_champion(client, name, champion, previous, trigger, reason, {
+            "kind": "rollback", "from_tags": {"promotion.rolled_back_at": utc_now()},
+        })  # fmt: skip
+        return _rollback_result(client, name, previous, reason)
+
+
+def _rollback_result(
+    client: MlflowClient, name: str, target: str, reason: str
+) -> RegistrationResult:
+    final = client.get_model_version(name, target)
     return RegistrationResult(
         model_name=name,
-        version=int(target.version),
+        version=int(target),
         aliases=sorted(final.aliases),
         promoted=True,
         reason=reason,
-        champion_version=int(previous),
+        champion_version=int(target),
     )
-
-
-def history(model_name: str) -> list[dict[str, Any]]:
-    """Every recorded alias move of `model_name`, oldest first."""
-    client = MlflowClient()
-    moves = []
-    for mv in client.search_model_versions(f"name='{model_name}'"):
-        for key, value in mv.tags.items():
-            if key.startswith("alias_move."):
-                moves.append(json.loads(value))
-    return sorted(moves, key=lambda m: (m["at"], m["seq"]))
-
-
-def _record_move(
-    client: MlflowClient,
-    name: str,
-    alias: str,
-    previous: ModelVersion | None,
-    to_version: str,
-    trigger: str,
-    reason: str,
-    decision: GateDecision | None = None,
-) -> None:
-    at = _now(precise=True)
-    move = {
-        "alias": alias,
-        "from": str(previous.version) if previous else None,
-        "to": str(to_version),
-        "at": at,
-        "seq": int(datetime.now(UTC).timestamp() * 1e6),
-        "trigger": trigger,
-        "by": operator_identity(),
-        "reason": reason,
-        "bleu_delta": decision.bleu_delta if decision else None,
-        "chrf_delta": decision.chrf_delta if decision else None,
-        "p_value": decision.p_value if decision else None,
-    }
-    key = f"alias_move.{at.replace(':', '-').replace('+', '_')}.{alias}"
-    client.set_model_version_tag(name, str(to_version), key, json.dumps(move))
 
 
 def _systems(name: str, champion: ModelVersion, version: str) -> Systems | None:
@@ -332,12 +308,26 @@ def _artifact_lines(version: ModelVersion, rel: str) -> list[str]:
         return checked.read_text(encoding="utf-8").splitlines()
 
 
-def registry_lock() -> AbstractContextManager[None]:
-    """An exclusive lock for alias moves, shared by every process using this store.
+def registry_lock(cfg: PipelineConfig) -> AbstractContextManager[None]:
+    """An exclusive lock for alias moves, shared by every process (on every machine) that
+    uses this store, waiting up to `pipeline.lock_timeout_min` (flows/registry_lock.py)."""
+    return locks.registry_lock(mlflow.get_tracking_uri(), timeout_min=cfg.pipeline.lock_timeout_min)
 
-    For SQLite it sits next to the database; for a remote store (PostgreSQL server) it is
-    per machine, so schedule promotions from one place (one Prefect work pool)."""
-    return store_lock(mlflow.get_tracking_uri(), "registry")
+
+def registration_state(name: str, run_id: str | None) -> dict[str, Any]:
+    """What the registry holds for MLflow run `run_id` now: its version (None when none
+    was created), that version's aliases, the champion and a pending champion move. The
+    failure note (flows/run_notes.py) says from it what was and was not registered."""
+    client = MlflowClient()
+    version = version_of_run(client, name, run_id) if run_id else None
+    champion = alias_holder(client, name, CHAMPION)
+    return {
+        "model_name": name,
+        "version": str(version.version) if version else None,
+        "aliases": sorted(version.aliases) if version else [],
+        "champion": str(champion.version) if champion else None,
+        "pending_move": pending_move(client, name),
+    }
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:
@@ -346,14 +336,6 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
     except MlflowException as exc:
         if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
-
-
-def alias_holder(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    """The version holding `alias`, or None when the model or the alias does not exist."""
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
 
 
 def version_of_run(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
@@ -371,11 +353,8 @@ def _model_id(model_uri: str) -> str | None:
     return None
 
 
-def _now(precise: bool = False) -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds" if precise else "seconds")
-
-
 __all__ = [
     "CHALLENGER", "CHAMPION", "RegistrationResult", "RegistryError", "alias_holder",
-    "history", "promote", "register_and_promote", "registry_lock", "rollback", "version_of_run",
+    "finish_pending_move", "history", "pending_move", "promote", "register_and_promote",
+    "registration_state", "registry_lock", "rollback", "version_of_run",
 ]  # fmt: skip

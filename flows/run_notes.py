@@ -20,13 +20,44 @@ log = logging.getLogger(__name__)
 FAILURE_KEY = "pipeline-failure"
 
 
-def failure_markdown(stage: str, exc: BaseException | str, seconds: dict[str, float]) -> str:
+def failure_markdown(
+    stage: str,
+    exc: BaseException | str,
+    seconds: dict[str, float],
+    registered: dict[str, Any] | None = None,
+) -> str:
+    """The failure note. `registered` is flows/registry.py's `registration_state` of this
+    run when the failure came in or after `register` (None before it: nothing registered)."""
     done = ", ".join(seconds) or "none"
     what = f"**{type(exc).__name__}**: {exc}" if isinstance(exc, BaseException) else str(exc)
     return (
         f"# Pipeline failed in stage `{stage}`\n\n{what}\n\n"
-        f"Stages completed before it: {done}. Nothing was registered in this run, so the "
-        "`champion` alias was not touched.\n"
+        f"Stages completed before it: {done}. {registration_sentence(registered)}\n"
+    )
+
+
+def registration_sentence(registered: dict[str, Any] | None) -> str:
+    """What the registry holds after the failure: nothing, a version without or with its
+    aliases, or a champion move that was started and is finished by the next registry
+    operation (a retry, `seq2seq promote` or `seq2seq rollback`)."""
+    if registered is None or not registered.get("version"):
+        return "Nothing was registered in this run, so the `champion` alias was not touched."
+    name, version = registered["model_name"], registered["version"]
+    champion = registered.get("champion")
+    aliases = ", ".join(registered.get("aliases") or []) or "none"
+    text = f"Version {version} of `{name}` was created from this run (aliases: {aliases}); "
+    pending = registered.get("pending_move")
+    if pending and str(pending.get("to")) == str(version):
+        return text + (
+            f"its promotion over v{pending.get('from')} was decided and recorded but not "
+            f"finished (`champion` is on v{champion}): the retry, or the next `seq2seq "
+            "promote`/`rollback`, finishes it."
+        )
+    if champion == str(version):
+        return text + "it is the champion: the `champion` alias moved to it."
+    return text + (
+        f"the `champion` alias was not moved to it (champion: "
+        f"{('v' + champion) if champion else 'none'})."
     )
 
 

@@ -22,7 +22,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,7 +65,26 @@ def workspace_lock(
 
     Waits up to ``timeout_min`` minutes for another holder, logging who it is, then raises
     ``WorkspaceBusyError`` with the same description."""
-    path = (Path(root or Path.cwd()) / LOCK_PATH).resolve()
+    path = Path(root or Path.cwd()) / LOCK_PATH
+    with held_file_lock(path, timeout_min=timeout_min, command=command, flow_run=flow_run):
+        yield
+
+
+@contextmanager
+def held_file_lock(
+    path: Path,
+    *,
+    timeout_min: float,
+    command: str = "",
+    flow_run: str = "",
+    what: str = "workspace lock",
+    setting: str = "pipeline.lock_timeout_min",
+    busy: type[RuntimeError] = WorkspaceBusyError,
+) -> Iterator[None]:
+    """An ``flock`` on ``path`` whose file names its holder, re-entrant within a process
+    (the workspace lock; the registry lock of a SQLite store, flows/registry_lock.py).
+    Waits up to ``timeout_min`` logging the holder, then raises ``busy``."""
+    path = Path(path).resolve()
     with _held_guard:
         if _held.get(path):
             _held[path] += 1
@@ -81,10 +100,14 @@ def workspace_lock(
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+", encoding="utf-8") as handle:
-        _acquire(handle, path, timeout_min)
+        poll_until_acquired(
+            lambda: _try_flock(handle),
+            lambda: describe_holder(_read_record(handle)),
+            what=f"{what} {path}", timeout_min=timeout_min, setting=setting, busy=busy,
+        )  # fmt: skip
         try:
-            _take_over_if_stale(handle, path)
-            _write_record(handle, _record(command, flow_run))
+            _take_over_if_stale(handle, path, what)
+            _write_record(handle, holder_record(command, flow_run))
             with _held_guard:
                 _held[path] = 1
             yield
@@ -95,47 +118,62 @@ def workspace_lock(
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _acquire(handle: IO[str], path: Path, timeout_min: float) -> None:
+def _try_flock(handle: IO[str]) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def poll_until_acquired(
+    try_acquire: Callable[[], bool],
+    holder: Callable[[], str],
+    *,
+    what: str,
+    timeout_min: float,
+    setting: str,
+    busy: type[RuntimeError] = WorkspaceBusyError,
+) -> None:
+    """Call ``try_acquire`` every POLL_S until it returns True; the first miss logs who
+    holds ``what`` (``holder()``), a miss after ``timeout_min`` raises ``busy`` naming them.
+    One wait loop for every lock here (file, PostgreSQL advisory, Prefect limit)."""
     deadline = time.monotonic() + timeout_min * 60.0
     announced = False
-    while True:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if announced:
-                log.info("workspace lock %s acquired", path)
-            return
-        except BlockingIOError:
-            holder = describe_holder(_read_record(handle))
-            if time.monotonic() >= deadline:
-                raise WorkspaceBusyError(
-                    f"another run holds the workspace lock {path}: {holder}; gave up after "
-                    f"waiting {timeout_min:g} min (pipeline.lock_timeout_min)"
-                ) from None
-            if not announced:
-                log.warning(
-                    "another run holds the workspace lock %s: %s; waiting up to %g min",
-                    path, holder, timeout_min,
-                )  # fmt: skip
-                announced = True
-            time.sleep(POLL_S)
+    while not try_acquire():
+        if time.monotonic() >= deadline:
+            raise busy(
+                f"another run holds the {what}: {holder()}; gave up after waiting "
+                f"{timeout_min:g} min ({setting})"
+            )
+        if not announced:
+            log.warning(
+                "another run holds the %s: %s; waiting up to %g min", what, holder(), timeout_min
+            )
+            announced = True
+        time.sleep(POLL_S)
+    if announced:
+        log.info("%s acquired", what)
 
 
-def _take_over_if_stale(handle: IO[str], path: Path) -> None:
+def _take_over_if_stale(handle: IO[str], path: Path, what: str) -> None:
     previous = _read_record(handle)
     if previous:
         log.warning(
-            "taking over the workspace lock %s left by %s: that run did not exit cleanly "
+            "taking over the %s %s left by %s: that run did not exit cleanly "
             "(killed or crashed); its outputs may be partial and are checked by this run",
-            path, describe_holder(previous),
+            what, path, describe_holder(previous),
         )  # fmt: skip
 
 
-def _record(command: str, flow_run: str) -> dict[str, Any]:
+def holder_record(command: str = "", flow_run: str = "") -> dict[str, Any]:
+    """Who takes a lock: pid, host, start time, flow run (the Prefect worker's
+    ``PREFECT__FLOW_RUN_ID`` when none is given) and command (default: this process's)."""
     return {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "flow_run": flow_run,
+        "flow_run": flow_run or os.environ.get("PREFECT__FLOW_RUN_ID", ""),
         "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
 

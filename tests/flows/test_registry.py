@@ -15,7 +15,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from flows import cli_registry, gate, registry, tracking
+from flows import alias_moves, cli_registry, gate, registry, tracking
 from seq2seq_core.config import PipelineConfig, RegisterConfig, config_from_dict
 from seq2seq_core.evaluation.metrics import score_translations
 from tests.support import POOR, REFS, REPO, TrainedWorkspace, copy_model
@@ -257,3 +257,42 @@ def test_a_retried_registration_creates_no_second_version(
     assert (again.version, again.promoted, again.reason) == (1, True, "no champion yet")
     tags = MlflowClient().get_model_version("retry", "1").tags
     assert tags["promotion.decision"] == "promoted"
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL in-process (tests/faults/ kills a real process)."""
+
+
+def test_a_promotion_cut_after_its_alias_move_is_finished_by_the_next_rollback(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The intent is written before the alias moves: a promotion cut right after the move
+    is finished by the next operation under the lock, and `rollback` goes back to the
+    champion before it (before, `rollback` found the new champion's own version as its
+    `previous_champion` and changed nothing)."""
+    cfg = cfg_for("interrupted")
+    register(store, cfg, POOR)  # v1, champion
+
+    def die(where: str) -> None:
+        if where == "after_alias":
+            raise _Killed(where)
+
+    monkeypatch.setattr(alias_moves, "fault_point", die)
+    with pytest.raises(_Killed):
+        register(store, cfg, REFS)  # v2 beats v1; cut after `champion` moved to it
+    monkeypatch.undo()
+    client = MlflowClient()
+    pending = registry.pending_move(client, "interrupted")
+    assert (pending["from"], pending["to"], pending["kind"]) == ("1", "2", "promotion")
+    assert holder("interrupted", "champion") == "2"
+    assert client.get_model_version("interrupted", "2").tags["promotion.previous_champion"] == "1"
+    assert "promotion.replaced_by" not in client.get_model_version("interrupted", "1").tags
+
+    back = registry.rollback(cfg, trigger="cli:test")
+    assert (back.version, back.reason) == (1, "rollback from v2 to v1")
+    assert registry.pending_move(client, "interrupted") is None
+    assert client.get_model_version("interrupted", "1").tags["promotion.replaced_by"] == "2"
+    chain = [
+        (m["from"], m["to"]) for m in registry.history("interrupted") if m["alias"] == "champion"
+    ]
+    assert chain == [(None, "1"), ("1", "2"), ("2", "1")]
