@@ -139,6 +139,7 @@ class Translator:
                 precision=self.decode.precision,
                 kept_weights=self._kept_weights(),
                 max_output_tokens=max_output_tokens,
+                compiled=self.decode.compiled_step,
             )
             return [[(text, 0.0)] for text in self.tokenizer.decode_tgt(out.ids)]
         found = beam_search(
@@ -156,6 +157,7 @@ class Translator:
             precision=self.decode.precision,
             kept_weights=self._kept_weights(),
             max_output_tokens=max_output_tokens,
+            compiled=self.decode.compiled_step,
         )
         return [
             list(
