@@ -31,7 +31,6 @@ from seq2seq_core.model.seq2seq import Seq2Seq
 from seq2seq_core.runtime.precision import autocast
 from seq2seq_core.special_tokens import BOS_ID, EOS_ID
 
-
 # tokens (B,), state, memory -> logits (B, V), next state, probs: the model's step on the
 # call's kernels, eager or compiled.
 StepFn = Callable[[Tensor, DecoderState, Memory], tuple[Tensor, DecoderState, Tensor | None]]

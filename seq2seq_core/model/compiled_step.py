@@ -19,8 +19,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from seq2seq_core.kernels import Kernels
-from seq2seq_core.kernels import step_extension
+from seq2seq_core.kernels import Kernels, step_extension
 from seq2seq_core.kernels.additive_scores import ENERGY_CHUNK
 from seq2seq_core.kernels.packed_weights import PackedWeights
 from seq2seq_core.model.attention import BahdanauAttention, LuongAttention
@@ -64,9 +63,10 @@ def compile_step(decoder: RecurrentDecoder, kernels: Kernels) -> CompiledStep | 
     weights = kernels.weights
     if weights is None or kernels.rnn_dtype is not None or not kernels.chunked_scores:
         return None
-    if decoder.training or decoder.attention is not None and not isinstance(
+    known_attention = decoder.attention is None or isinstance(
         decoder.attention, BahdanauAttention | LuongAttention
-    ):
+    )
+    if decoder.training or not known_attention:
         return None
     native = step_extension.load()
     if native is None:
@@ -97,9 +97,7 @@ def compile_step(decoder: RecurrentDecoder, kernels: Kernels) -> CompiledStep | 
     return CompiledStep(step, lstm)
 
 
-def _native_linear(
-    native: Any, weights: PackedWeights, weight: Tensor, bias: Tensor | None
-) -> Any:
+def _native_linear(native: Any, weights: PackedWeights, weight: Tensor, bias: Tensor | None) -> Any:
     """The extension's Linear for one layer, as ``PackedWeights.linear`` would run it."""
     if not weights.is_packable(weight, bias):
         return native.Linear("plain", weight, bias, None, None)

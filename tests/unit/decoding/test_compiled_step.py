@@ -48,9 +48,7 @@ def test_compiled_greedy_and_beam_equal_eager(cfg: ModelConfig, precision: str) 
         for a, b in zip(compiled.attention, eager.attention, strict=True):
             assert (a is None and b is None) or torch.equal(a, b)
     beam = {"beam_size": 3, "nbest": 3, "batch_size": 3, **kw}
-    assert beam_search(model, sources, compiled=True, **beam) == beam_search(
-        model, sources, **beam
-    )
+    assert beam_search(model, sources, compiled=True, **beam) == beam_search(model, sources, **beam)
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
