@@ -11,6 +11,7 @@ tested against it, values and gradients, in ``tests/unit/kernels/``:
 | ``linear_cross_entropy`` | summed CE of a linear layer | ``F.cross_entropy(F.linear(...))`` |
 | ``packed_weights`` | ``F.linear`` from weights packed per call | ``F.linear`` |
 | ``int8_linear`` | ``F.linear`` from int8 weights (int8 decoding) | ``F.linear``, approximately |
+| ``step_extension`` | builds ``decode_step.cpp``: a decoder step in C++ | the eager step |
 
 ``linear_cross_entropy`` runs on every device; the others depend on the device, dtype,
 autocast and inference mode of the call, and ``select`` decides them once per forward pass

@@ -7,14 +7,17 @@ test_compiled_step.py``).
 
 Why: a decoding step is some fifty small ops, and at batch 1 the Python around them (the
 argument parsing of each call, the NamedTuples, the Kernels indirection) costs as much as
-the ops. ``torch.compile`` was measured first (docs/benchmarks.md, "The compiled step"): its
-guards and graph breaks around the packed oneDNN and int8 ops left it slower than eager at
-batch 64. One C++ function per step calls the ops directly.
+the ops. ``torch.compile`` (inductor's C++ backend) was probed on a Bahdanau step in issue
+26: 0.76x eager at batch 64 after 55 s of compiling, 1.10x with freezing, and its graph
+would break at the packed oneDNN and int8 ops this step is made of. One C++ function per
+step calls the ops directly.
 
 The build (``torch.utils.cpp_extension.load_inline``, about a minute on two cores) happens
 once per source hash and torch version, into ``SEQ2SEQ_EXTENSIONS_DIR`` (default
-``.state/torch_extensions`` under the working directory); later processes load the built
-library in milliseconds. Without a C++ compiler, or when the build fails, ``load`` returns
+``.state/torch_extensions`` beside the ``seq2seq_core`` package: the checkout's, or a served
+model's copy of the code); later processes load the built library in about a second.
+``Translator.load`` loads it, so a served model pays the build when it loads, not at its
+first request. Without a C++ compiler, or when the build fails, ``load`` returns
 None and says so once in the log: decoding then runs the eager step.
 """
 
@@ -36,7 +39,9 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("decode_step.cpp")
 EXTENSIONS_DIR_ENV = "SEQ2SEQ_EXTENSIONS_DIR"
-DEFAULT_EXTENSIONS_DIR = Path(".state") / "torch_extensions"
+# Beside the code, not the working directory: the pipeline, the tests and a served model's
+# process each start elsewhere, and each would build its own copy (a minute each).
+DEFAULT_EXTENSIONS_DIR = Path(__file__).resolve().parents[2] / ".state" / "torch_extensions"
 CFLAGS = ["-O3"]
 
 _lock = threading.Lock()
@@ -57,9 +62,15 @@ def build_dir(name: str) -> Path:
 def load() -> ModuleType | None:
     """The built extension, building it on first use; None where it cannot be built (logged
     once per process)."""
-    source = SOURCE.read_text(encoding="utf-8")
-    name = extension_name(source)
     with _lock:  # one build per process, however many threads decode
+        try:
+            source = SOURCE.read_text(encoding="utf-8")
+        except OSError as exc:  # a copy of the package without its .cpp
+            if "" not in _loaded:
+                log.warning("compiled decoding step: %s; decoding runs eagerly", exc)
+                _loaded[""] = None
+            return None
+        name = extension_name(source)
         if name not in _loaded:
             _loaded[name] = _build(name, source)
         return _loaded[name]
