@@ -102,7 +102,7 @@ class DecodeStep {
   std::tuple<Tensor, Tensor, OptTensor, OptTensor, OptTensor> step(
       const Tensor& tokens, const Tensor& h, const OptTensor& c, const OptTensor& att,
       const Tensor& outputs, const OptTensor& proj_keys, const Tensor& mask) const {
-    StepOut o = run(tokens, h, c, att, outputs, proj_keys, mask);
+    StepOut o = run(tokens, h, c, att, outputs, proj_keys, padding(mask));
     return {o.logits, o.h, o.c, o.att, o.probs};
   }
 
@@ -119,8 +119,9 @@ class DecodeStep {
     Tensor tokens = at::full({batch}, bos, long_opts);
     Tensor finished = at::zeros({batch}, long_opts.dtype(at::kBool));
     std::vector<Tensor> steps, step_probs;
+    const Tensor pad = padding(mask);  // once per batch: the eager step makes it every step
     for (int64_t t = 0; t < max_limit; ++t) {
-      StepOut o = run(tokens, h, c, att, outputs, proj_keys, mask);
+      StepOut o = run(tokens, h, c, att, outputs, proj_keys, pad);
       h = o.h, c = o.c, att = o.att;
       tokens = std::get<1>(o.logits.to(at::kFloat).max(-1));
       steps.push_back(tokens);
@@ -135,8 +136,12 @@ class DecodeStep {
   }
 
  private:
+  // mask (B', S) True at real tokens -> (B', 1, S) True at padding: what masked_fill takes
+  static Tensor padding(const Tensor& mask) { return mask.logical_not().unsqueeze(1); }
+
+  // pad: padding(mask)
   StepOut run(const Tensor& tokens, const Tensor& h, const OptTensor& c, const OptTensor& att,
-              const Tensor& outputs, const OptTensor& proj_keys, const Tensor& mask) const {
+              const Tensor& outputs, const OptTensor& proj_keys, const Tensor& pad) const {
     Tensor rnn_in = at::embedding(embedding_, tokens);  // (B, E)
     if (input_feeding_) rnn_in = at::cat({rnn_in, *att}, -1);  // (B, E + H)
     std::vector<Tensor> hs, cs;
@@ -163,7 +168,7 @@ class DecodeStep {
     if (lstm_) o.c = at::stack(cs);
     Tensor vector = rnn_in;  // (B, H)
     if (attention_ != "none") {
-      std::tie(vector, o.probs) = attend(rnn_in.unsqueeze(1), outputs, *proj_keys, mask);
+      std::tie(vector, o.probs) = attend(rnn_in.unsqueeze(1), outputs, *proj_keys, pad);
       vector = vector.squeeze(1);
     }
     o.logits = output_(vector);  // (B, V)
@@ -173,7 +178,7 @@ class DecodeStep {
 
   // model/decoder.py _attentional for one step: rnn_out (B, 1, H) -> h~ (B, 1, H), probs (B, S)
   std::tuple<Tensor, Tensor> attend(const Tensor& rnn_out, const Tensor& values,
-                                    const Tensor& proj_keys, const Tensor& mask) const {
+                                    const Tensor& proj_keys, const Tensor& pad) const {
     const int64_t rows = rnn_out.size(0), sentences = values.size(0);
     Tensor query = rnn_out;
     if (rows != sentences) {
@@ -191,8 +196,7 @@ class DecodeStep {
     } else {
       scores = at::bmm(query, proj_keys.transpose(1, 2));
     }
-    scores = scores.masked_fill(mask.logical_not().unsqueeze(1),
-                                -std::numeric_limits<double>::infinity());
+    scores = scores.masked_fill(pad, -std::numeric_limits<double>::infinity());
     Tensor probs = at::softmax(scores, -1);
     Tensor context = at::bmm(probs, values);
     context = context.view({rows, -1, context.size(-1)});
