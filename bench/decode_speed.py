@@ -5,11 +5,15 @@ initialised models of the same architecture (issue 5's Joey configuration: BiLST
 direction, LSTM decoder 512, Bahdanau attention with input feeding, emb 256) and `</s>`
 suppressed, so every hypothesis runs to its length limit (1.5 x source length) and the
 two do the same work per token. Ours runs in fp32, bf16 (where the CPU has it natively)
-and int8 (`decode.precision`). Prints one JSON line per (system, setting, precision), then
-the single-sentence latency of the default model, then the test-split BLEU and tokens/s of
-each precision for a trained model (`--model`, default the checkpoint `make run` leaves),
-then the ratios against Joey, with the fp32 matmul peak used for the FLOP/s fractions.
-Run `python bench/decode_speed.py [--quick] [--model PATH]` from the repo root.
+and int8 (`decode.precision`), each with the eager and the compiled step (`compiled`,
+`kernels/decode_step.cpp`) alternating, `--repeats` runs each, the median kept. Prints one
+JSON line per (system, setting, precision, step), then the single-sentence latency of the
+default model, then the test-split BLEU and tokens/s of each precision for a trained model
+(`--model`, default the checkpoint `make run` leaves), then the ratios against each peer
+(`PEERS`: Joey NMT 2.3 today). Every row's decoder GFLOP/s is also given as a fraction of
+the fp32 matmul peak, sampled between the setting's runs (a shared machine's peak moves
+with its load as the runs do). Run `python bench/decode_speed.py [--quick] [--model PATH]
+[--repeats N]` from the repo root.
 
 Lengths: with `</s>` suppressed ours stops each sentence at 1.5 x its own source length;
 Joey stops a batch at 1.5 x its longest source, padding the shorter ones' outputs. At batch
@@ -111,6 +115,7 @@ def sources_for(all_ids: list[list[int]], setting: dict) -> list[list[int]]:
 
 
 STEPS = ("eager", "compiled")  # decoding/greedy's and beam_search's `compiled` off and on
+PEAK_SAMPLE_S = 0.5  # a matmul peak sample after each round of a setting's runs
 
 
 def ours(
@@ -135,9 +140,13 @@ def ours(
     for setting in settings:
         src_ids = sources_for(all_ids, setting)
         runs: dict[str, list[tuple[float, int, int]]] = {step: [] for step in STEPS}
+        peaks = [peak]
         for _ in range(repeats):
             for step in STEPS:  # interleaved: a load change hits both alike
                 runs[step].append(_decode_once(model, src_ids, setting, precision, step))
+            # and the peak too: on a shared machine it moves with the load as they do
+            peaks.append(matmul_peak_gflops(seconds=PEAK_SAMPLE_S))
+        setting_peak = statistics.median(peaks)
         for step in STEPS:
             seconds, tokens, hyp_tokens = sorted(runs[step])[len(runs[step]) // 2]
             rows.append({
@@ -146,7 +155,8 @@ def ours(
                 "seconds": round(seconds, 3), "sentences_per_s": round(len(src_ids) / seconds, 2),
                 "tgt_tokens_per_s": round(tokens / seconds, 1), "tgt_tokens": tokens,
                 "hyp_tokens_per_s": round(hyp_tokens / seconds, 1),
-                **flop_rates(hyp_tokens, flops_token, seconds, peak),
+                **flop_rates(hyp_tokens, flops_token, seconds, setting_peak),
+                "matmul_peak_gflops": round(setting_peak, 1),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             })  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
