@@ -253,7 +253,7 @@ class DecodeConfig:
     # int8 (CPU only): the decoder's weights quantized to int8, activations per step.
     precision: str = "fp32"
     # Each decoding step as one C++ call (the same tokens as the eager step, less Python):
-    # built once into .state/torch_extensions; without a C++ compiler decoding runs eagerly.
+    # built once (kernels/step_extension.py says where); without a C++ compiler, eagerly.
     compiled_step: bool = True
 
     def validate(self) -> None:

@@ -13,9 +13,10 @@ would break at the packed oneDNN and int8 ops this step is made of. One C++ func
 step calls the ops directly.
 
 The build (``torch.utils.cpp_extension.load_inline``, about a minute on two cores) happens
-once per source hash and torch version, into ``SEQ2SEQ_EXTENSIONS_DIR`` (default
-``.state/torch_extensions`` beside the ``seq2seq_core`` package: the checkout's, or a served
-model's copy of the code); later processes load the built library in about a second.
+once per source hash and torch version, into ``SEQ2SEQ_EXTENSIONS_DIR`` (``make`` sets it
+to ``.state/torch_extensions``; elsewhere ``~/.cache/seq2seq/torch_extensions``); later
+processes, a served model's copy of the code included, load the built library in about a
+second.
 ``Translator.load`` loads it, so a served model pays the build when it loads, not at its
 first request. Without a C++ compiler, or when the build fails, ``load`` returns
 None and says so once in the log: decoding then runs the eager step.
@@ -39,9 +40,14 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("decode_step.cpp")
 EXTENSIONS_DIR_ENV = "SEQ2SEQ_EXTENSIONS_DIR"
-# Beside the code, not the working directory: the pipeline, the tests and a served model's
-# process each start elsewhere, and each would build its own copy (a minute each).
-DEFAULT_EXTENSIONS_DIR = Path(__file__).resolve().parents[2] / ".state" / "torch_extensions"
+# Content-addressed (``extension_name``), so every copy of the same source may share one
+# build: the checkout, the tests' fresh processes and a served model's own copy of the code
+# (a per-copy cache would build for minutes in each). The Makefile points it at .state/.
+DEFAULT_EXTENSIONS_DIR = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    / "seq2seq"
+    / "torch_extensions"
+)
 CFLAGS = ["-O3"]
 
 _lock = threading.Lock()
