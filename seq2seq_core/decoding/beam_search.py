@@ -71,7 +71,7 @@ def beam_search(
     int8 weights (CPU only); scores are summed in fp32. ``kept_weights``: packed weights kept
     across calls (``Translator``), else packed anew. ``max_output_tokens`` caps every
     sentence's length limit (``limits.output_limits``). ``compiled``: each step's model
-    work in one C++ call (``model.compiled_step``: the same scores) where it can run."""
+    work in one C++ call (``model/compiled_step.py``: the same scores) where it can run."""
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"nbest must be in [1, beam_size={beam_size}], got {nbest}")
     device = torch.device(device)

@@ -48,7 +48,7 @@ def greedy_decode(
     ``"int8"`` multiplies the decoder's inputs by int8 weights (CPU only).
     ``kept_weights``: packed weights kept across calls (``Translator``), else packed anew.
     ``max_output_tokens`` caps every sentence's limit (``limits.output_limits``).
-    ``compiled``: each batch's steps in one C++ call (``model.compiled_step``: the same
+    ``compiled``: each batch's steps in one C++ call (``model/compiled_step.py``: the same
     tokens, without the Python around each step's ops) where it can run, else eagerly.
     """
     device = torch.device(device)
