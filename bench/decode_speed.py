@@ -227,6 +227,24 @@ PEERS: dict[str, Callable[[list[list[int]], int, list[dict], int, RateFn], list[
 }
 
 
+def own_ratios(mine: list[dict]) -> dict:
+    """Ours against ourselves, per (beam, batch, precision): the compiled step's speed-up on
+    the eager one, and each precision's (compiled) on fp32's; no peer needed."""
+    rate = {(r["beam"], r["batch_size"], r["precision"], r["step"]): r["tgt_tokens_per_s"]
+            for r in mine}  # fmt: skip
+    ratios = {}
+    for beam, batch, precision, step in rate:
+        if step != "compiled":
+            continue
+        key = f"beam{beam}_batch{batch}_{precision}"
+        compiled = rate[beam, batch, precision, "compiled"]
+        ratios[key] = {
+            "compiled_vs_eager": round(compiled / rate[beam, batch, precision, "eager"], 2),
+            "vs_fp32": round(compiled / rate[beam, batch, "fp32", "compiled"], 2),
+        }
+    return ratios
+
+
 def peer_ratios(mine: list[dict], theirs: list[dict]) -> dict:
     """Ours against one peer, per (beam, batch, precision, step): tokens/s and sentences/s
     ratios, our fraction of the matmul peak, and, for the compiled step, its speed-up on
@@ -377,6 +395,7 @@ def main() -> None:
     test_bleu = {f"beam{r['beam']}_{r['precision']}": r["bleu"] for r in trained}
     print(json.dumps({
         "matmul_peak_gflops": round(peak, 1), "threads": args.threads,
+        "compiled_and_precisions": own_ratios(mine),
         "ours_vs": {name: peer_ratios(mine, rows) for name, rows in peers.items()},
         "trained_test_bleu": test_bleu,
     }))  # fmt: skip
