@@ -12,13 +12,21 @@ import shutil
 import pytest
 import torch
 
-from seq2seq_core.config import ModelConfig
+from seq2seq_core.config import DecodeConfig, ModelConfig
 from seq2seq_core.decoding.beam_search import beam_search
 from seq2seq_core.decoding.greedy import greedy_decode
+from seq2seq_core.decoding.translator import Translator
 from seq2seq_core.kernels import step_extension
-from seq2seq_core.model.compiled_step import compile_step
+from seq2seq_core.model.compiled_step import CompiledStep, compile_step
+from seq2seq_core.model.seq2seq import build_model
 from seq2seq_core.runtime.precision import autocast
-from tests.support import DECODER_VARIANTS, random_model, random_sources, variant_id
+from tests.support import (
+    DECODER_VARIANTS,
+    CharTokenizer,
+    random_model,
+    random_sources,
+    variant_id,
+)
 
 KW = {"max_len_ratio": 1.5, "max_len_extra": 3, "device": "cpu"}
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -80,6 +88,36 @@ def test_a_compiled_step_gives_the_eager_logits_and_state_bitwise(precision: str
         assert torch.equal(a, b)
     assert torch.equal(compiled[1].att_vector, eager[1].att_vector)
     assert torch.equal(compiled[2], eager[2])
+
+
+@pytest.mark.usefixtures("built")
+def test_the_translator_decodes_through_the_compiled_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `seq2seq translate` and the served model run: decode.compiled_step on, the
+    compiled greedy loop and beam step are called and translate as the eager path does."""
+    calls = {"greedy": 0, "step": 0}
+    greedy, step = CompiledStep.greedy, CompiledStep.__call__
+
+    def counted_greedy(self, *args):
+        calls["greedy"] += 1
+        return greedy(self, *args)
+
+    def counted_step(self, *args):
+        calls["step"] += 1
+        return step(self, *args)
+
+    monkeypatch.setattr(CompiledStep, "greedy", counted_greedy)
+    monkeypatch.setattr(CompiledStep, "__call__", counted_step)
+    tok = CharTokenizer()
+    torch.manual_seed(0)
+    model = build_model(VARIANTS[-1], tok.src_vocab_size, tok.tgt_vocab_size)
+    sources = ["abc", "hello world", "xyz"]
+    for beam in (1, 3):
+        out = {}
+        for compiled in (False, True):
+            decode = DecodeConfig(beam_size=beam, compiled_step=compiled)
+            out[compiled] = Translator(model, tok, decode, frozen=True).translate(sources)
+        assert out[True] == out[False]
+    assert calls["greedy"] == 1 and calls["step"] > 0, calls
 
 
 def test_without_a_compiler_decoding_runs_eagerly_and_says_so_once(
