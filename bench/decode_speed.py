@@ -141,8 +141,9 @@ def ours(
         src_ids = sources_for(all_ids, setting)
         runs: dict[str, list[tuple[float, int, int]]] = {step: [] for step in STEPS}
         peaks = [peak]
-        for _ in range(repeats):
-            for step in STEPS:  # interleaved: a load change hits both alike
+        for round_ in range(repeats):
+            # interleaved, ABBA: a load change or the order itself hits both alike
+            for step in STEPS if round_ % 2 == 0 else STEPS[::-1]:
                 runs[step].append(_decode_once(model, src_ids, setting, precision, step))
             # and the peak too: on a shared machine it moves with the load as they do
             peaks.append(matmul_peak_gflops(seconds=PEAK_SAMPLE_S))
