@@ -24,6 +24,7 @@ None and says so once in the log: decoding then runs the eager step.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -67,19 +68,27 @@ def build_dir(name: str) -> Path:
 
 def load() -> ModuleType | None:
     """The built extension, building it on first use; None where it cannot be built (logged
-    once per process)."""
+    once per process). Cheap after the first call: every decoding call asks."""
     with _lock:  # one build per process, however many threads decode
-        try:
-            source = SOURCE.read_text(encoding="utf-8")
-        except OSError as exc:  # a copy of the package without its .cpp
+        source = _source()
+        if source is None:  # a copy of the package without its .cpp
             if "" not in _loaded:
-                log.warning("compiled decoding step: %s; decoding runs eagerly", exc)
+                log.warning("compiled decoding step: %s is missing; decoding runs eagerly", SOURCE)
                 _loaded[""] = None
             return None
         name = extension_name(source)
         if name not in _loaded:
             _loaded[name] = _build(name, source)
         return _loaded[name]
+
+
+@functools.cache
+def _source() -> str | None:
+    """The C++ source, read once per process."""
+    try:
+        return SOURCE.read_text(encoding="utf-8")
+    except OSError:
+        return None
 
 
 def _build(name: str, source: str) -> ModuleType | None:
