@@ -12,6 +12,8 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 # Prefect's local state (its SQLite database) stays inside the repo's ignored .state/.
 export PREFECT_HOME ?= $(CURDIR)/.state/prefect
+# the compiled decoding step's build (seq2seq_core/kernels/step_extension.py), keyed by its source hash
+export SEQ2SEQ_EXTENSIONS_DIR ?= $(CURDIR)/.state/torch_extensions
 
 .PHONY: install lock run test test-faults check format bench clean joey-venv
 

@@ -43,7 +43,7 @@ def main() -> None:
             step = len(sources) // job["batch1_sentences"]
             sources = sources[::step][: job["batch1_sentences"]]
         order = sorted(range(len(sources)), key=lambda i: -len(sources[i]))
-        tokens = 0
+        tokens = hyp_tokens = 0
         start = time.perf_counter()
         for b in range(0, len(order), setting["batch_size"]):
             rows = [sources[i] for i in order[b : b + setting["batch_size"]]]
@@ -60,11 +60,13 @@ def main() -> None:
                 beam_alpha=1.0, n_best=1, min_output_length=max_len,  # equal lengths
             )  # fmt: skip
             tokens += int((out != PAD).sum()) if hasattr(out, "sum") else 0
+            hyp_tokens += setting["beam"] * len(rows) * max_len  # every hypothesis runs max_len
         seconds = time.perf_counter() - start
         print(json.dumps({
             "system": "joeynmt-2.3.0", **setting, "sentences": len(sources),
             "seconds": round(seconds, 3), "sentences_per_s": round(len(sources) / seconds, 2),
             "tgt_tokens_per_s": round(tokens / seconds, 1), "tgt_tokens": tokens,
+            "hyp_tokens": hyp_tokens,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }), flush=True)  # fmt: skip
 

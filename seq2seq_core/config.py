@@ -255,6 +255,9 @@ class DecodeConfig:
     # AVX512_BF16/AMX or on CUDA, and translations may differ from fp32's in a few tokens.
     # int8 (CPU only): the decoder's weights quantized to int8, activations per step.
     precision: str = "fp32"
+    # Each decoding step as one C++ call (the same tokens as the eager step, less Python):
+    # built once (kernels/step_extension.py says where); without a C++ compiler, eagerly.
+    compiled_step: bool = True
 
     def validate(self) -> None:
         check_positive("decode.beam_size", self.beam_size)

@@ -57,3 +57,14 @@ def trained_workspace(tmp_path_factory: pytest.TempPathFactory) -> TrainedWorksp
     """The one trained tiny model of the session (see support.TrainedWorkspace): read it,
     or copy it (support.copy_workspace, support.copy_model) to change or register it."""
     return train_workspace(tmp_path_factory.mktemp("trained"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compiled_decoding_step_built() -> None:
+    """The compiled decoding step's extension built (once per source hash, a minute or two;
+    later sessions find it) before any test: not inside a served model's load in a
+    subprocess, whose start a test waits on with a timeout. Each xdist worker asks; one
+    builds, the others wait for its lock and load the result."""
+    from seq2seq_core.kernels import step_extension
+
+    step_extension.load()

@@ -13,8 +13,9 @@ With beam_size 1 the search takes the argmax at every step: exactly greedy decod
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -24,10 +25,15 @@ from seq2seq_core.data.batches import pad_sources
 from seq2seq_core.decoding.limits import output_limits
 from seq2seq_core.kernels import Kernels
 from seq2seq_core.kernels.packed_weights import PackedWeights
+from seq2seq_core.model.compiled_step import compile_step
 from seq2seq_core.model.decoder import DecoderState, Memory
 from seq2seq_core.model.seq2seq import Seq2Seq
 from seq2seq_core.runtime.precision import autocast
 from seq2seq_core.special_tokens import BOS_ID, EOS_ID
+
+# tokens (B,), state, memory -> logits (B, V), next state, probs: the model's step on the
+# call's kernels, eager or compiled.
+StepFn = Callable[[Tensor, DecoderState, Memory], tuple[Tensor, DecoderState, Tensor | None]]
 
 
 @dataclass(frozen=True)
@@ -57,13 +63,15 @@ def beam_search(
     precision: str = "fp32",
     kept_weights: PackedWeights | None = None,
     max_output_tokens: int | None = None,
+    compiled: bool = False,
 ) -> list[list[Hypothesis]]:
     """The `nbest` best hypotheses per source (best first); an empty source gives one
     empty hypothesis. `batch_size` counts sentences (each takes `beam_size` rows).
     ``precision="bf16"`` runs the matmuls under bf16 autocast, ``"int8"`` the decoder's from
     int8 weights (CPU only); scores are summed in fp32. ``kept_weights``: packed weights kept
     across calls (``Translator``), else packed anew. ``max_output_tokens`` caps every
-    sentence's length limit (``limits.output_limits``)."""
+    sentence's length limit (``limits.output_limits``). ``compiled``: each step's model
+    work in one C++ call (``model/compiled_step.py``: the same scores) where it can run."""
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"nbest must be in [1, beam_size={beam_size}], got {nbest}")
     device = torch.device(device)
@@ -83,9 +91,12 @@ def beam_search(
     with torch.inference_mode(), autocast(device, precision):
         # This call's fast paths and packed weights (int8 ones for int8 decoding).
         kernels = model.select_kernels(int8=precision == "int8", kept=kept_weights)
+        step = compile_step(model.decoder, kernels) if compiled else None
+        decode_step = step or partial(model.decode_step, kernels=kernels)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            found = _search_batch(model, [src_ids[i] for i in rows], settings, device, kernels)
+            sources = [src_ids[i] for i in rows]
+            found = _search_batch(model, sources, settings, device, kernels, decode_step)
             for row, i in enumerate(rows):
                 results[i] = found[row]
     model.train(was_training)
@@ -104,7 +115,12 @@ class _Settings:
 
 
 def _search_batch(
-    model: Seq2Seq, sources: list[list[int]], s: _Settings, device: torch.device, kernels: Kernels
+    model: Seq2Seq,
+    sources: list[list[int]],
+    s: _Settings,
+    device: torch.device,
+    kernels: Kernels,
+    decode_step: StepFn,
 ) -> list[list[Hypothesis]]:
     n_sent, k = len(sources), s.beam
     src, src_len = pad_sources(sources)  # (B, S), (B,)
@@ -129,7 +145,7 @@ def _search_batch(
     step = 0
     while active.numel():
         step += 1
-        logits, state, _ = model.decode_step(tokens, state, memory, kernels)  # (B'K, V)
+        logits, state, _ = decode_step(tokens, state, memory)  # (B'K, V)
         log_probs = F.log_softmax(logits.float(), dim=-1)
         if s.no_repeat_ngram:
             _block_repeats(log_probs, history, s.no_repeat_ngram)

@@ -12,6 +12,8 @@ from seq2seq_core.data.batches import pad_sources
 from seq2seq_core.decoding.limits import output_limits
 from seq2seq_core.kernels import Kernels
 from seq2seq_core.kernels.packed_weights import PackedWeights
+from seq2seq_core.model.compiled_step import CompiledStep, compile_step
+from seq2seq_core.model.decoder import DecoderState, Memory
 from seq2seq_core.model.seq2seq import Seq2Seq
 from seq2seq_core.runtime.precision import autocast
 from seq2seq_core.special_tokens import BOS_ID, EOS_ID
@@ -37,6 +39,7 @@ def greedy_decode(
     precision: str = "fp32",
     kept_weights: PackedWeights | None = None,
     max_output_tokens: int | None = None,
+    compiled: bool = False,
 ) -> GreedyResult:
     """Decode each source (subword ids, no BOS/EOS) by argmax, at most
     ``int(max_len_ratio * len(src) + max_len_extra)`` tokens. An empty source gives an
@@ -45,6 +48,8 @@ def greedy_decode(
     ``"int8"`` multiplies the decoder's inputs by int8 weights (CPU only).
     ``kept_weights``: packed weights kept across calls (``Translator``), else packed anew.
     ``max_output_tokens`` caps every sentence's limit (``limits.output_limits``).
+    ``compiled``: each batch's steps in one C++ call (``model/compiled_step.py``: the same
+    tokens, without the Python around each step's ops) where it can run, else eagerly.
     """
     device = torch.device(device)
     ids: list[list[int]] = [[] for _ in src_ids]
@@ -56,11 +61,12 @@ def greedy_decode(
     with torch.inference_mode(), autocast(device, precision):
         # This call's fast paths and packed weights (int8 ones for int8 decoding).
         kernels = model.select_kernels(int8=precision == "int8", kept=kept_weights)
+        step = compile_step(model.decoder, kernels) if compiled else None
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             sources = [src_ids[i] for i in rows]
             limits = output_limits(sources, max_len_ratio, max_len_extra, max_output_tokens)
-            out, probs = _decode_batch(model, sources, limits, device, kernels)
+            out, probs = _decode_batch(model, sources, limits, device, kernels, step)
             if return_attention and probs is not None:
                 probs = probs.float().cpu()  # once per batch, not once per sentence
             for row, i in enumerate(rows):
@@ -77,13 +83,34 @@ def _decode_batch(
     limits: list[int],
     device: torch.device,
     kernels: Kernels,
+    step: CompiledStep | None,
 ) -> tuple[list[list[int]], Tensor | None]:
-    batch = len(sources)
     src, src_len = pad_sources(sources)  # (B, S), (B,)
     limit_t = torch.tensor(limits, device=device)  # (B,)
-    first_limit = min(limits)
-
     memory, state = model.encode(src.to(device), src_len, kernels)
+    if step is not None:
+        tokens, probs_all = step.greedy(state, memory, limit_t, min(limits), max(limits))
+    else:
+        tokens, probs_all = _eager_steps(model, state, memory, limit_t, limits, kernels)
+    result = []
+    for row, seq in enumerate(tokens.tolist()):  # (B, T_out)
+        seq = seq[: limits[row]]
+        result.append(seq[: seq.index(EOS_ID)] if EOS_ID in seq else seq)
+    return result, probs_all
+
+
+def _eager_steps(
+    model: Seq2Seq,
+    state: DecoderState,
+    memory: Memory,
+    limit_t: Tensor,
+    limits: list[int],
+    kernels: Kernels,
+) -> tuple[Tensor, Tensor | None]:
+    """Argmax steps until every row emitted ``</s>`` or reached its limit: tokens
+    (B, T_out), attention probs (B, T_out, S) or None. ``CompiledStep.greedy`` is this loop
+    in C++."""
+    batch, device, first_limit = limit_t.size(0), limit_t.device, min(limits)
     tokens = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)  # (B,)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     steps: list[Tensor] = []
@@ -101,10 +128,5 @@ def _decode_batch(
             finished |= limit_t <= t + 1
         if bool(finished.all()):
             break
-    out = torch.stack(steps, dim=1).tolist()  # (B, T_out)
-    result = []
-    for row, seq in enumerate(out):
-        seq = seq[: limits[row]]
-        result.append(seq[: seq.index(EOS_ID)] if EOS_ID in seq else seq)
     probs_all = torch.stack(step_probs, dim=1) if step_probs else None  # (B, T_out, S)
-    return result, probs_all
+    return torch.stack(steps, dim=1), probs_all

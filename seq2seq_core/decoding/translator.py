@@ -16,6 +16,7 @@ from seq2seq_core.config import DecodeConfig
 from seq2seq_core.data.tokenization import SubwordTokenizer
 from seq2seq_core.decoding.beam_search import beam_search
 from seq2seq_core.decoding.greedy import greedy_decode
+from seq2seq_core.kernels import step_extension
 from seq2seq_core.kernels.packed_weights import PackedWeights
 from seq2seq_core.model.checkpoint import load_model
 
@@ -66,7 +67,10 @@ class Translator:
     ) -> Translator:
         model, _meta = load_model(Path(checkpoint), device=device)
         tokenizer = SubwordTokenizer.load(Path(vocab_dir))
-        return cls(model, tokenizer, decode or DecodeConfig(), device, max_input_chars, frozen=True)
+        decode = decode or DecodeConfig()
+        if decode.compiled_step and torch.device(device).type == "cpu":
+            step_extension.load()  # built (or loaded) now: not in a served first request
+        return cls(model, tokenizer, decode, device, max_input_chars, frozen=True)
 
     def _kept_weights(self) -> PackedWeights | None:
         """The packed weights kept across calls (frozen only), for this call's precision:
@@ -139,6 +143,7 @@ class Translator:
                 precision=self.decode.precision,
                 kept_weights=self._kept_weights(),
                 max_output_tokens=max_output_tokens,
+                compiled=self.decode.compiled_step,
             )
             return [[(text, 0.0)] for text in self.tokenizer.decode_tgt(out.ids)]
         found = beam_search(
@@ -156,6 +161,7 @@ class Translator:
             precision=self.decode.precision,
             kept_weights=self._kept_weights(),
             max_output_tokens=max_output_tokens,
+            compiled=self.decode.compiled_step,
         )
         return [
             list(

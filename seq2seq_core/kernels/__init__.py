@@ -13,6 +13,7 @@ tested against it, values and gradients, in ``tests/unit/kernels/``:
 | ``int8_linear`` | ``F.linear`` from int8 weights (int8 decoding) | ``F.linear``, approximately |
 | ``step_linears`` | ``F.linear`` in a time loop, W's gradient once over all steps | ``F.linear`` |
 | ``compiled`` | a function through torch.compile (inductor) | the function, eagerly |
+| ``step_extension`` | builds ``decode_step.cpp``: a decoder step in C++ | the eager step |
 
 ``linear_cross_entropy`` runs on every device; the others depend on the device, dtype,
 autocast and inference mode of the call, and ``select`` decides them once per forward pass

@@ -72,13 +72,27 @@ class PackedWeights:
             entry8 = self._int8.get(id(weight))  # first: the step's hot path
             if entry8 is not None and entry8[2] is bias:
                 return entry8[1](x)
-        if not isinstance(weight, nn.Parameter) or not (
-            bias is None or isinstance(bias, nn.Parameter)
-        ):
+        if not self.is_packable(weight, bias):
             return F.linear(x, weight, bias)
         if self.int8:
+            return self.int8_packing(weight, bias)(x)
+        packed, packed_bias = self.packing(weight, bias)
+        return packed_linear(x.to(packed.dtype), packed, packed_bias)
+
+    def is_packable(self, weight: Tensor, bias: Tensor | None) -> bool:
+        """Only parameters are packed; ``linear`` runs ``F.linear`` on anything else."""
+        return isinstance(weight, nn.Parameter) and (bias is None or isinstance(bias, nn.Parameter))
+
+    def int8_packing(self, weight: Tensor, bias: Tensor | None) -> Int8Linear:
+        """The int8 packing of a parameter (and its bias), made on first use."""
+        entry8 = self._int8.get(id(weight))
+        if entry8 is None or entry8[2] is not bias:
             entry8 = self._int8[id(weight)] = (weight, int8_weights(weight, bias), bias)
-            return entry8[1](x)
+        return entry8[1]
+
+    def packing(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The oneDNN packing of a parameter in this call's dtype (the autocast one under
+        autocast) and its bias in that dtype, made on first use."""
         dtype = weight.dtype
         if torch.is_autocast_enabled("cpu"):
             dtype = torch.get_autocast_dtype("cpu")
@@ -87,8 +101,7 @@ class PackedWeights:
             packed_bias = None if bias is None else bias.detach().to(dtype)
             entry = (weight, dtype, pack_weight(weight.to(dtype)), packed_bias)
             self._packed[id(weight)] = entry
-        _, _, packed, packed_bias = entry
-        return packed_linear(x.to(dtype), packed, packed_bias)
+        return entry[2], entry[3]
 
     def __len__(self) -> int:
         return len(self._packed) + len(self._int8)
