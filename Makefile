@@ -37,6 +37,10 @@ $(STAMP): $(LOCK) pyproject.toml constraints.txt cve-floors.txt
 	# The project itself (editable installs carry no hash), built by the locked setuptools.
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -m pip check
+	# The compiled decoding step (kernels/decode_step.cpp, ~30 s of g++) is built here, once,
+	# so that neither `make run`'s first translation nor a test waits for it. Without a C++
+	# compiler this logs one warning and decoding stays eager.
+	$(BIN)/python -c 'from seq2seq_core.kernels import step_extension; step_extension.load()'
 	touch $(STAMP)
 
 # Re-resolve the lock after editing pyproject.toml, constraints.txt or cve-floors.txt.
