@@ -1,4 +1,5 @@
-"""Decoding speed: greedy and beam 5, batch 1 and 64, ours next to Joey NMT 2.3.
+"""Decoding speed: greedy and beam 5, batch 1 and 64, ours next to Joey NMT 2.3 and
+OpenNMT-py 3.5.1 (bench/onmt_decode.py; the same architectures, skipped without its venv).
 
 Both systems decode the same test-split sources (SentencePiece ids) with randomly
 initialised models of the same architecture (issue 5's Joey configuration: BiLSTM 256 per
@@ -37,6 +38,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from machine import cpu_has_bf16, matmul_peak_gflops  # noqa: E402
+from onmt_common import decode_rows, speed_ratios  # noqa: E402
 
 from seq2seq_core.config import DataConfig, DecodeConfig, ModelConfig, VocabConfig  # noqa: E402
 from seq2seq_core.data.prepare import prepare_corpus, read_prepared_split  # noqa: E402
@@ -248,7 +250,10 @@ def main() -> None:
     for precision in precisions:
         mine += ours(JOEY_ARCH, "joey-arch", src_ids, vocab, settings, precision=precision)
     theirs = {(r["beam"], r["batch_size"]): r for r in joey(src_ids, vocab, settings, args.threads)}
-    ours(ModelConfig(dropout=0.0), "default", src_ids, vocab, settings)
+    default_rows = ours(ModelConfig(dropout=0.0), "default", src_ids, vocab, settings)
+    onmt_rows = decode_rows({"joey-arch": JOEY_ARCH, "default": ModelConfig(dropout=0.0)},
+                            src_ids, vocab, settings, args.threads, MAX_LEN_RATIO,
+                            BATCH1_SENTENCES)  # fmt: skip
     print(json.dumps(latency_ms(tok, sources, args.threads)))
     trained = trained_bleu(args.model, tok, precisions, args.bleu_sentences)
     bleu = {f"beam{r['beam']}_{r['precision']}": r for r in trained}
@@ -271,7 +276,8 @@ def main() -> None:
         )
     test_bleu = {key: r["bleu"] for key, r in bleu.items()}
     print(json.dumps({"matmul_peak_gflops": round(peak, 1), "threads": args.threads,
-                      "ours_vs_joey": ratios, "trained_test_bleu": test_bleu}))  # fmt: skip
+                      "ours_vs_joey": ratios, "trained_test_bleu": test_bleu,
+                      "ours_vs_onmt": speed_ratios(mine + default_rows, onmt_rows)}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,130 @@ def our_train_options(lr: float, batch_tokens: int, label_smoothing: float,
         "batch_size": batch_tokens, "label_smoothing": label_smoothing,
         "max_grad_norm": clip_grad,
     }  # fmt: skip
+
+
+def run_training(cfg: dict[str, Any], path: Path, seconds: float, threads: int) -> dict[str, Any]:
+    """bench/onmt_train.py on config `cfg` (written to `path`) for `seconds` of wall time:
+    its result line (steps, target tokens/s after two warm-up steps, checkpoint), plus the
+    mean of OpenNMT-py's own logged tokens/s and the log's tail when there is no result."""
+    import subprocess
+
+    write_config(cfg, path)
+    proc = subprocess.run(
+        [str(ONMT_PYTHON), str(REPO / "bench" / "onmt_train.py"), "train", str(path),
+         str(seconds), str(threads)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    log = proc.stdout + proc.stderr
+    result = result_line(proc.stdout) or {"error": log[-800:]}
+    return {**result, "logged_tgt_tokens_per_s": parse_tokens_per_s(log)}
+
+
+def train_rows(
+    names: list[str], configs: dict[str, tuple[dict, dict]], seconds: float, threads: int,
+    ours: dict[str, dict],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """bench/train_throughput.py's hook: OpenNMT-py trains each of our configurations
+    (`configs[name]`: ModelConfig and TrainConfig overrides) on the default split for
+    `seconds`; prints one line per configuration and its ratio to ours (`ours[name]`)."""
+    import dataclasses
+
+    from seq2seq_core.config import ModelConfig, TrainConfig
+
+    if not ONMT_PYTHON.exists():
+        rows = [{"system": ONMT_SYSTEM, "skipped": f"{ONMT_PYTHON} missing: make onmt-venv"}]
+        print(json.dumps(rows[0]))
+        return rows
+    work = REPO / "bench" / ".cache" / "onmt-train"
+    data = export_data(REPO / "data" / "prepared", REPO / "data" / "vocab", work / "data")
+    rows = []
+    for name in names:
+        model = dataclasses.replace(ModelConfig(), **configs[name][0])
+        train = dataclasses.replace(TrainConfig(), **configs[name][1])
+        row: dict[str, Any] = {"system": ONMT_SYSTEM, "config": name, "threads": threads}
+        try:
+            if train.precision != "fp32" or train.teacher_forcing != 1.0:
+                raise UnsupportedArchitecture("OpenNMT-py's CPU runs: fp32, teacher forcing only")
+            options = model_options(**dataclasses.asdict(model))
+        except UnsupportedArchitecture as err:
+            rows.append({**row, "skipped": str(err)})
+            print(json.dumps(rows[-1]), flush=True)
+            continue
+        optim = our_train_options(train.lr, train.batch_tokens, train.label_smoothing,
+                                  train.clip_grad)  # fmt: skip
+        cfg = onmt_config(data, work / f"model-{name}", options, train=optim, seed=train.seed)
+        row.update(run_training(cfg, work / f"{name}.yaml", seconds, threads))
+        mine = ours.get(name, {}).get("tgt_tokens_per_s")
+        if mine and row.get("tgt_tokens_per_s"):
+            row["ours_vs_onmt"] = round(mine / row["tgt_tokens_per_s"], 2)
+        rows.append(row)
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def onmt_ids(ours: list[int]) -> list[int]:
+    """Our special ids (pad 0, unk 1, <s> 2, </s> 3) in OpenNMT-py's order (unk 0, pad 1,
+    <s> 2, </s> 3); every other id is the same piece in both vocabularies."""
+    swap = {0: 1, 1: 0}
+    return [swap.get(i, i) for i in ours]
+
+
+def batch1_subset(sources: list[list[int]], sentences: int) -> list[list[int]]:
+    """Batch size 1 is slow for every system: every k-th sentence, `sentences` of them,
+    the same subset as bench/decode_speed.py's own run and Joey's."""
+    if len(sources) <= sentences:
+        return sources
+    return sources[:: len(sources) // sentences][:sentences]
+
+
+def decode_rows(
+    archs: dict[str, Any], src_ids: list[list[int]], vocab: int, settings: list[dict],
+    threads: int, max_len_ratio: float, batch1_sentences: int,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """bench/decode_speed.py's hook: OpenNMT-py decodes `src_ids` (our ids) with a random
+    model of each of `archs` (name: our ModelConfig) per setting, in its venv; no bridge
+    (ours has none; it runs once per sentence). Prints and returns one dict per (arch,
+    setting), or one saying why there are none."""
+    import subprocess
+    import tempfile
+
+    if not ONMT_PYTHON.exists():
+        return [{"system": ONMT_SYSTEM, "skipped": f"{ONMT_PYTHON} missing: make onmt-venv"}]
+    job = {
+        "archs": {name: model_options(**asdict(cfg)) for name, cfg in archs.items()},
+        "vocab_size": vocab, "sources": src_ids, "settings": settings,
+        "threads": threads, "max_len_ratio": max_len_ratio, "batch1_sentences": batch1_sentences,
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        job_path = Path(tmp) / "job.json"
+        job_path.write_text(json.dumps(job), encoding="utf-8")
+        proc = subprocess.run(
+            [str(ONMT_PYTHON), str(REPO / "bench" / "onmt_decode.py"), str(job_path)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0:
+        rows.append({"system": ONMT_SYSTEM, "error": proc.stderr[-800:]})
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def speed_ratios(ours: list[dict[str, Any]], peer: list[dict[str, Any]]) -> dict[str, float]:
+    """tgt tokens/s of ours over the peer's, per `{arch}_beam{b}_batch{n}_{precision}` for
+    every row of ours with a peer row of the same arch and setting (the peer is fp32)."""
+
+    def key(row: dict[str, Any]) -> tuple:
+        return (row["system"].split(":")[-1], row["beam"], row["batch_size"])
+
+    theirs = {key(r): r for r in peer if r.get("tgt_tokens_per_s")}
+    ratios = {}
+    for row in ours:
+        match = theirs.get(key(row))
+        if match:
+            name = "{}_beam{}_batch{}_{}".format(*key(row), row.get("precision", "fp32"))
+            ratios[name] = round(row["tgt_tokens_per_s"] / match["tgt_tokens_per_s"], 2)
+    return ratios
 
 
 def write_config(cfg: dict[str, Any], path: Path) -> Path:

@@ -2,6 +2,7 @@
 
 usage: onmt-venv/bin/python bench/onmt_train.py train CONFIG.yaml SECONDS THREADS
        onmt-venv/bin/python bench/onmt_train.py translate MODEL.pt SRC OUT BEAM THREADS
+       onmt-venv/bin/python bench/onmt_train.py check  (`make onmt-venv`: it all imports)
 
 train: OpenNMT-py's own `onmt_train` with a wall-time budget of SECONDS (0: none). When the
 budget runs out after a step, that step's model is saved (OpenNMT-py's own saver) and the
@@ -98,8 +99,13 @@ def main() -> None:
                     "-beam_size", beam, "-batch_size", "64", "-batch_type", "sents",
                     "-max_length", "256", "-gpu", "-1"]  # fmt: skip
         onmt_translate()
+    elif mode == "check":
+        import onmt.bin.train
+        import onmt.bin.translate  # noqa: F401
+
+        print(json.dumps({"onmt": "imports", "torch": torch.__version__}))
     else:
-        raise SystemExit(f"unknown mode {mode!r}: train | translate")
+        raise SystemExit(f"unknown mode {mode!r}: train | translate | check")
 
 
 if __name__ == "__main__":

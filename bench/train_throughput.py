@@ -12,6 +12,7 @@ Only ratios from one run are comparable: the machines vary from day to day.
     .venv/bin/python bench/train_throughput.py --seconds 30 --threads 1
     .venv/bin/python bench/train_throughput.py --configs default small --threads 2
     .venv/bin/python bench/train_throughput.py --real --joey 90 --configs default joey_if joey_noif
+    .venv/bin/python bench/train_throughput.py --onmt 90 --configs default joey_if  (OpenNMT-py)
     .venv/bin/python bench/train_throughput.py --bleu-budget-min 15 --threads 2  (bleu_budget.py)
 
 bf16 configurations run only where the CPU has native bf16 (avx512_bf16 or AMX); elsewhere
@@ -33,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_has_bf16, matmul_peak_gflops
+from onmt_common import train_rows
 
 from seq2seq_core.config import ModelConfig, PipelineConfig, TrainConfig
 from seq2seq_core.data.batches import Batch, EncodedPairs, epoch_batches
@@ -223,6 +225,10 @@ def main(argv: list[str] | None = None) -> None:
         help="also train Joey NMT 2.3 this long per config (implies --real)",
     )  # fmt: skip
     parser.add_argument(
+        "--onmt", type=float, default=0, metavar="SECONDS",
+        help="also train OpenNMT-py 3.5.1 this long per config (implies --real)",
+    )  # fmt: skip
+    parser.add_argument(
         "--bleu-budget-min", type=float, default=0, metavar="MINUTES",
         help="instead: test BLEU after this much training from scratch, ours and Joey's",
     )  # fmt: skip
@@ -252,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             base = ["--seconds", str(args.seconds), "--threads", str(args.threads)]
             cmd = [sys.executable, __file__, "--child", "--configs", name, *base]
-            if args.real or args.joey:
+            if args.real or args.joey or args.onmt:
                 cmd.append("--real")
             out = subprocess.run(
                 [*cmd, "--pairs", str(args.pairs)], check=True, capture_output=True, text=True
@@ -265,6 +271,8 @@ def main(argv: list[str] | None = None) -> None:
                 if mine and row.get("tgt_tokens_per_s"):
                     ratio = mine["tgt_tokens_per_s"] / row["tgt_tokens_per_s"]
                     print(json.dumps({"ours_vs_joey": row["config"], "ratio": round(ratio, 2)}))
+        if args.onmt:
+            train_rows(args.configs, CONFIGS, args.onmt, args.threads, ours)  # onmt_common.py
         return
     prepare_host(torch.device("cpu"), args.threads)  # as train_model does
     pairs = real_pairs(args.pairs) if args.real else synthetic_pairs(args.pairs)
