@@ -118,7 +118,8 @@ def onmt_config(
                       "transforms": ["filtertoolong"]},
         },
         "src_seq_length": max_len, "tgt_seq_length": max_len,
-        "save_model": str(save_dir / "model"), "keep_checkpoint": 1,
+        # every budget saves once (save_checkpoint_steps is the whole run): keep them all
+        "save_model": str(save_dir / "model"), "keep_checkpoint": -1,
         "save_checkpoint_steps": train_steps, "train_steps": train_steps,
         "valid_steps": valid_steps, "report_every": 20, "seed": seed,
         "world_size": 1, "gpu_ranks": [], "num_workers": 0, "bucket_size": 32768,
@@ -137,21 +138,24 @@ def our_train_options(lr: float, batch_tokens: int, label_smoothing: float,
     }  # fmt: skip
 
 
-def run_training(cfg: dict[str, Any], path: Path, seconds: float, threads: int) -> dict[str, Any]:
-    """bench/onmt_train.py on config `cfg` (written to `path`) for `seconds` of wall time:
-    its result line (steps, target tokens/s after two warm-up steps, checkpoint), plus the
-    mean of OpenNMT-py's own logged tokens/s and the log's tail when there is no result."""
+def run_training(
+    cfg: dict[str, Any], path: Path, budgets_s: list[float], threads: int
+) -> list[dict[str, Any]]:
+    """bench/onmt_train.py on config `cfg` (written to `path`), saving a checkpoint when each
+    of `budgets_s` (seconds of wall time) runs out and stopping at the last: one result per
+    budget (steps, target tokens/s after two warm-up steps, checkpoint) with the mean of
+    OpenNMT-py's own logged tokens/s, or one holding the log's tail when there is none."""
     import subprocess
 
     write_config(cfg, path)
     proc = subprocess.run(
         [str(ONMT_PYTHON), str(REPO / "bench" / "onmt_train.py"), "train", str(path),
-         str(seconds), str(threads)],
+         ",".join(str(s) for s in budgets_s), str(threads)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     log = proc.stdout + proc.stderr
-    result = result_line(proc.stdout) or {"error": log[-800:]}
-    return {**result, "logged_tgt_tokens_per_s": parse_tokens_per_s(log)}
+    results = result_lines(proc.stdout) or [{"error": log[-800:]}]
+    return [{**r, "logged_tgt_tokens_per_s": parse_tokens_per_s(log)} for r in results]
 
 
 def train_rows(
@@ -187,7 +191,7 @@ def train_rows(
         optim = our_train_options(train.lr, train.batch_tokens, train.label_smoothing,
                                   train.clip_grad)  # fmt: skip
         cfg = onmt_config(data, work / f"model-{name}", options, train=optim, seed=train.seed)
-        row.update(run_training(cfg, work / f"{name}.yaml", seconds, threads))
+        row.update(run_training(cfg, work / f"{name}.yaml", [seconds], threads)[-1])
         mine = ours.get(name, {}).get("tgt_tokens_per_s")
         if mine and row.get("tgt_tokens_per_s"):
             row["ours_vs_onmt"] = round(mine / row["tgt_tokens_per_s"], 2)
@@ -286,10 +290,10 @@ def last_step(log: str) -> int | None:
     return steps[-1] if steps else None
 
 
-def result_line(output: str) -> dict[str, Any] | None:
-    """The JSON line bench/onmt_train.py prints last (steps, tokens/s, checkpoint)."""
-    lines = [line for line in output.splitlines() if line.startswith('{"onmt_train"')]
-    return json.loads(lines[-1]) if lines else None
+def result_lines(output: str) -> list[dict[str, Any]]:
+    """The JSON lines bench/onmt_train.py prints, one per budget (steps, tokens/s,
+    checkpoint)."""
+    return [json.loads(line) for line in output.splitlines() if line.startswith('{"onmt_train"')]
 
 
 if __name__ == "__main__":

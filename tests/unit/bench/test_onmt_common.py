@@ -103,8 +103,8 @@ def test_log_figures_are_the_target_side_after_the_skipped_windows() -> None:
     assert oc.parse_tokens_per_s(LOG, skip=1) == (2918 + 3018) / 2
     assert oc.parse_tokens_per_s(LOG, skip=5) == round((2315 + 2918 + 3018) / 3, 1)
     assert oc.last_step(LOG) == 60
-    assert oc.result_line(LOG)["steps"] == 61
-    assert oc.parse_tokens_per_s("no report") is None and oc.result_line("") is None
+    assert [r["steps"] for r in oc.result_lines(LOG)] == [61]
+    assert oc.parse_tokens_per_s("no report") is None and oc.result_lines("") == []
 
 
 def test_speed_ratios_pair_rows_by_arch_and_setting() -> None:
@@ -138,10 +138,11 @@ def test_onmt_trains_one_budgeted_step_and_saves_it(tmp_path: Path) -> None:
     model = options(emb_size=16, hidden_size=16, tie_embeddings="none")
     cfg = oc.onmt_config(data, tmp_path / "model", model,
                          train=oc.our_train_options(0.003, 64, 0.1, 1.0))  # fmt: skip
-    row = oc.run_training(cfg, tmp_path / "cfg.yaml", seconds=0.001, threads=1)
+    first, row = oc.run_training(cfg, tmp_path / "cfg.yaml", [0.001, 0.002], threads=1)
     assert row["onmt_train"] == "budget", row
-    assert row["steps"] == 1  # the budget ends the run after its first step
-    assert Path(row["checkpoint"]).exists()
+    # each budget saves after the step that crossed it; the last one ends the run
+    assert (first["steps"], row["steps"]) == (1, 2)
+    assert Path(first["checkpoint"]).exists() and Path(row["checkpoint"]).exists()
     saved = yaml.safe_load((tmp_path / "cfg.yaml").read_text())
     assert saved["global_attention"] == "general"
     out = tmp_path / "hyp.txt"
