@@ -96,6 +96,26 @@ $(JOEY_VENV)/.installed: constraints.txt
 		importlib_metadata sentencepiece==0.2.0
 	touch $@
 
+# OpenNMT-py 3.5.1, the third peer (issue 26), in its own ignored venv. It pins torch<2.3,
+# which from PyPI is a multi-GB CUDA build, so it goes in with --no-deps onto the pinned CPU
+# torch and the packages it imports (pinned; sacrebleu, pyyaml, six bring their own). It
+# also imports spacy and fasttext at start-up and loads checkpoints that torch's
+# weights-only default refuses: bench/onmt_train.py stubs the two and allow-lists the one
+# class, at run time. Its server (flask, waitress), ctranslate2 and tensorboard stay out.
+ONMT_VENV := bench/.cache/onmt-venv
+.PHONY: onmt-venv
+onmt-venv: $(ONMT_VENV)/.installed
+
+$(ONMT_VENV)/.installed: constraints.txt
+	test -x $(ONMT_VENV)/bin/python || $(PYTHON) -m venv $(ONMT_VENV)
+	$(ONMT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(ONMT_VENV)/bin/python -m pip install --quiet -c constraints.txt torch configargparse==1.9.0 \
+		pyyaml==6.0.4 sacrebleu==2.6.0 six==1.17.0 pyonmttok==1.38.1 rapidfuzz==3.14.6 \
+		pyahocorasick==2.3.1
+	$(ONMT_VENV)/bin/python -m pip install --quiet --no-deps OpenNMT-py==3.5.1
+	$(ONMT_VENV)/bin/python bench/onmt_train.py check
+	touch $@
+
 clean:
 	rm -rf data/prepared data/vocab models reports mlflow.db mlartifacts .state
 

@@ -1,4 +1,5 @@
-"""Decoding speed: greedy and beam 5, batch 1 and 64, ours next to Joey NMT 2.3.
+"""Decoding speed: greedy and beam 5, batch 1 and 64, ours next to Joey NMT 2.3 and
+OpenNMT-py 3.5.1 (bench/onmt_decode.py; the same architectures, skipped without its venv).
 
 Both systems decode the same test-split sources (SentencePiece ids) with randomly
 initialised models of the same architecture (issue 5's Joey configuration: BiLSTM 256 per
@@ -42,6 +43,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from machine import cpu_has_bf16, matmul_peak_gflops  # noqa: E402
+from onmt_common import decode_rows, speed_ratios  # noqa: E402
 
 from seq2seq_core.config import DataConfig, DecodeConfig, ModelConfig, VocabConfig  # noqa: E402
 from seq2seq_core.data.prepare import prepare_corpus, read_prepared_split  # noqa: E402
@@ -389,7 +391,10 @@ def main() -> None:
     peers = {
         name: run(src_ids, vocab, settings, args.threads, rates) for name, run in PEERS.items()
     }
-    ours(ModelConfig(dropout=0.0), "default", src_ids, vocab, settings, peak)
+    default_rows = ours(ModelConfig(dropout=0.0), "default", src_ids, vocab, settings, peak)
+    onmt_rows = decode_rows({"joey-arch": JOEY_ARCH, "default": ModelConfig(dropout=0.0)},
+                            src_ids, vocab, settings, args.threads, MAX_LEN_RATIO,
+                            BATCH1_SENTENCES)  # fmt: skip
     for row in latency_ms(tok, sources, args.threads):
         print(json.dumps({**row, "extension_load_s": extension_load_s}))
     trained = trained_bleu(args.model, tok, precisions, args.bleu_sentences)
@@ -398,6 +403,7 @@ def main() -> None:
         "matmul_peak_gflops": round(peak, 1), "threads": args.threads,
         "compiled_and_precisions": own_ratios(mine),
         "ours_vs": {name: peer_ratios(mine, rows) for name, rows in peers.items()},
+        "ours_vs_onmt": speed_ratios(mine + default_rows, onmt_rows),
         "trained_test_bleu": test_bleu,
     }))  # fmt: skip
 

@@ -17,6 +17,7 @@ Only ratios from one run are comparable: the machines vary from day to day.
     .venv/bin/python bench/train_throughput.py --configs default small --threads 2
     .venv/bin/python bench/train_throughput.py --real --joey 90 --configs default joey_if joey_noif
     .venv/bin/python bench/train_throughput.py --configs joey_if joey_if_compiled --threads 2
+    .venv/bin/python bench/train_throughput.py --onmt 90 --configs default joey_if  (OpenNMT-py)
     .venv/bin/python bench/train_throughput.py --bleu-budget-min 15 --threads 2  (bleu_budget.py)
 
 bf16 configurations run only where the CPU has native bf16 (avx512_bf16 or AMX); elsewhere
@@ -40,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_has_bf16, matmul_peak_gflops
+from onmt_common import train_rows
 
 from seq2seq_core.config import ModelConfig, PipelineConfig, TrainConfig
 from seq2seq_core.data.batches import Batch, EncodedPairs, epoch_batches
@@ -304,6 +306,10 @@ def main(argv: list[str] | None = None) -> None:
         help="also train Joey NMT 2.3 this long per config (implies --real)",
     )  # fmt: skip
     parser.add_argument(
+        "--onmt", type=float, default=0, metavar="SECONDS",
+        help="also train OpenNMT-py 3.5.1 this long per config (implies --real)",
+    )  # fmt: skip
+    parser.add_argument(
         "--bleu-budget-min", type=float, default=0, metavar="MINUTES",
         help="instead: test BLEU after this much training from scratch, ours and Joey's",
     )  # fmt: skip
@@ -335,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             base = ["--seconds", str(args.seconds), "--threads", str(args.threads)]
             cmd = [sys.executable, __file__, "--child", "--configs", name, *base]
-            if args.real or args.joey:
+            if args.real or args.joey or args.onmt:
                 cmd.append("--real")
             if args.cpu_clock:
                 cmd.append("--cpu-clock")
@@ -347,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
         peers: list[dict] = []  # other systems, same data and architecture: a row per config
         if args.joey:
             peers += joey_side_by_side(args.joey, args.threads)
+        if args.onmt:
+            peers += train_rows(args.configs, CONFIGS, args.onmt, args.threads, ours)
         if peers:
             torch.set_num_threads(args.threads)
             peak = matmul_peak_gflops()  # the peers' limit, measured after they ran
