@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -17,15 +18,29 @@ REPO = Path(__file__).resolve().parents[1]
 JOEY_PYTHON = REPO / "bench" / ".cache" / "joey-venv" / "bin" / "python"
 
 
-def export_data(prepared: Path, vocab_dir: Path, out: Path, max_train: int | None = None) -> Path:
-    """train/dev/test.{de,en} plain text, the SPM model and a vocab file Joey reads."""
+def plain_lines(sentences: list[str]) -> str:
+    return "\n".join(sentences) + "\n"
+
+
+def write_splits(
+    prepared: Path, out: Path, max_train: int | None = None,
+    as_text: Callable[[list[str]], str] = plain_lines,
+) -> None:  # fmt: skip
+    """Our prepared splits as {train,dev,test}.{de,en}, one sentence a line, the layout
+    both peers (Joey NMT, OpenNMT-py) read; `as_text` writes a side's sentences (OpenNMT-py
+    gets them as SentencePiece pieces)."""
     out.mkdir(parents=True, exist_ok=True)
     for split, name in (("train", "train"), ("valid", "dev"), ("test", "test")):
         df = pd.read_parquet(prepared / f"{split}.parquet")
         if split == "train" and max_train:
             df = df.head(max_train)
         for column, lang in (("src", "de"), ("tgt", "en")):
-            (out / f"{name}.{lang}").write_text("\n".join(df[column]) + "\n", encoding="utf-8")
+            (out / f"{name}.{lang}").write_text(as_text(df[column].tolist()), encoding="utf-8")
+
+
+def export_data(prepared: Path, vocab_dir: Path, out: Path, max_train: int | None = None) -> Path:
+    """train/dev/test.{de,en} plain text, the SPM model and a vocab file Joey reads."""
+    write_splits(prepared, out, max_train)
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(vocab_dir / "spm.model"))

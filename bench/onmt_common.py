@@ -46,18 +46,14 @@ def export_data(prepared: Path, vocab_dir: Path, out: Path, max_train: int | Non
     SentencePiece's specials) for both sides."""
     import pandas as pd
     import sentencepiece as spm
+    from joey_common import plain_lines, write_splits  # our venv only (pandas)
 
     sp = spm.SentencePieceProcessor(model_file=str(vocab_dir / "spm.model"))
-    out.mkdir(parents=True, exist_ok=True)
-    for split, name in (("train", "train"), ("valid", "dev"), ("test", "test")):
-        df = pd.read_parquet(prepared / f"{split}.parquet")
-        if split == "train" and max_train:
-            df = df.head(max_train)
-        for column, lang in (("src", "de"), ("tgt", "en")):
-            lines = pieces_lines(sp.encode(df[column].tolist(), out_type=str))
-            (out / f"{name}.{lang}").write_text(lines, encoding="utf-8")
-    refs = pd.read_parquet(prepared / "test.parquet")["tgt"]
-    (out / "test.ref.en").write_text("\n".join(refs) + "\n", encoding="utf-8")
+    write_splits(
+        prepared, out, max_train, lambda texts: pieces_lines(sp.encode(texts, out_type=str))
+    )
+    refs = pd.read_parquet(prepared / "test.parquet")["tgt"].tolist()
+    (out / "test.ref.en").write_text(plain_lines(refs), encoding="utf-8")
     pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
     (out / "vocab.txt").write_text(vocab_lines(pieces), encoding="utf-8")
     (out / "spm.model").write_bytes((vocab_dir / "spm.model").read_bytes())
