@@ -26,7 +26,7 @@ from seq2seq_core.decoding.limits import output_limits
 from seq2seq_core.kernels import Kernels
 from seq2seq_core.kernels.packed_weights import PackedWeights
 from seq2seq_core.model.compiled_step import compile_step
-from seq2seq_core.model.decoder import DecoderState, Memory
+from seq2seq_core.model.decoder import DecoderState, Memory, select_memory, select_state
 from seq2seq_core.model.seq2seq import Seq2Seq
 from seq2seq_core.runtime.precision import autocast
 from seq2seq_core.special_tokens import BOS_ID, EOS_ID
@@ -132,7 +132,7 @@ def _search_batch(
     )
     memory, state = model.encode(src.to(device), src_len, kernels)
     expand = torch.arange(n_sent, device=device).repeat_interleave(k)  # (B*K,)
-    state = _select_state(state, expand)  # memory stays one row per sentence (see Memory)
+    state = select_state(state, expand)  # memory stays one row per sentence (see Memory)
 
     finished = _Finished(n_sent, k, max(host_limits), device)
     active = torch.arange(n_sent, device=device)  # sentence index of each live row group
@@ -174,7 +174,7 @@ def _search_batch(
         tokens = top_token.gather(1, keep).view(-1)
         rows = (torch.arange(n_live, device=device).unsqueeze(1) * k + beam).view(-1)
         history = torch.cat([history.index_select(0, rows), tokens.unsqueeze(1)], dim=1)
-        state = _select_state(state, rows)
+        state = select_state(state, rows)
 
         if not any_finished:  # no sentence can be done before one of its hypotheses ends
             continue
@@ -190,8 +190,8 @@ def _search_batch(
             alive_rows = (alive.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
             active, scores = active[alive], scores[alive]
             tokens, history = tokens[alive_rows], history.index_select(0, alive_rows)
-            state = _select_state(state, alive_rows)
-            memory = _select_memory(memory, alive)
+            state = select_state(state, alive_rows)
+            memory = select_memory(memory, alive)
     return finished.to_host(s)
 
 
@@ -298,23 +298,3 @@ def _block_repeats(log_probs: Tensor, history: Tensor, n: int) -> None:
         }
         if banned:
             log_probs[row, list(banned)] = float("-inf")
-
-
-def _select_state(state: DecoderState, index: Tensor) -> DecoderState:
-    hidden = state.hidden
-    if isinstance(hidden, tuple):
-        hidden = tuple(h.index_select(1, index) for h in hidden)
-    else:
-        hidden = hidden.index_select(1, index)
-    att = state.att_vector.index_select(0, index) if state.att_vector is not None else None
-    return DecoderState(hidden, att)
-
-
-def _select_memory(memory: Memory, index: Tensor) -> Memory:
-    keys = memory.proj_keys.index_select(0, index) if memory.proj_keys is not None else None
-    return Memory(
-        memory.outputs.index_select(0, index),
-        keys,
-        memory.mask.index_select(0, index),
-        memory.src_len.index_select(0, index),
-    )

@@ -13,10 +13,16 @@ from seq2seq_core.decoding.limits import output_limits
 from seq2seq_core.kernels import Kernels
 from seq2seq_core.kernels.packed_weights import PackedWeights
 from seq2seq_core.model.compiled_step import CompiledStep, compile_step
-from seq2seq_core.model.decoder import DecoderState, Memory
+from seq2seq_core.model.decoder import DecoderState, Memory, select_memory, select_state
 from seq2seq_core.model.seq2seq import Seq2Seq
 from seq2seq_core.runtime.precision import autocast
 from seq2seq_core.special_tokens import BOS_ID, EOS_ID
+
+# Finished rows stop being computed once they are 1/DROP_FINISHED_AT of the rows still
+# computed (0: never): each drop copies the batch's memory, so dropping row by row would cost more
+# than it saves. A batch sorted by length still ends over many steps (the shortest output
+# of 64 is often half the longest), and Joey NMT computes every row to the last step.
+DROP_FINISHED_AT = 8
 
 
 @dataclass
@@ -89,7 +95,9 @@ def _decode_batch(
     limit_t = torch.tensor(limits, device=device)  # (B,)
     memory, state = model.encode(src.to(device), src_len, kernels)
     if step is not None:
-        tokens, probs_all = step.greedy(state, memory, limit_t, min(limits), max(limits))
+        tokens, probs_all = step.greedy(
+            state, memory, limit_t, min(limits), max(limits), DROP_FINISHED_AT
+        )
     else:
         tokens, probs_all = _eager_steps(model, state, memory, limit_t, limits, kernels)
     result = []
@@ -108,25 +116,42 @@ def _eager_steps(
     kernels: Kernels,
 ) -> tuple[Tensor, Tensor | None]:
     """Argmax steps until every row emitted ``</s>`` or reached its limit: tokens
-    (B, T_out), attention probs (B, T_out, S) or None. ``CompiledStep.greedy`` is this loop
-    in C++."""
-    batch, device, first_limit = limit_t.size(0), limit_t.device, min(limits)
-    tokens = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)  # (B,)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    steps: list[Tensor] = []
-    step_probs: list[Tensor] = []
-    for t in range(max(limits)):
-        logits, state, probs = model.decode_step(tokens, state, memory, kernels)  # (B, V)
-        # (B,) the first maximum, as argmax's: max(dim) is the faster kernel on CPU, and
+    (B, T_out), attention probs (B, T_out, S) or None. A row's positions after its end
+    hold ``</s>`` (probs 0) once it was dropped, else whatever followed.
+    ``CompiledStep.greedy`` is this loop in C++, the same ops in the same order."""
+    batch, device, first_limit, max_limit = (
+        limit_t.size(0),
+        limit_t.device,
+        min(limits),
+        max(limits),
+    )
+    tokens = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)  # (B',)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)  # (B',)
+    rows = torch.arange(batch, device=device)  # (B',) each computed row's row in the batch
+    out = torch.full((batch, max_limit), EOS_ID, dtype=torch.long, device=device)
+    out_probs: Tensor | None = None
+    steps = max_limit
+    for t in range(max_limit):
+        logits, state, probs = model.decode_step(tokens, state, memory, kernels)  # (B', V)
+        # (B',) the first maximum, as argmax's: max(dim) is the faster kernel on CPU, and
         # bf16 logits are cast first because its bf16 kernel is slower still.
         tokens = logits.float().max(dim=-1).indices
-        steps.append(tokens)
+        out.select(1, t).index_copy_(0, rows, tokens)
         if probs is not None:
-            step_probs.append(probs)
+            if out_probs is None:
+                out_probs = probs.new_zeros(batch, max_limit, probs.size(-1))
+            out_probs.select(1, t).index_copy_(0, rows, probs)
         finished |= tokens == EOS_ID
         if t + 1 >= first_limit:  # a sentence can be at its limit from here on
             finished |= limit_t <= t + 1
-        if bool(finished.all()):
+        done = int(finished.sum())
+        if done == finished.size(0):
+            steps = t + 1
             break
-    probs_all = torch.stack(step_probs, dim=1) if step_probs else None  # (B, T_out, S)
-    return torch.stack(steps, dim=1), probs_all
+        if done * DROP_FINISHED_AT >= finished.size(0):
+            keep = (~finished).nonzero().squeeze(1)
+            state, memory = select_state(state, keep), select_memory(memory, keep)
+            tokens, limit_t, rows = tokens[keep], limit_t[keep], rows[keep]
+            finished = finished[keep]
+    probs_all = out_probs[:, :steps] if out_probs is not None else None  # (B, T_out, S)
+    return out[:, :steps], probs_all

@@ -106,33 +106,53 @@ class DecodeStep {
     return {o.logits, o.h, o.c, o.att, o.probs};
   }
 
-  // Greedy decoding of one batch from its initial state: the step, the argmax and the
-  // stop rule of decoding/greedy.py's _decode_batch, all steps in one call.
-  // limits (B,) int64 -> tokens (B, T_out) int64, probs (B, T_out, S) or None.
-  std::tuple<Tensor, OptTensor> greedy(Tensor h, OptTensor c, OptTensor att,
-                                       const Tensor& outputs, const OptTensor& proj_keys,
-                                       const Tensor& mask, const Tensor& limits,
+  // Greedy decoding of one batch from its initial state: the step, the argmax, the stop
+  // rule and the dropping of finished rows of decoding/greedy.py's _eager_steps, all steps
+  // in one call. limits (B,) int64 -> tokens (B, T_out) int64, probs (B, T_out, S) or None.
+  std::tuple<Tensor, OptTensor> greedy(Tensor h, OptTensor c, OptTensor att, Tensor outputs,
+                                       OptTensor proj_keys, const Tensor& mask, Tensor limits,
                                        int64_t first_limit, int64_t max_limit, int64_t bos,
-                                       int64_t eos) const {
+                                       int64_t eos, int64_t drop_finished_at) const {
     const int64_t batch = h.size(1);
     auto long_opts = at::TensorOptions().dtype(at::kLong).device(h.device());
     Tensor tokens = at::full({batch}, bos, long_opts);
     Tensor finished = at::zeros({batch}, long_opts.dtype(at::kBool));
-    std::vector<Tensor> steps, step_probs;
-    const Tensor pad = padding(mask);  // once per batch: the eager step makes it every step
+    Tensor rows = at::arange(batch, long_opts);
+    Tensor out = at::full({batch, max_limit}, eos, long_opts);
+    OptTensor out_probs;
+    int64_t steps = max_limit;
+    Tensor pad = padding(mask);  // once per batch: the eager step makes it every step
     for (int64_t t = 0; t < max_limit; ++t) {
       StepOut o = run(tokens, h, c, att, outputs, proj_keys, pad);
       h = o.h, c = o.c, att = o.att;
       tokens = std::get<1>(o.logits.to(at::kFloat).max(-1));
-      steps.push_back(tokens);
-      if (o.probs) step_probs.push_back(*o.probs);
+      out.select(1, t).index_copy_(0, rows, tokens);
+      if (o.probs) {
+        if (!out_probs) out_probs = o.probs->new_zeros({batch, max_limit, o.probs->size(-1)});
+        out_probs->select(1, t).index_copy_(0, rows, *o.probs);
+      }
       finished.bitwise_or_(tokens.eq(eos));
       if (t + 1 >= first_limit) finished.bitwise_or_(limits.le(t + 1));
-      if (finished.all().item<bool>()) break;
+      const int64_t done = finished.sum().item<int64_t>(), live = finished.size(0);
+      if (done == live) {
+        steps = t + 1;
+        break;
+      }
+      if (done * drop_finished_at >= live) {
+        Tensor keep = finished.logical_not().nonzero().squeeze(1);
+        h = h.index_select(1, keep);
+        if (c) c = c->index_select(1, keep);
+        if (att) att = att->index_select(0, keep);
+        outputs = outputs.index_select(0, keep);
+        if (proj_keys) proj_keys = proj_keys->index_select(0, keep);
+        pad = pad.index_select(0, keep);
+        tokens = tokens.index_select(0, keep), limits = limits.index_select(0, keep);
+        rows = rows.index_select(0, keep), finished = finished.index_select(0, keep);
+      }
     }
     OptTensor probs;
-    if (!step_probs.empty()) probs = at::stack(step_probs, 1);
-    return {at::stack(steps, 1), probs};
+    if (out_probs) probs = out_probs->narrow(1, 0, steps);
+    return {out.narrow(1, 0, steps), probs};
   }
 
  private:

@@ -46,15 +46,23 @@ class CompiledStep:
         return logits, DecoderState((h, c) if self._lstm else h, att), probs
 
     def greedy(
-        self, state: DecoderState, memory: Memory, limits: Tensor, first_limit: int, max_limit: int
+        self,
+        state: DecoderState,
+        memory: Memory,
+        limits: Tensor,
+        first_limit: int,
+        max_limit: int,
+        drop_finished_at: int,
     ) -> tuple[Tensor, Tensor | None]:
         """Argmax decoding of a batch from its initial state until every row emitted
         ``</s>`` or reached its limit (limits (B,) int64): tokens (B, T_out), probs
-        (B, T_out, S) or None; rows past their end hold whatever followed, as eager's."""
+        (B, T_out, S) or None; rows past their end hold what eager's hold
+        (``greedy._eager_steps``: finished rows are dropped once they are 1/drop_finished_at
+        of the rows still computed)."""
         h, c = state.hidden if self._lstm else (state.hidden, None)
         return self._native.greedy(
             h, c, state.att_vector, memory.outputs, memory.proj_keys, memory.mask,
-            limits, first_limit, max_limit, BOS_ID, EOS_ID,
+            limits, first_limit, max_limit, BOS_ID, EOS_ID, drop_finished_at,
         )  # fmt: skip
 
 

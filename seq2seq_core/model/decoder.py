@@ -51,6 +51,29 @@ def _top(hidden: RNNState) -> Tensor:
     return (hidden[0] if isinstance(hidden, tuple) else hidden)[-1]
 
 
+def select_state(state: DecoderState, index: Tensor) -> DecoderState:
+    """The decoder rows ``index`` (int64) of ``state``: beam search's reordering of
+    hypotheses, and the dropping of finished rows in beam and greedy search."""
+    hidden = state.hidden
+    if isinstance(hidden, tuple):
+        hidden = tuple(h.index_select(1, index) for h in hidden)
+    else:
+        hidden = hidden.index_select(1, index)
+    att = state.att_vector.index_select(0, index) if state.att_vector is not None else None
+    return DecoderState(hidden, att)
+
+
+def select_memory(memory: Memory, index: Tensor) -> Memory:
+    """The source rows ``index`` (int64) of ``memory``."""
+    keys = memory.proj_keys.index_select(0, index) if memory.proj_keys is not None else None
+    return Memory(
+        memory.outputs.index_select(0, index),
+        keys,
+        memory.mask.index_select(0, index),
+        memory.src_len.index_select(0, index),
+    )
+
+
 class RecurrentDecoder(nn.Module):
     def __init__(
         self,

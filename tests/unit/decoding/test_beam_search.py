@@ -115,24 +115,24 @@ def test_bf16_decoding_keeps_beam_one_equal_to_greedy_and_rejects_other_precisio
 def test_one_memory_row_per_sentence_serves_all_its_hypotheses(cfg: ModelConfig) -> None:
     """Beam search keeps the encoder memory once per sentence; a step over K hypotheses per
     sentence must equal the same step over a memory copied K times."""
-    from seq2seq_core.decoding.beam_search import _select_memory, _select_state
+    from seq2seq_core.model.decoder import select_memory, select_state
 
     model, sources, k = random_model(cfg), random_sources(5), 3
     src, src_len = pad_sources(sources)
     expand = torch.arange(len(sources)).repeat_interleave(k)
     with torch.inference_mode():
         memory, state = model.encode(src, src_len)
-        state = _select_state(state, expand)
+        state = select_state(state, expand)
         tokens = torch.randint(4, 30, (len(expand),), generator=torch.Generator().manual_seed(1))
         grouped = model.decode_step(tokens, state, memory)
-        copied = model.decode_step(tokens, state, _select_memory(memory, expand))
+        copied = model.decode_step(tokens, state, select_memory(memory, expand))
     torch.testing.assert_close(grouped[0], copied[0])  # logits
     torch.testing.assert_close(grouped[1].hidden, copied[1].hidden)
     if grouped[2] is not None:  # attention probabilities, one row per hypothesis
         assert grouped[2].shape == (len(expand), src.size(1))
         torch.testing.assert_close(grouped[2], copied[2])
     if cfg.attention != "none":  # 14 rows cannot be split over 5 sentences
-        fewer = _select_state(state, torch.arange(len(expand) - 1))
+        fewer = select_state(state, torch.arange(len(expand) - 1))
         with torch.inference_mode(), pytest.raises(ValueError, match="do not group"):
             model.decode_step(tokens[:-1], fewer, memory)
 

@@ -93,3 +93,34 @@ def test_decoding_sees_weights_changed_without_a_version_bump() -> None:
     assert after != before
     beam = [h[0].ids for h in beam_search(model, sources, beam_size=3, **kw)]
     assert beam == [h[0].ids for h in beam_search(fresh, sources, beam_size=3, **kw)]
+
+
+@pytest.mark.parametrize("cfg", DECODER_VARIANTS, ids=variant_id)
+def test_finished_rows_stop_being_computed_and_the_tokens_stay(
+    cfg: ModelConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch whose sentences end at different steps computes fewer rows as they end
+    (Joey NMT computes every row to the last step), with the tokens of never dropping."""
+    from seq2seq_core.decoding import greedy
+
+    # No EOS bias: the rows end at their different length limits.
+    model, sources = random_model(cfg, eos_bias=0.0), random_sources(16)
+    kw = {"max_len_ratio": 1.5, "max_len_extra": 3, "device": "cpu", "return_attention": True}
+    rows_per_step: list[int] = []
+    decode_step = model.decode_step
+
+    def counting_step(tokens, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        rows_per_step.append(tokens.size(0))
+        return decode_step(tokens, *args, **kwargs)
+
+    monkeypatch.setattr(greedy, "DROP_FINISHED_AT", 0)  # never drop
+    kept = greedy_decode(model, sources, batch_size=16, **kw)
+    monkeypatch.setattr(model, "decode_step", counting_step)
+    monkeypatch.setattr(greedy, "DROP_FINISHED_AT", 10**6)  # drop at every finished row
+    dropped = greedy_decode(model, sources, batch_size=16, **kw)
+    assert rows_per_step[0] == 16 and rows_per_step[-1] < 16
+    assert rows_per_step == sorted(rows_per_step, reverse=True)
+    assert dropped.ids == kept.ids
+    if kept.attention is not None:
+        for a, b in zip(dropped.attention, kept.attention, strict=True):
+            assert a is None and b is None or torch.allclose(a, b, atol=1e-6)
