@@ -61,8 +61,8 @@ def chunked_scores(q: Tensor, k: Tensor, v: Tensor, chunk: int = ENERGY_CHUNK) -
 
 
 class AdditiveScores(torch.autograd.Function):
-    """``additive_scores`` with gradients: the energy is built one sentence at a time
-    (T x S x A, about a megabyte) in forward, and rebuilt in backward instead of kept."""
+    """``additive_scores`` with gradients: the energy is built a few sentences at a time
+    (``ENERGY_CHUNK`` elements) in forward, and rebuilt in backward instead of kept."""
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -76,15 +76,20 @@ class AdditiveScores(torch.autograd.Function):
         grad_q, grad_k = torch.empty_like(q), torch.empty_like(k)
         grad_v = torch.zeros_like(v)
         v4 = v * 4.0
-        for b in range(q.size(0)):
-            half = _half_energy(q[b].unsqueeze(1), k[b].unsqueeze(0))  # (T, S, A): s
-            g = grad[b]  # (T, S)
+        # As many sentences as fit a chunk: the input-feeding loop calls this once per
+        # target step (T = 1), where one sentence's energy is a few kilobytes and a loop
+        # over sentences would spend its time in the per-op overhead of tiny tensors.
+        rows = max(1, ENERGY_CHUNK // (q.size(1) * k.size(1) * q.size(2)))
+        for start in range(0, q.size(0), rows):
+            part = slice(start, start + rows)
+            half = _half_energy(q[part].unsqueeze(2), k[part].unsqueeze(1))  # (r, T, S, A): s
+            g = grad[part]  # (r, T, S)
             # tanh = 2 s - 1, so sum g tanh = 2 s^T g - sum(g).
             grad_v.addmv_(half.view(-1, half.size(-1)).t(), g.reshape(-1), alpha=2.0)
             grad_v -= g.sum()
             # d score / d (q + k) = (1 - tanh^2) v = 4 s (1 - s) v, times the incoming
             # gradient; in place.
             pre = torch.addcmul(half, half, half, value=-1.0).mul_(g.unsqueeze(-1)).mul_(v4)
-            grad_q[b] = pre.sum(dim=1)
-            grad_k[b] = pre.sum(dim=0)
+            grad_q[part] = pre.sum(dim=2)
+            grad_k[part] = pre.sum(dim=1)
         return grad_q, grad_k, grad_v

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
+
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seq2seq_core.kernels.additive_scores import AdditiveScores, additive_scores, chunked_scores
 
+# the module, not its function of the same name that seq2seq_core.kernels exports
+additive_scores_module = importlib.import_module("seq2seq_core.kernels.additive_scores")
 SHAPES = st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 5), st.integers(1, 6))
 
 
@@ -33,6 +38,21 @@ def test_values_and_gradients_equal_the_tanh_formula(shape, seed) -> None:
     weight = torch.randn_like(ref)
     grads = torch.autograd.grad((ours * weight).sum(), (q, k, v))
     ref_grads = torch.autograd.grad((ref * weight).sum(), (q, k, v))
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(shape=SHAPES, seed=st.integers(0, 2**16), chunk=st.integers(1, 200))
+def test_gradients_in_any_chunk_of_sentences_equal_the_tanh_formula(shape, seed, chunk) -> None:
+    """Backward rebuilds the energy a chunk of sentences at a time: one, several or all."""
+    q, k, v = _qkv(shape, torch.float64, seed)
+    ref = _reference(q, k, v)
+    weight = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad((ref * weight).sum(), (q, k, v))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(additive_scores_module, "ENERGY_CHUNK", chunk)
+        grads = torch.autograd.grad((additive_scores(q, k, v) * weight).sum(), (q, k, v))
     for a, b in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
