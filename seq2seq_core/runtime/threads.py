@@ -6,6 +6,7 @@ intra-op threads (on CPU) and asks glibc to keep freed activations (``host_memor
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -13,11 +14,24 @@ import torch
 
 from seq2seq_core.runtime.host_memory import retain_freed_host_memory
 
+log = logging.getLogger(__name__)
+# How long ``train.threads: 0`` watches the cores. A workflow run's own services (the
+# Prefect API server, MLflow's system-metrics thread) work in bursts right after a stage
+# hands over, and a short window taken in one burst counted a core as busy that the
+# services use a fraction of: a whole `make run` then trained on one thread.
+IDLE_SAMPLE_S = 1.0
+
 
 def prepare_host(device: torch.device, threads: int) -> None:
     """Once per training process: torch threads (CPU only) and glibc's freed-memory reuse."""
     if device.type == "cpu":
-        torch.set_num_threads(pick_threads(threads))
+        idle = idle_cores(IDLE_SAMPLE_S) if threads <= 0 else None
+        torch.set_num_threads(pick_threads(threads, idle))
+        why = f"train.threads: {threads}"
+        if threads <= 0:
+            seen = "unknown" if idle is None else f"{idle:.1f}"
+            why += f"; idle cores over {IDLE_SAMPLE_S:g} s: {seen} of {usable_cores()} usable"
+        log.info("torch threads: %d (%s)", torch.get_num_threads(), why)
     retain_freed_host_memory()
 
 
@@ -29,13 +43,13 @@ def pick_threads(requested: int, idle: float | None = None) -> int:
     ~3,300, 2 threads ~5,400; with one core kept busy by another process, 1 thread ~3,300,
     2 threads ~1,700 (OpenMP threads wait on each other when one shares its core). So
     "one thread per core" is right only for idle cores: the rule samples /proc/stat for
-    0.3 s (unless ``idle``, cores' worth of idle CPU, is given) and uses the cores that
+    ``IDLE_SAMPLE_S`` (unless ``idle``, cores' worth of idle CPU, is given) and uses the cores that
     were idle, rounded to the nearest whole core, at most the cores this process may use.
     """
     if requested > 0:
         return requested
     if idle is None:
-        idle = idle_cores(0.3)
+        idle = idle_cores(IDLE_SAMPLE_S)
     if idle is None:
         return 1
     return max(1, min(usable_cores(), int(idle + 0.5)))
