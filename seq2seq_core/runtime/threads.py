@@ -16,9 +16,10 @@ from seq2seq_core.runtime.host_memory import retain_freed_host_memory
 
 log = logging.getLogger(__name__)
 # How long ``train.threads: 0`` watches the cores. A workflow run's own services (the
-# Prefect API server, MLflow's system-metrics thread) work in bursts right after a stage
-# hands over, and a short window taken in one burst counted a core as busy that the
-# services use a fraction of: a whole `make run` then trained on one thread.
+# Prefect API server, MLflow's system-metrics thread) work in bursts as a stage hands over
+# to the next, and one burst must not decide a whole run's threads: 2 threads train the
+# default model ~1.7x faster than 1 on an idle 2-core machine. The choice is logged, so a
+# night that trained slowly says whether it had one thread.
 IDLE_SAMPLE_S = 1.0
 
 
