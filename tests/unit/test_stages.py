@@ -66,7 +66,7 @@ def test_stages_chain_on_tiny_data(tiny_params_file: Path) -> None:
     assert metrics["test_greedy"]["decode"]["beam_size"] == 1
     assert metrics["test_beam"]["decode"] == {
         "method": "beam", "beam_size": 5, "seconds": metrics["test_beam"]["decode"]["seconds"],
-        "length_penalty": 1.0,
+        "length_penalty": 1.2,
     }  # fmt: skip
     samples = pd.read_csv(evaluated.samples_path)
     assert list(samples.columns) == ["id", "src", "ref", "greedy", "beam"]
