@@ -19,9 +19,10 @@ from seq2seq_core.runtime.precision import autocast
 from seq2seq_core.special_tokens import BOS_ID, EOS_ID
 
 # Finished rows stop being computed once they are 1/DROP_FINISHED_AT of the rows still
-# computed (0: never): each drop copies the batch's memory, so dropping row by row would cost more
-# than it saves. A batch sorted by length still ends over many steps (the shortest output
-# of 64 is often half the longest), and Joey NMT computes every row to the last step.
+# computed (0: never). Each drop copies the batch's memory, so dropping row by row would
+# cost more than it saves. A batch sorted by length still ends over many steps (the
+# shortest output of 64 is often half the longest), and Joey NMT computes every row to
+# the last step.
 DROP_FINISHED_AT = 8
 
 
@@ -119,12 +120,8 @@ def _eager_steps(
     (B, T_out), attention probs (B, T_out, S) or None. A row's positions after its end
     hold ``</s>`` (probs 0) once it was dropped, else whatever followed.
     ``CompiledStep.greedy`` is this loop in C++, the same ops in the same order."""
-    batch, device, first_limit, max_limit = (
-        limit_t.size(0),
-        limit_t.device,
-        min(limits),
-        max(limits),
-    )
+    batch, device = limit_t.size(0), limit_t.device
+    first_limit, max_limit = min(limits), max(limits)
     tokens = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)  # (B',)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)  # (B',)
     rows = torch.arange(batch, device=device)  # (B',) each computed row's row in the batch
