@@ -109,7 +109,7 @@ def test_finished_rows_stop_being_computed_and_the_tokens_stay(
     rows_per_step: list[int] = []
     decode_step = model.decode_step
 
-    def counting_step(tokens, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def counting_step(tokens, *args, **kwargs):
         rows_per_step.append(tokens.size(0))
         return decode_step(tokens, *args, **kwargs)
 
@@ -123,4 +123,4 @@ def test_finished_rows_stop_being_computed_and_the_tokens_stay(
     assert dropped.ids == kept.ids
     if kept.attention is not None:
         for a, b in zip(dropped.attention, kept.attention, strict=True):
-            assert a is None and b is None or torch.allclose(a, b, atol=1e-6)
+            assert (a is None and b is None) or torch.allclose(a, b, atol=1e-6)
