@@ -37,20 +37,19 @@ def prepare_host(device: torch.device, threads: int) -> None:
 
 
 def pick_threads(requested: int, idle: float | None = None) -> int:
-    """Torch intra-op threads: ``requested`` if > 0, else the number of idle cores (>= 1).
+    """Torch intra-op threads: ``requested`` if > 0, else the ``idle`` cores (>= 1; one
+    where the idle share is unknown).
 
     Measured on the 2-core Zen 4 VM (bi-GRU 256, Luong attention, vocab 8k, 3000-token
     batches, synthetic Bible-like lengths), in target tokens/s: idle machine, 1 thread
     ~3,300, 2 threads ~5,400; with one core kept busy by another process, 1 thread ~3,300,
     2 threads ~1,700 (OpenMP threads wait on each other when one shares its core). So
-    "one thread per core" is right only for idle cores: the rule samples /proc/stat for
-    ``IDLE_SAMPLE_S`` (unless ``idle``, cores' worth of idle CPU, is given) and uses the cores that
+    "one thread per core" is right only for idle cores: ``prepare_host`` samples /proc/stat
+    for ``IDLE_SAMPLE_S`` (``idle``: cores' worth of idle CPU) and this uses the cores that
     were idle, rounded to the nearest whole core, at most the cores this process may use.
     """
     if requested > 0:
         return requested
-    if idle is None:
-        idle = idle_cores(IDLE_SAMPLE_S)
     if idle is None:
         return 1
     return max(1, min(usable_cores(), int(idle + 0.5)))
